@@ -1,0 +1,60 @@
+//! Storage paths: relative, `/`-separated, and checked before they reach any
+//! storage implementation, so that no caller (or client-supplied handle) can
+//! name something outside the storage root.
+
+use std::io;
+
+/// Accepts `""` (the root) and paths like `shapes/abc/log`. Rejects absolute
+/// paths, empty components, `.`/`..`, backslashes and NUL bytes.
+pub fn check_path(path: &str) -> io::Result<()> {
+    if path.is_empty() {
+        return Ok(());
+    }
+    for component in path.split('/') {
+        let bad = component.is_empty()
+            || component == "."
+            || component == ".."
+            || component.contains('\\')
+            || component.contains('\0');
+        if bad {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("invalid storage path {path:?}: component {component:?} is not allowed"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `dir` + `/` + `name`, with `""` as the root.
+pub fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// The directory holding `path` (`""` for top-level entries).
+pub fn parent(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(dir, _)| dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_escapes_and_accepts_plain_paths() {
+        for bad in ["/abs", "a//b", "a/", "..", "a/../b", "./a", "a\\b", "a\0b"] {
+            assert!(check_path(bad).is_err(), "{bad:?} should be rejected");
+        }
+        for good in ["", "a", "a/b", "shapes/1234-5678/log", "a.b/c..d"] {
+            assert!(check_path(good).is_ok(), "{good:?} should be accepted");
+        }
+        assert_eq!(join("", "x"), "x");
+        assert_eq!(join("a/b", "x"), "a/b/x");
+        assert_eq!(parent("a/b/x"), "a/b");
+        assert_eq!(parent("x"), "");
+    }
+}
