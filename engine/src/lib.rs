@@ -8,3 +8,5 @@
 
 pub mod env;
 pub mod offset;
+pub mod schema;
+pub mod shape;

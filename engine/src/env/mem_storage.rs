@@ -135,13 +135,9 @@ impl FileNode {
             PowerLoss::DropUnsynced => None,
             PowerLoss::KeepWritten => Some(unsynced),
             PowerLoss::Torn { .. } => {
-                if unsynced == 0 && self.durable_tail.is_empty() {
-                    None
-                } else if rng.next_u64() % 2 == 0 {
-                    None
-                } else {
-                    Some((rng.next_u64() % (unsynced as u64 + 1)) as usize)
-                }
+                let anything_unsynced = unsynced > 0 || !self.durable_tail.is_empty();
+                let keep_some = anything_unsynced && rng.next_u64().is_multiple_of(2);
+                keep_some.then(|| (rng.next_u64() % (unsynced as u64 + 1)) as usize)
             }
         };
         match keep_unsynced {
@@ -254,7 +250,7 @@ impl MemStorage {
                         PowerLoss::DropUnsynced => false,
                         PowerLoss::KeepWritten => true,
                         PowerLoss::Torn { .. } => {
-                            dir.entries != dir.durable_entries && rng.next_u64() % 4 == 0
+                            dir.entries != dir.durable_entries && rng.next_u64().is_multiple_of(4)
                         }
                     };
                     if keep {

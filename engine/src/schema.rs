@@ -1,0 +1,212 @@
+//! Tables, columns and values as the engine sees them.
+//!
+//! Types are the subset the engine evaluates: `int8` (all integer widths map to
+//! it), `text` and `bool`. Rows are positional: `row[i]` is the value of the
+//! table's column `i`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    Int,
+    Text,
+    Bool,
+}
+
+impl ColumnType {
+    /// The Postgres type name clients see in the schema header.
+    pub fn pg_name(self) -> &'static str {
+        match self {
+            ColumnType::Int => "int8",
+            ColumnType::Text => "text",
+            ColumnType::Bool => "bool",
+        }
+    }
+}
+
+impl fmt::Display for ColumnType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ColumnType::Int => "integer",
+            ColumnType::Text => "text",
+            ColumnType::Bool => "boolean",
+        })
+    }
+}
+
+/// A SQL value. `Null` is untyped; the column or expression carries the type.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Text(String),
+}
+
+impl Value {
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+
+    /// The type of a non-null value.
+    pub fn column_type(&self) -> Option<ColumnType> {
+        match self {
+            Value::Null => None,
+            Value::Bool(_) => Some(ColumnType::Bool),
+            Value::Int(_) => Some(ColumnType::Int),
+            Value::Text(_) => Some(ColumnType::Text),
+        }
+    }
+
+    /// Postgres' text output of the value (`t`/`f` are spelled `true`/`false`, as
+    /// Electric's JSON does); `None` for NULL.
+    pub fn to_text(&self) -> Option<String> {
+        match self {
+            Value::Null => None,
+            Value::Bool(b) => Some(b.to_string()),
+            Value::Int(i) => Some(i.to_string()),
+            Value::Text(s) => Some(s.clone()),
+        }
+    }
+}
+
+/// Values of one row, in the table's column order.
+pub type Row = Vec<Value>;
+
+/// `schema.name`; the schema defaults to `public`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TableName {
+    pub schema: String,
+    pub name: String,
+}
+
+impl TableName {
+    pub fn public(name: &str) -> TableName {
+        TableName {
+            schema: "public".to_string(),
+            name: name.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}.{}",
+            quote_ident(&self.schema),
+            quote_ident(&self.name)
+        )
+    }
+}
+
+/// `"name"` with embedded quotes doubled: the canonical spelling of an identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Column {
+    pub name: String,
+    pub ty: ColumnType,
+    pub not_null: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableSchema {
+    pub name: TableName,
+    /// Postgres relation id; identifies the table across renames.
+    pub oid: u32,
+    pub columns: Vec<Column>,
+    /// Indexes into `columns`, in key order. Never empty.
+    pub primary_key: Vec<usize>,
+}
+
+impl TableSchema {
+    /// Builds a schema; `primary_key` names columns. Panics on an inconsistent
+    /// definition: schemas come from the host, and a bad one is a host bug.
+    pub fn new(
+        name: TableName,
+        oid: u32,
+        columns: Vec<Column>,
+        primary_key: &[&str],
+    ) -> TableSchema {
+        let mut schema = TableSchema {
+            name,
+            oid,
+            columns,
+            primary_key: Vec::new(),
+        };
+        schema.primary_key = primary_key
+            .iter()
+            .map(|pk| {
+                schema
+                    .column_index(pk)
+                    .unwrap_or_else(|| panic!("primary key column {pk} not in table"))
+            })
+            .collect();
+        assert!(
+            !schema.primary_key.is_empty(),
+            "table {} needs a primary key",
+            schema.name
+        );
+        schema
+    }
+
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+
+    /// Checks that a row has one value per column, each of the column's type
+    /// (or NULL where allowed).
+    pub fn check_row(&self, row: &[Value]) -> Result<(), String> {
+        if row.len() != self.columns.len() {
+            return Err(format!(
+                "row for {} has {} values, expected {}",
+                self.name,
+                row.len(),
+                self.columns.len()
+            ));
+        }
+        for (value, column) in row.iter().zip(&self.columns) {
+            match value.column_type() {
+                None if column.not_null => {
+                    return Err(format!("NULL in NOT NULL column {}", column.name));
+                }
+                Some(ty) if ty != column.ty => {
+                    return Err(format!(
+                        "value {value:?} in {} column {}",
+                        column.ty, column.name
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The tables a shape may name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Catalog {
+    tables: BTreeMap<TableName, TableSchema>,
+}
+
+impl Catalog {
+    pub fn new(tables: impl IntoIterator<Item = TableSchema>) -> Catalog {
+        Catalog {
+            tables: tables.into_iter().map(|t| (t.name.clone(), t)).collect(),
+        }
+    }
+
+    pub fn table(&self, name: &TableName) -> Option<&TableSchema> {
+        self.tables.get(name)
+    }
+
+    pub fn tables(&self) -> impl Iterator<Item = &TableSchema> {
+        self.tables.values()
+    }
+}

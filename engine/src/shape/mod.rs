@@ -1,0 +1,243 @@
+//! Shape definitions: a table, the selected columns (the primary key always
+//! among them), an optional WHERE clause and a replica mode; and their identity.
+//!
+//! Identity is the canonical comparable form ([`Shape::comparable`]): the table
+//! and its oid, the selected columns in table order, the canonical text of the
+//! checked WHERE tree, and the replica mode. Two requests for the same shape get
+//! the same comparable form whatever their whitespace, keyword case, column
+//! order or redundant parentheses. [`Shape::hash`] is a stable digest of it.
+
+pub mod eval;
+pub mod expr;
+pub mod parse;
+
+#[cfg(test)]
+mod tests;
+
+use crate::schema::{Catalog, Row, TableName, TableSchema, Value, quote_ident};
+use expr::Expr;
+use parse::WhereError;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use std::fmt;
+
+/// What an update's value carries (Electric's `replica` parameter).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Replica {
+    /// Updates carry the primary key and changed columns; deletes the key only.
+    #[default]
+    Default,
+    /// Updates carry the full new row and the old values; deletes the full row.
+    Full,
+}
+
+impl fmt::Display for Replica {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Replica::Default => "default",
+            Replica::Full => "full",
+        })
+    }
+}
+
+/// A shape as a client asks for it, before checking.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShapeRequest {
+    /// `table` or `schema.table`; quoted identifiers allowed.
+    pub table: String,
+    /// Column names; `None` selects every column.
+    pub columns: Option<Vec<String>>,
+    pub where_clause: Option<String>,
+    pub replica: Replica,
+}
+
+/// Why a shape request was refused; `field()` names the request parameter.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ShapeError {
+    #[error("{0}")]
+    Table(String),
+    #[error("{0}")]
+    Columns(String),
+    #[error("{0}")]
+    Where(WhereError),
+}
+
+impl ShapeError {
+    /// The request parameter at fault, as a client spells it.
+    pub fn field(&self) -> &'static str {
+        match self {
+            ShapeError::Table(_) => "table",
+            ShapeError::Columns(_) => "columns",
+            ShapeError::Where(_) => "where",
+        }
+    }
+}
+
+/// A checked WHERE clause: the text as the client wrote it, and its tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WhereClause {
+    pub source: String,
+    pub expr: Expr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub table: TableSchema,
+    /// Indexes of the selected columns, in table order; includes the primary key.
+    pub selected: Vec<usize>,
+    pub where_clause: Option<WhereClause>,
+    pub replica: Replica,
+}
+
+impl Shape {
+    /// Checks a request against the catalog.
+    pub fn new(catalog: &Catalog, request: &ShapeRequest) -> Result<Shape, ShapeError> {
+        let name = parse_table_name(&request.table)?;
+        let table = catalog
+            .table(&name)
+            .ok_or_else(|| ShapeError::Table(format!("table {name} does not exist")))?;
+        let selected = match &request.columns {
+            None => (0..table.columns.len()).collect(),
+            Some(columns) => select_columns(table, columns)?,
+        };
+        let where_clause = match &request.where_clause {
+            None => None,
+            Some(source) => {
+                let expr = parse::parse_where(source, table, catalog).map_err(ShapeError::Where)?;
+                Some(WhereClause {
+                    source: source.clone(),
+                    expr,
+                })
+            }
+        };
+        Ok(Shape {
+            table: table.clone(),
+            selected,
+            where_clause,
+            replica: request.replica,
+        })
+    }
+
+    /// The canonical comparable form: equal for equal shapes, however spelled.
+    pub fn comparable(&self) -> String {
+        let columns: Vec<String> = self
+            .selected
+            .iter()
+            .map(|&i| quote_ident(&self.table.columns[i].name))
+            .collect();
+        let where_text = self
+            .where_clause
+            .as_ref()
+            .map_or("TRUE".to_string(), |w| w.expr.to_string());
+        format!(
+            "table={} oid={} columns=({}) where={} replica={}",
+            self.table.name,
+            self.table.oid,
+            columns.join(","),
+            where_text,
+            self.replica
+        )
+    }
+
+    /// A stable digest of the comparable form: 16 hex digits of its SHA-256.
+    pub fn hash(&self) -> String {
+        let digest = Sha256::digest(self.comparable().as_bytes());
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Whether the row (all table columns, table order) is in the shape.
+    pub fn includes(&self, row: &Row) -> bool {
+        self.where_clause
+            .as_ref()
+            .is_none_or(|w| eval::matches(&w.expr, row))
+    }
+
+    pub fn has_subquery(&self) -> bool {
+        self.where_clause
+            .as_ref()
+            .is_some_and(|w| w.expr.has_subquery())
+    }
+
+    /// The selected columns' names and values of `row`.
+    pub fn project<'a>(
+        &'a self,
+        row: &'a [Value],
+    ) -> impl Iterator<Item = (&'a str, &'a Value)> + 'a {
+        self.selected
+            .iter()
+            .map(move |&i| (self.table.columns[i].name.as_str(), &row[i]))
+    }
+
+    /// The request that recreates this shape (what metadata stores).
+    pub fn to_request(&self) -> ShapeRequest {
+        ShapeRequest {
+            table: self.table.name.to_string(),
+            columns: Some(
+                self.selected
+                    .iter()
+                    .map(|&i| self.table.columns[i].name.clone())
+                    .collect(),
+            ),
+            where_clause: self.where_clause.as_ref().map(|w| w.source.clone()),
+            replica: self.replica,
+        }
+    }
+}
+
+/// `table`, `schema.table`, with Postgres identifier rules (quoted or folded).
+fn parse_table_name(text: &str) -> Result<TableName, ShapeError> {
+    let invalid = |why: String| ShapeError::Table(format!("invalid table name {text:?}: {why}"));
+    let dialect = PostgreSqlDialect {};
+    let mut parser = Parser::new(&dialect)
+        .try_with_sql(text)
+        .map_err(|e| invalid(e.to_string()))?;
+    let name = parser
+        .parse_object_name(false)
+        .map_err(|e| invalid(e.to_string()))?;
+    if parser.peek_token().token != sqlparser::tokenizer::Token::EOF {
+        return Err(invalid("unexpected text after the name".to_string()));
+    }
+    let parts: Option<Vec<String>> = name
+        .0
+        .iter()
+        .map(|p| {
+            p.as_ident().map(|i| {
+                if i.quote_style.is_some() {
+                    i.value.clone()
+                } else {
+                    i.value.to_lowercase()
+                }
+            })
+        })
+        .collect();
+    match parts.as_deref() {
+        Some([table]) => Ok(TableName::public(table)),
+        Some([schema, table]) => Ok(TableName {
+            schema: schema.clone(),
+            name: table.clone(),
+        }),
+        _ => Err(invalid("expected `table` or `schema.table`".to_string())),
+    }
+}
+
+/// Resolves requested columns; adds the primary key; returns table order.
+fn select_columns(table: &TableSchema, columns: &[String]) -> Result<Vec<usize>, ShapeError> {
+    if columns.is_empty() {
+        return Err(ShapeError::Columns("the column list is empty".to_string()));
+    }
+    let mut selected = table.primary_key.clone();
+    for name in columns {
+        let index = table.column_index(name).ok_or_else(|| {
+            ShapeError::Columns(format!("unknown column {name:?} in table {}", table.name))
+        })?;
+        selected.push(index);
+    }
+    selected.sort_unstable();
+    selected.dedup();
+    Ok(selected)
+}
