@@ -7,6 +7,26 @@
 //! contract.
 
 pub mod env;
+pub mod log;
 pub mod offset;
 pub mod schema;
 pub mod shape;
+
+/// Shared by the engine's property tests: deterministic by default (a fixed
+/// seed, so CI runs the same cases on the same commit), explorable through
+/// `PROPTEST_RNG_SEED` and `PROPTEST_CASES`, and without regression files
+/// (a failure prints its minimal case and seed; corpus entries are the
+/// project's regression format).
+#[cfg(test)]
+pub(crate) fn proptest_config(default_cases: u32) -> proptest::test_runner::Config {
+    use proptest::test_runner::{Config, RngSeed};
+    let mut config = Config::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = default_cases;
+    }
+    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+        config.rng_seed = RngSeed::Fixed(0x5eed_0001);
+    }
+    config.failure_persistence = None;
+    config
+}

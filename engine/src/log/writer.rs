@@ -1,0 +1,452 @@
+//! Writing a shape log. One writer per shape, owned by one task.
+//!
+//! Records are appended to an in-memory buffer, grouped into transactions by
+//! [`ShapeLogWriter::commit`], and flushed when the buffer reaches
+//! `buffer_bytes`, when a chunk closes, when the flush period has passed since
+//! the oldest unflushed append, or on request. A flush writes the buffered
+//! frames and new chunk-index entries, syncs both files, and only then records
+//! the new durable offset in the metadata (see `ARCHITECTURE.md`).
+//!
+//! Cancelling a flush (dropping its future) is only allowed as part of a kill:
+//! the writer marks itself failed while a flush is in flight, so a writer whose
+//! flush was cancelled refuses further work instead of writing frames twice.
+
+use super::codec::{self, ChunkEntry};
+use super::meta::{self, LogMeta, SnapshotState, Visibility};
+use super::reader::{ShapeLogReader, Shared};
+use super::recover::Recovered;
+use super::{CHUNKS_FILE, LOG_FILE, LogConfig, LogEntry, LogError, Operation, SNAPSHOT_DIR};
+use crate::env::{CrashPoint, Env, join};
+use crate::offset::LogOffset;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The main-log chunk being filled.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct OpenChunk {
+    pub first: Option<LogOffset>,
+    pub start_pos: u64,
+    /// JSON bytes of the records in it: the quantity compared with `chunk_bytes`.
+    pub json_bytes: u64,
+}
+
+struct SnapshotWriter {
+    visibility: Visibility,
+    chunk: u64,
+    buffer: Vec<u8>,
+    json_bytes: u64,
+    rows_in_chunk: u64,
+    file_created: bool,
+}
+
+pub struct ShapeLogWriter {
+    env: Env,
+    dir: String,
+    config: LogConfig,
+    shared: Arc<Mutex<Shared>>,
+    /// The metadata as last written.
+    meta: LogMeta,
+    /// Encoded frames not yet written to the log file.
+    buffer: Vec<u8>,
+    /// Offset of the last frame in `buffer`.
+    buffer_last: Option<LogOffset>,
+    /// When the oldest byte of `buffer` was appended.
+    oldest_unflushed_ms: Option<u64>,
+    /// Log file length once `buffer` is written.
+    end_pos: u64,
+    last_appended: Option<LogOffset>,
+    last_committed: Option<LogOffset>,
+    flushed_to: Option<LogOffset>,
+    /// Records of the transaction being appended.
+    txn: Vec<Arc<LogEntry>>,
+    open_chunk: OpenChunk,
+    /// Chunks closed since the last flush: the flush writes their index entries.
+    unindexed: Vec<ChunkEntry>,
+    /// Chunks closed after the last commit: published to readers at commit.
+    unpublished: Vec<ChunkEntry>,
+    snapshot: Option<SnapshotWriter>,
+    /// Set while a flush is in flight and left set if it fails or is cancelled.
+    failed: bool,
+}
+
+impl ShapeLogWriter {
+    pub(super) fn new(
+        env: Env,
+        dir: String,
+        config: LogConfig,
+        meta: LogMeta,
+        r: Recovered,
+    ) -> ShapeLogWriter {
+        assert!(
+            config.chunk_bytes > 0 && config.buffer_bytes > 0,
+            "chunk and buffer sizes must be positive"
+        );
+        let shared = Shared {
+            last_committed: meta.durable_offset,
+            flushed_to: meta.durable_offset,
+            flushed_len: r.end_pos,
+            durable: meta.durable_offset,
+            chunks: r.chunks,
+            snapshot_closed: match meta.snapshot {
+                SnapshotState::Complete { last_chunk, .. } => last_chunk + 1,
+                _ => 0,
+            },
+            snapshot_last: match meta.snapshot {
+                SnapshotState::Complete { last_chunk, .. } => Some(last_chunk),
+                _ => None,
+            },
+            ..Shared::default()
+        };
+        shared.check();
+        ShapeLogWriter {
+            env,
+            dir,
+            config,
+            shared: Arc::new(Mutex::new(shared)),
+            last_appended: meta.durable_offset,
+            last_committed: meta.durable_offset,
+            flushed_to: meta.durable_offset,
+            meta,
+            buffer: Vec::new(),
+            buffer_last: None,
+            oldest_unflushed_ms: None,
+            end_pos: r.end_pos,
+            txn: Vec::new(),
+            open_chunk: r.open_chunk,
+            unindexed: Vec::new(),
+            unpublished: Vec::new(),
+            snapshot: None,
+            failed: false,
+        }
+    }
+
+    pub fn reader(&self) -> ShapeLogReader {
+        ShapeLogReader::new(self.env.clone(), self.dir.clone(), self.shared.clone())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().expect("shape log state poisoned")
+    }
+
+    fn check_usable(&self) -> Result<(), LogError> {
+        if self.failed {
+            Err(LogError::Poisoned(self.dir.clone()))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The last offset appended (committed or not); appends must go above it.
+    pub fn last_appended(&self) -> Option<LogOffset> {
+        self.last_appended
+    }
+
+    /// `last_persisted_txn_offset`: everything up to here survives any crash.
+    pub fn durable_offset(&self) -> Option<LogOffset> {
+        self.meta.durable_offset
+    }
+
+    pub fn meta(&self) -> &LogMeta {
+        &self.meta
+    }
+
+    // ----- snapshot -------------------------------------------------------
+
+    /// Records that the snapshot started, with its visibility (durably).
+    pub async fn start_snapshot(&mut self, visibility: Visibility) -> Result<(), LogError> {
+        self.check_usable()?;
+        assert_eq!(
+            self.meta.snapshot,
+            SnapshotState::NotStarted,
+            "snapshot started twice"
+        );
+        self.meta.snapshot = SnapshotState::Started {
+            visibility: visibility.clone(),
+        };
+        meta::write(&self.env, &self.dir, &self.meta).await?;
+        self.snapshot = Some(SnapshotWriter {
+            visibility,
+            chunk: 0,
+            buffer: Vec::new(),
+            json_bytes: 0,
+            rows_in_chunk: 0,
+            file_created: false,
+        });
+        Ok(())
+    }
+
+    fn snapshot_path(&self, chunk: u64) -> String {
+        join(&join(&self.dir, SNAPSHOT_DIR), &chunk.to_string())
+    }
+
+    /// Appends a snapshot row; closes the chunk once it reaches `chunk_bytes`.
+    pub async fn append_snapshot_row(
+        &mut self,
+        operation: Operation,
+        key: String,
+        json: String,
+    ) -> Result<(), LogError> {
+        self.check_usable()?;
+        let snap = self
+            .snapshot
+            .as_mut()
+            .expect("append_snapshot_row before start_snapshot");
+        let entry = LogEntry {
+            offset: LogOffset::snapshot_chunk(snap.chunk),
+            operation,
+            key,
+            json,
+        };
+        codec::encode_record(&entry, &mut snap.buffer);
+        snap.json_bytes += entry.json.len() as u64;
+        snap.rows_in_chunk += 1;
+        if snap.json_bytes >= self.config.chunk_bytes {
+            self.close_snapshot_chunk().await
+        } else if snap.buffer.len() as u64 >= self.config.buffer_bytes {
+            self.write_snapshot_buffer().await
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn write_snapshot_buffer(&mut self) -> Result<(), LogError> {
+        let snap = self.snapshot.as_ref().expect("snapshot in progress");
+        let path = self.snapshot_path(snap.chunk);
+        if !snap.file_created {
+            self.env
+                .storage
+                .create(&path)
+                .await
+                .map_err(LogError::io("create", &path))?;
+        }
+        self.env
+            .storage
+            .append(&path, &snap.buffer)
+            .await
+            .map_err(LogError::io("append", &path))?;
+        let snap = self.snapshot.as_mut().expect("snapshot in progress");
+        snap.file_created = true;
+        snap.buffer.clear();
+        Ok(())
+    }
+
+    /// Writes and syncs the current chunk and its directory entry; readers may then read it.
+    async fn close_snapshot_chunk(&mut self) -> Result<(), LogError> {
+        self.write_snapshot_buffer().await?;
+        let chunk = self.snapshot.as_ref().expect("snapshot in progress").chunk;
+        let path = self.snapshot_path(chunk);
+        let storage = &self.env.storage;
+        storage
+            .sync(&path)
+            .await
+            .map_err(LogError::io("sync", &path))?;
+        let dir = join(&self.dir, SNAPSHOT_DIR);
+        storage
+            .sync_dir(&dir)
+            .await
+            .map_err(LogError::io("sync_dir", &dir))?;
+        self.env.crash_point(CrashPoint::SnapshotAfterChunk).await;
+        self.lock().snapshot_closed = chunk + 1;
+        let snap = self.snapshot.as_mut().expect("snapshot in progress");
+        snap.chunk += 1;
+        snap.json_bytes = 0;
+        snap.rows_in_chunk = 0;
+        snap.file_created = false;
+        Ok(())
+    }
+
+    /// Closes the last chunk and durably marks the snapshot complete. Returns
+    /// the number of the last chunk.
+    pub async fn finish_snapshot(&mut self) -> Result<u64, LogError> {
+        self.check_usable()?;
+        let snap = self
+            .snapshot
+            .as_ref()
+            .expect("finish_snapshot before start_snapshot");
+        if snap.rows_in_chunk > 0 || snap.chunk == 0 {
+            self.close_snapshot_chunk().await?;
+        }
+        let snap = self.snapshot.take().expect("snapshot in progress");
+        let last_chunk = snap.chunk - 1;
+        self.env
+            .crash_point(CrashPoint::SnapshotBeforeComplete)
+            .await;
+        self.meta.snapshot = SnapshotState::Complete {
+            visibility: snap.visibility,
+            last_chunk,
+        };
+        meta::write(&self.env, &self.dir, &self.meta).await?;
+        self.lock().snapshot_last = Some(last_chunk);
+        Ok(last_chunk)
+    }
+
+    // ----- main log -------------------------------------------------------
+
+    /// Appends a record of the current transaction. Offsets must be real and
+    /// strictly increasing: a replayed or reordered record is a caller bug.
+    pub async fn append(&mut self, entry: LogEntry) -> Result<(), LogError> {
+        self.check_usable()?;
+        assert!(
+            entry.offset.is_real(),
+            "main-log records need real offsets, got {}",
+            entry.offset
+        );
+        if let Some(last) = self.last_appended {
+            assert!(
+                entry.offset > last,
+                "offset {} appended after {last} in {}: offsets must increase",
+                entry.offset,
+                self.dir
+            );
+        }
+        let start_pos = self.end_pos;
+        codec::encode_record(&entry, &mut self.buffer);
+        self.end_pos += codec::record_len(&entry);
+        self.buffer_last = Some(entry.offset);
+        self.last_appended = Some(entry.offset);
+        self.oldest_unflushed_ms
+            .get_or_insert_with(|| self.env.clock.now_ms());
+        let chunk = &mut self.open_chunk;
+        if chunk.first.is_none() {
+            chunk.first = Some(entry.offset);
+            chunk.start_pos = start_pos;
+        }
+        chunk.json_bytes += entry.json.len() as u64;
+        let offset = entry.offset;
+        self.txn.push(Arc::new(entry));
+        if self.open_chunk.json_bytes >= self.config.chunk_bytes {
+            let closed = ChunkEntry {
+                first: self.open_chunk.first.expect("open chunk has a record"),
+                last: offset,
+                start_pos: self.open_chunk.start_pos,
+                end_pos: self.end_pos,
+            };
+            self.unindexed.push(closed);
+            self.unpublished.push(closed);
+            self.open_chunk = OpenChunk {
+                first: None,
+                start_pos: self.end_pos,
+                json_bytes: 0,
+            };
+            self.flush().await?;
+        } else if self.buffer.len() as u64 >= self.config.buffer_bytes {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the current transaction: its records become visible to readers.
+    /// Returns the transaction's last offset (`None` if it appended nothing).
+    pub fn commit(&mut self) -> Option<LogOffset> {
+        if self.last_committed == self.last_appended {
+            return None;
+        }
+        self.last_committed = self.last_appended;
+        let committed = self.last_committed.expect("something was appended");
+        // A commit whose records were all flushed mid-transaction still owes a
+        // metadata update; start the flush clock for it.
+        self.oldest_unflushed_ms
+            .get_or_insert_with(|| self.env.clock.now_ms());
+        let txn = std::mem::take(&mut self.txn);
+        let flushed_to = self.flushed_to;
+        let publish: Vec<ChunkEntry> = self.unpublished.drain(..).collect();
+        let mut shared = self.lock();
+        // Records flushed mid-transaction are already in the file.
+        shared.mem.extend(
+            txn.into_iter()
+                .filter(|e| flushed_to.is_none_or(|f| e.offset > f)),
+        );
+        shared.last_committed = Some(committed);
+        shared.chunks.extend(publish);
+        shared.check();
+        Some(committed)
+    }
+
+    /// When the buffered data must be flushed by (clock milliseconds), if any.
+    pub fn flush_deadline_ms(&self) -> Option<u64> {
+        let pending = !self.buffer.is_empty() || self.meta.durable_offset != self.last_committed;
+        let oldest = self.oldest_unflushed_ms.filter(|_| pending)?;
+        Some(oldest + self.config.flush_period_ms)
+    }
+
+    /// Flushes if the flush period has passed since the oldest unflushed append.
+    pub async fn flush_if_due(&mut self) -> Result<Option<LogOffset>, LogError> {
+        match self.flush_deadline_ms() {
+            Some(deadline) if self.env.clock.now_ms() >= deadline => self.flush().await,
+            _ => Ok(self.meta.durable_offset),
+        }
+    }
+
+    /// Writes and syncs everything buffered, then records the last committed
+    /// offset as durable. Returns the durable offset.
+    pub async fn flush(&mut self) -> Result<Option<LogOffset>, LogError> {
+        self.check_usable()?;
+        let commit_at_start = self.last_committed;
+        if self.buffer.is_empty()
+            && self.unindexed.is_empty()
+            && self.meta.durable_offset == commit_at_start
+        {
+            return Ok(commit_at_start);
+        }
+        self.failed = true;
+        let storage = &self.env.storage;
+        let (log, chunks) = (join(&self.dir, LOG_FILE), join(&self.dir, CHUNKS_FILE));
+        if !self.buffer.is_empty() {
+            storage
+                .append(&log, &self.buffer)
+                .await
+                .map_err(LogError::io("append", &log))?;
+        }
+        if !self.unindexed.is_empty() {
+            let mut index = Vec::new();
+            self.unindexed
+                .iter()
+                .for_each(|c| codec::encode_chunk(c, &mut index));
+            storage
+                .append(&chunks, &index)
+                .await
+                .map_err(LogError::io("append", &chunks))?;
+        }
+        self.env.crash_point(CrashPoint::LogFlushAfterWrite).await;
+        if !self.buffer.is_empty() {
+            storage
+                .sync(&log)
+                .await
+                .map_err(LogError::io("sync", &log))?;
+        }
+        if !self.unindexed.is_empty() {
+            storage
+                .sync(&chunks)
+                .await
+                .map_err(LogError::io("sync", &chunks))?;
+        }
+        self.env.crash_point(CrashPoint::LogFlushAfterSync).await;
+        if self.meta.durable_offset != commit_at_start {
+            let mut meta = self.meta.clone();
+            meta.durable_offset = commit_at_start;
+            meta::write(&self.env, &self.dir, &meta).await?;
+            self.meta = meta;
+        }
+        if let Some(last) = self.buffer_last.take() {
+            self.flushed_to = Some(last);
+        }
+        self.buffer.clear();
+        self.unindexed.clear();
+        self.oldest_unflushed_ms = None;
+        let (flushed_to, end_pos) = (self.flushed_to, self.end_pos);
+        let mut shared = self.lock();
+        shared.flushed_to = flushed_to;
+        shared.flushed_len = end_pos;
+        shared.durable = commit_at_start;
+        while shared
+            .mem
+            .front()
+            .is_some_and(|e| flushed_to.is_some_and(|f| e.offset <= f))
+        {
+            shared.mem.pop_front();
+        }
+        shared.check();
+        drop(shared);
+        self.failed = false;
+        Ok(commit_at_start)
+    }
+}
