@@ -9,7 +9,8 @@
 //! - text compares bytewise (the "C" collation): `'B' < 'a'`, and ILIKE folds
 //!   ASCII letters only.
 
-use super::expr::{CmpOp, Expr, LikeToken, Subquery};
+use super::expr::{CmpOp, Expr, Subquery};
+use super::like::like_matches;
 use crate::schema::Value;
 use std::cmp::Ordering;
 
@@ -167,52 +168,4 @@ fn op_holds(op: CmpOp, ord: Ordering) -> bool {
         CmpOp::Gt => ord == Ordering::Greater,
         CmpOp::GtEq => ord != Ordering::Less,
     }
-}
-
-/// Wildcard matching with backtracking to the most recent `%`: linear in
-/// practice, `O(text * pattern)` at worst.
-pub fn like_matches(tokens: &[LikeToken], text: &str, case_insensitive: bool) -> bool {
-    let text: Vec<char> = text
-        .chars()
-        .map(|c| {
-            if case_insensitive {
-                c.to_ascii_lowercase()
-            } else {
-                c
-            }
-        })
-        .collect();
-    let (mut t, mut p) = (0usize, 0usize);
-    // (pattern index after the last `%`, text index it is currently matched up to)
-    let mut backtrack: Option<(usize, usize)> = None;
-    while t < text.len() {
-        match tokens.get(p) {
-            Some(LikeToken::AnyRun) => {
-                backtrack = Some((p + 1, t));
-                p += 1;
-                continue;
-            }
-            Some(LikeToken::AnyOne) => {
-                t += 1;
-                p += 1;
-                continue;
-            }
-            Some(LikeToken::Char(c)) if *c == text[t] => {
-                t += 1;
-                p += 1;
-                continue;
-            }
-            _ => {}
-        }
-        match backtrack {
-            // Let the last `%` swallow one more character and retry.
-            Some((after_run, matched_to)) => {
-                backtrack = Some((after_run, matched_to + 1));
-                p = after_run;
-                t = matched_to + 1;
-            }
-            None => return false,
-        }
-    }
-    tokens[p..].iter().all(|tok| *tok == LikeToken::AnyRun)
 }

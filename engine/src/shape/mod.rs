@@ -9,7 +9,9 @@
 
 pub mod eval;
 pub mod expr;
+pub mod like;
 pub mod parse;
+mod subquery;
 
 #[cfg(test)]
 mod tests;
@@ -202,27 +204,7 @@ fn parse_table_name(text: &str) -> Result<TableName, ShapeError> {
     if parser.peek_token().token != sqlparser::tokenizer::Token::EOF {
         return Err(invalid("unexpected text after the name".to_string()));
     }
-    let parts: Option<Vec<String>> = name
-        .0
-        .iter()
-        .map(|p| {
-            p.as_ident().map(|i| {
-                if i.quote_style.is_some() {
-                    i.value.clone()
-                } else {
-                    i.value.to_lowercase()
-                }
-            })
-        })
-        .collect();
-    match parts.as_deref() {
-        Some([table]) => Ok(TableName::public(table)),
-        Some([schema, table]) => Ok(TableName {
-            schema: schema.clone(),
-            name: table.clone(),
-        }),
-        _ => Err(invalid("expected `table` or `schema.table`".to_string())),
-    }
+    parse::table_name(&name).map_err(invalid)
 }
 
 /// Resolves requested columns; adds the primary key; returns table order.

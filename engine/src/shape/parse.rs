@@ -7,12 +7,10 @@
 //! one (`id = '5'` compares integers), `NULL` adapts to anything, and comparing
 //! values of different types is an error, never a silent cast.
 
-use super::expr::{CmpOp, Expr, LikePattern, LikeToken, Subquery};
+use super::expr::{CmpOp, Expr, LikePattern};
+use super::like::compile_like;
 use crate::schema::{Catalog, ColumnType, TableName, TableSchema, Value};
-use sqlparser::ast::{
-    self, BinaryOperator, GroupByExpr, ObjectName, SelectItem, SetExpr, Spanned, TableFactor,
-    UnaryOperator,
-};
+use sqlparser::ast::{self, BinaryOperator, ObjectName, Spanned, UnaryOperator};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Span, Token};
@@ -39,9 +37,9 @@ impl fmt::Display for WhereError {
 
 impl std::error::Error for WhereError {}
 
-type Result<T> = std::result::Result<T, WhereError>;
+pub(super) type Result<T> = std::result::Result<T, WhereError>;
 
-fn error_at(node: &impl Spanned, message: String) -> WhereError {
+pub(super) fn error_at(node: &impl Spanned, message: String) -> WhereError {
     error_at_span(node.span(), message)
 }
 
@@ -80,20 +78,20 @@ pub fn parse_where(sql: &str, table: &TableSchema, catalog: &Catalog) -> Result<
     Checker { table, catalog }.where_clause(&ast)
 }
 
-struct Checker<'a> {
-    table: &'a TableSchema,
-    catalog: &'a Catalog,
+pub(super) struct Checker<'a> {
+    pub(super) table: &'a TableSchema,
+    pub(super) catalog: &'a Catalog,
 }
 
 /// Postgres folds unquoted identifiers to lower case.
-fn ident_name(ident: &ast::Ident) -> String {
+pub(super) fn ident_name(ident: &ast::Ident) -> String {
     match ident.quote_style {
         Some(_) => ident.value.clone(),
         None => ident.value.to_lowercase(),
     }
 }
 
-fn is_string_literal(e: &Expr) -> bool {
+pub(super) fn is_string_literal(e: &Expr) -> bool {
     matches!(
         e,
         Expr::Literal {
@@ -103,7 +101,7 @@ fn is_string_literal(e: &Expr) -> bool {
     )
 }
 
-fn bool_literal(value: Value) -> Expr {
+pub(super) fn bool_literal(value: Value) -> Expr {
     Expr::Literal {
         value,
         ty: Some(ColumnType::Bool),
@@ -111,7 +109,7 @@ fn bool_literal(value: Value) -> Expr {
 }
 
 /// Postgres' spellings of boolean input.
-fn parse_pg_bool(text: &str) -> Option<bool> {
+pub(super) fn parse_pg_bool(text: &str) -> Option<bool> {
     match text.trim().to_ascii_lowercase().as_str() {
         "t" | "true" | "y" | "yes" | "on" | "1" => Some(true),
         "f" | "false" | "n" | "no" | "off" | "0" => Some(false),
@@ -120,7 +118,7 @@ fn parse_pg_bool(text: &str) -> Option<bool> {
 }
 
 impl Checker<'_> {
-    fn where_clause(&self, node: &ast::Expr) -> Result<Expr> {
+    pub(super) fn where_clause(&self, node: &ast::Expr) -> Result<Expr> {
         let expr = self.expr(node)?;
         self.expect_bool(expr, node, "the WHERE clause")
     }
@@ -137,7 +135,7 @@ impl Checker<'_> {
     }
 
     /// Gives an untyped string literal the type it meets.
-    fn coerce(&self, expr: Expr, target: ColumnType, node: &ast::Expr) -> Result<Expr> {
+    pub(super) fn coerce(&self, expr: Expr, target: ColumnType, node: &ast::Expr) -> Result<Expr> {
         let Expr::Literal {
             value: Value::Text(text),
             ..
@@ -187,7 +185,7 @@ impl Checker<'_> {
             .collect()
     }
 
-    fn column(&self, ident: &ast::Ident) -> Result<Expr> {
+    pub(super) fn column(&self, ident: &ast::Ident) -> Result<Expr> {
         let name = ident_name(ident);
         let index = self.table.column_index(&name).ok_or_else(|| {
             error_at_span(
@@ -244,7 +242,7 @@ impl Checker<'_> {
         })
     }
 
-    fn expr(&self, node: &ast::Expr) -> Result<Expr> {
+    pub(super) fn expr(&self, node: &ast::Expr) -> Result<Expr> {
         use ast::Expr as A;
         let boxed = |e: &ast::Expr| self.expr(e).map(Box::new);
         match node {
@@ -502,131 +500,10 @@ impl Checker<'_> {
             negated,
         })
     }
-
-    fn in_subquery(
-        &self,
-        node: &ast::Expr,
-        operand: &ast::Expr,
-        query: &ast::Query,
-        negated: bool,
-    ) -> Result<Expr> {
-        let unsupported = |what: &str| {
-            error_at(
-                node,
-                format!("{what} is not supported in a subquery: `{query}`"),
-            )
-        };
-        if query.with.is_some() {
-            return Err(unsupported("WITH"));
-        }
-        if query.order_by.is_some() {
-            return Err(unsupported("ORDER BY"));
-        }
-        if query.limit_clause.is_some() || query.fetch.is_some() {
-            return Err(unsupported("LIMIT/OFFSET/FETCH"));
-        }
-        if !query.locks.is_empty() {
-            return Err(unsupported("a locking clause"));
-        }
-        let SetExpr::Select(select) = query.body.as_ref() else {
-            return Err(unsupported(
-                "anything but a plain SELECT (UNION, VALUES, ...)",
-            ));
-        };
-        if select.distinct.is_some() {
-            return Err(unsupported("DISTINCT"));
-        }
-        if !matches!(&select.group_by, GroupByExpr::Expressions(e, m) if e.is_empty() && m.is_empty())
-        {
-            return Err(unsupported("GROUP BY"));
-        }
-        if select.having.is_some() {
-            return Err(unsupported("HAVING"));
-        }
-        let [SelectItem::UnnamedExpr(ast::Expr::Identifier(column))] = select.projection.as_slice()
-        else {
-            return Err(unsupported(
-                "selecting anything but exactly one plain column",
-            ));
-        };
-        let [from] = select.from.as_slice() else {
-            return Err(unsupported("selecting from anything but exactly one table"));
-        };
-        if !from.joins.is_empty() {
-            return Err(unsupported("JOIN"));
-        }
-        let TableFactor::Table {
-            name,
-            alias: None,
-            args: None,
-            ..
-        } = &from.relation
-        else {
-            return Err(unsupported("a FROM item other than a plain table name"));
-        };
-        // Catch-all: any clause not handled above changes the printed query.
-        let expected = match &select.selection {
-            Some(w) => format!("SELECT {column} FROM {name} WHERE {w}"),
-            None => format!("SELECT {column} FROM {name}"),
-        };
-        if query.to_string() != expected {
-            return Err(unsupported(
-                "a clause other than SELECT column FROM table WHERE ...",
-            ));
-        }
-
-        let table_name = table_name(name).map_err(|m| error_at(node, m))?;
-        let table = self.catalog.table(&table_name).ok_or_else(|| {
-            error_at(
-                node,
-                format!("unknown table {table_name} in subquery `{query}`"),
-            )
-        })?;
-        let inner = Checker {
-            table,
-            catalog: self.catalog,
-        };
-        let Expr::Column {
-            name: column,
-            ty: column_type,
-            ..
-        } = inner.column(column)?
-        else {
-            unreachable!()
-        };
-        let where_clause = select
-            .selection
-            .as_ref()
-            .map(|w| inner.where_clause(w))
-            .transpose()?;
-        let expr = self.expr(operand)?;
-        let expr = match expr.ty() {
-            Some(ty) if ty == column_type => expr,
-            Some(_) if is_string_literal(&expr) => self.coerce(expr, column_type, operand)?,
-            None => expr,
-            Some(ty) => {
-                return Err(error_at(
-                    node,
-                    format!("cannot compare {ty} with {column_type} in `{node}`"),
-                ));
-            }
-        };
-        let subquery = Box::new(Subquery {
-            table: table_name,
-            column,
-            column_type,
-            where_clause,
-        });
-        Ok(Expr::InSubquery {
-            expr: Box::new(expr),
-            subquery,
-            negated,
-        })
-    }
 }
 
 /// `table` or `schema.table`, folded like identifiers.
-fn table_name(name: &ObjectName) -> std::result::Result<TableName, String> {
+pub(super) fn table_name(name: &ObjectName) -> std::result::Result<TableName, String> {
     let parts: Option<Vec<String>> = name
         .0
         .iter()
@@ -642,41 +519,6 @@ fn table_name(name: &ObjectName) -> std::result::Result<TableName, String> {
             "table name `{name}` must be `table` or `schema.table`"
         )),
     }
-}
-
-/// Compiles a LIKE pattern. `%` matches any run, `_` one character, and the
-/// escape character makes the next character literal. For ILIKE the literal
-/// characters are folded to ASCII lower case (C collation: only ASCII letters
-/// have case).
-pub fn compile_like(
-    pattern: &str,
-    escape: Option<char>,
-    case_insensitive: bool,
-) -> std::result::Result<Vec<LikeToken>, String> {
-    let fold = |c: char| {
-        if case_insensitive {
-            c.to_ascii_lowercase()
-        } else {
-            c
-        }
-    };
-    let mut tokens = Vec::new();
-    let mut chars = pattern.chars();
-    while let Some(c) = chars.next() {
-        tokens.push(if Some(c) == escape {
-            let literal = chars
-                .next()
-                .ok_or("a LIKE pattern must not end with its escape character")?;
-            LikeToken::Char(fold(literal))
-        } else if c == '%' {
-            LikeToken::AnyRun
-        } else if c == '_' {
-            LikeToken::AnyOne
-        } else {
-            LikeToken::Char(fold(c))
-        });
-    }
-    Ok(tokens)
 }
 
 /// A human name for an unsupported construct.

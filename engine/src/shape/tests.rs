@@ -1,8 +1,9 @@
 //! The WHERE case table (every supported construct, every NULL corner), the
 //! list of unsupported constructs, and shape identity.
 
-use super::eval::{NoSubqueries, eval, like_matches};
-use super::parse::{compile_like, parse_where};
+use super::eval::{NoSubqueries, eval};
+use super::like::{compile_like, like_matches};
+use super::parse::parse_where;
 use super::*;
 use crate::schema::{Column, ColumnType};
 use proptest::prelude::*;
