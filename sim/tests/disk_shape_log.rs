@@ -62,7 +62,7 @@ fn shape_log_on_disk_reopens_with_its_durable_transactions() {
                 };
                 writer.append(entry).await.unwrap();
             }
-            writer.commit();
+            writer.commit().unwrap();
         }
         writer.flush().await.unwrap();
         // A flushed but uncommitted tail: a reopen must cut it.

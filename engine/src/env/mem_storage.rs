@@ -432,6 +432,19 @@ impl Storage for MemStorage {
         }
         let mut state = self.lock();
         state.dir(dir)?;
+        // Like a real file system, unlink entry by entry (children first): a
+        // power loss half-way may keep any subset of the unsynced unlinks.
+        let mut stack = vec![state.lookup(dir).expect("checked above")];
+        while let Some(id) = stack.pop() {
+            if let Some(Inode::Dir(node)) = state.inodes.get_mut(&id) {
+                let children = std::mem::take(&mut node.entries);
+                for child in children.into_values() {
+                    if matches!(state.inodes.get(&child), Some(Inode::Dir(_))) {
+                        stack.push(child);
+                    }
+                }
+            }
+        }
         let (parent, name) = split(dir);
         state.dir(parent)?.entries.remove(name);
         state.unlinked();

@@ -18,6 +18,11 @@ const MAX_BODY_BYTES: usize = 1 << 30;
 
 pub fn encode_record(entry: &LogEntry, out: &mut Vec<u8>) {
     let body_len = BODY_FIXED_BYTES + entry.key.len() + entry.json.len();
+    // The decoder treats anything larger as corruption; never write one.
+    assert!(
+        body_len <= MAX_BODY_BYTES,
+        "a {body_len}-byte record exceeds the 1 GiB limit"
+    );
     let body_start = out.len() + FRAME_HEADER_BYTES;
     out.extend_from_slice(
         &u32::try_from(body_len)

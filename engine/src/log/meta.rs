@@ -8,6 +8,7 @@
 use super::LogError;
 use crate::env::{CrashPoint, Env, join};
 use crate::offset::LogOffset;
+pub use crate::replication::Visibility;
 use serde::{Deserialize, Serialize};
 
 /// Bumped when the on-disk layout changes; a mismatch makes the shape unusable
@@ -16,15 +17,6 @@ pub const STORAGE_VERSION: u32 = 1;
 
 pub const META_FILE: &str = "meta";
 pub const META_TMP_FILE: &str = "meta.tmp";
-
-/// A snapshot's visibility: transactions visible in it are already reflected in
-/// the snapshot rows and must not be appended to the log again.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Visibility {
-    pub xmin: u64,
-    pub xmax: u64,
-    pub xip_list: Vec<u64>,
-}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]

@@ -112,6 +112,8 @@ pub enum LogError {
     },
     #[error("shape log in {0} has no complete snapshot")]
     SnapshotIncomplete(String),
+    #[error("{0} already exists; a shape log is created in a fresh directory")]
+    AlreadyExists(String),
     #[error("shape log corrupt: {0}")]
     Corrupt(String),
     #[error(
@@ -139,6 +141,15 @@ impl ShapeLog {
         config: LogConfig,
     ) -> Result<ShapeLogWriter, LogError> {
         let storage = &env.storage;
+        // A log is created in a fresh directory only: stale files (an old index,
+        // old snapshot chunks) could otherwise resurface after a power loss.
+        if storage
+            .exists(dir)
+            .await
+            .map_err(LogError::io("exists", dir))?
+        {
+            return Err(LogError::AlreadyExists(dir.to_string()));
+        }
         let snapshot_dir = join(dir, SNAPSHOT_DIR);
         storage
             .create_dir_all(&snapshot_dir)
@@ -178,7 +189,20 @@ impl ShapeLog {
     }
 
     /// Removes the log and makes the removal durable. Missing is not an error.
+    /// The metadata goes first (and durably): a crash half-way through the
+    /// removal of the rest then leaves a directory without metadata, which is
+    /// not a log ([`LogError::Missing`]), never a log with missing files.
     pub async fn remove(env: &Env, dir: &str) -> Result<(), LogError> {
+        let meta_file = join(dir, meta::META_FILE);
+        match env.storage.remove(&meta_file).await {
+            Ok(()) => env
+                .storage
+                .sync_dir(dir)
+                .await
+                .map_err(LogError::io("sync_dir", dir))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(LogError::io("remove", &meta_file)(e)),
+        }
         match env.storage.remove_dir_all(dir).await {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),

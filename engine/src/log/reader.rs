@@ -129,8 +129,11 @@ impl ShapeLogReader {
         }
         if let Some(k) = offset.as_snapshot_chunk() {
             // While the snapshot is written, optimistically the next chunk.
-            if shared.snapshot_last.is_none_or(|last| k < last) {
-                return Some(LogOffset::snapshot_chunk(k + 1));
+            if let Some(next) = k
+                .checked_add(1)
+                .filter(|_| shared.snapshot_last.is_none_or(|last| k < last))
+            {
+                return Some(LogOffset::snapshot_chunk(next));
             }
         }
         let main_offset = offset.max(LogOffset::SNAPSHOT_END);
@@ -149,7 +152,7 @@ impl ShapeLogReader {
                 _ => after
                     .as_snapshot_chunk()
                     .filter(|&k| shared.snapshot_last.is_none_or(|last| k < last))
-                    .map(|k| k + 1),
+                    .and_then(|k| k.checked_add(1)),
             }
         };
         match snapshot_chunk {
@@ -235,6 +238,11 @@ impl ShapeLogReader {
                 .read_at(&path, start, end - start)
                 .await
                 .map_err(LogError::io("read", &path))?;
+            if bytes.len() as u64 != end - start {
+                // The file is shorter than what was flushed: it was cut under us.
+                let why = format!("read {} of {} bytes at {start}", bytes.len(), end - start);
+                return Err(LogError::Corrupt(format!("flushed range of {path}: {why}")));
+            }
             let decoded = codec::decode_records(&bytes, start);
             if let Some(why) = decoded.bad_tail {
                 return Err(LogError::Corrupt(format!("flushed range of {path}: {why}")));

@@ -108,6 +108,7 @@ async fn trim(env: &Env, dir: &str, durable: Option<LogOffset>) -> Result<Recove
         .map_err(LogError::io("read", &chunks_path))?;
     let mut chunks = codec::decode_chunks(&index);
     chunks.retain(|c| durable.is_some_and(|d| c.last <= d));
+    check_chunks(&chunks).map_err(|why| LogError::Corrupt(format!("{chunks_path}: {why}")))?;
     let kept_index_len = (chunks.len() * CHUNK_ENTRY_BYTES) as u64;
 
     let log_len = storage
@@ -184,4 +185,23 @@ async fn trim(env: &Env, dir: &str, durable: Option<LogOffset>) -> Result<Recove
         open_chunk,
         end_pos,
     })
+}
+
+/// Checksum-valid index entries must still describe the log: contiguous from
+/// position 0, each non-empty, offsets increasing.
+fn check_chunks(chunks: &[ChunkEntry]) -> Result<(), String> {
+    let mut expected_start = 0;
+    let mut previous_last: Option<LogOffset> = None;
+    for (i, c) in chunks.iter().enumerate() {
+        let ordered = c.first <= c.last && previous_last.is_none_or(|p| p < c.first);
+        if c.start_pos != expected_start || c.end_pos <= c.start_pos || !ordered {
+            return Err(format!(
+                "chunk entry {i} ({}..{} at {}..{}) does not follow its predecessor",
+                c.first, c.last, c.start_pos, c.end_pos
+            ));
+        }
+        expected_start = c.end_pos;
+        previous_last = Some(c.last);
+    }
+    Ok(())
 }

@@ -394,7 +394,7 @@ fn run_case(config: LogConfig, snapshot_rows: Vec<usize>, ops: Vec<Op>) {
             Op::Commit => {
                 let want = model.open.last().map(|r| r.offset);
                 model.commit();
-                assert_eq!(writer.commit(), want);
+                assert_eq!(writer.commit().unwrap(), want);
             }
             Op::Flush => {
                 let durable = now(writer.flush()).unwrap();

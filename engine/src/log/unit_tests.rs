@@ -48,7 +48,7 @@ fn electric_offset_walk_over_snapshot_and_main_log_chunks() {
         for op in 0..ops {
             now(writer.append(rec(tx, 2 * op, row))).unwrap();
         }
-        writer.commit();
+        writer.commit().unwrap();
     }
     // Snapshot: chunks 0 and 1 hold two rows each, chunk 2 the last row.
     assert_eq!(
@@ -108,7 +108,7 @@ fn readers_see_committed_unflushed_records_but_never_uncommitted_ones() {
         Vec::<String>::new()
     );
     assert_eq!(reader.latest_offset(), LogOffset::SNAPSHOT_END);
-    writer.commit();
+    writer.commit().unwrap();
     now(writer.append(rec(4, 0, "{}"))).unwrap();
     assert_eq!(
         world
@@ -152,7 +152,7 @@ fn flushes_on_buffer_size_chunk_close_timer_and_request() {
     assert_eq!(log_bytes(), 0);
     now(writer.append(rec(2, 4, &json))).unwrap();
     assert!(log_bytes() > 0, "buffer threshold flush");
-    writer.commit();
+    writer.commit().unwrap();
     assert_eq!(
         writer.durable_offset(),
         None,
@@ -177,7 +177,7 @@ fn flushes_on_buffer_size_chunk_close_timer_and_request() {
     assert!(flushed > 1_000, "chunk close flush");
 
     // Request.
-    writer.commit();
+    writer.commit().unwrap();
     assert_eq!(now(writer.flush()).unwrap(), Some(LogOffset::new(3, 0)));
     assert_eq!(writer.durable_offset(), Some(LogOffset::new(3, 0)));
 }
@@ -187,11 +187,11 @@ fn reopen_cuts_a_flushed_but_not_durable_tail() {
     let world = World::new();
     let mut writer = ready(&world, LogConfig::default(), &[]);
     now(writer.append(rec(2, 0, "{\"a\":1}"))).unwrap();
-    writer.commit();
+    writer.commit().unwrap();
     now(writer.flush()).unwrap();
     // A transaction whose data is synced, but the crash comes before its offset is recorded.
     now(writer.append(rec(3, 0, "{\"a\":2}"))).unwrap();
-    writer.commit();
+    writer.commit().unwrap();
     world.crash.arm(CrashPoint::LogFlushAfterSync, 0);
     assert!(writer.flush().now_or_never().is_none());
     drop(writer);
@@ -215,7 +215,7 @@ fn a_log_shorter_than_its_durable_offset_is_corruption_not_silence() {
     let world = World::new();
     let mut writer = ready(&world, LogConfig::default(), &[]);
     now(writer.append(rec(2, 0, "{}"))).unwrap();
-    writer.commit();
+    writer.commit().unwrap();
     now(writer.flush()).unwrap();
     drop(writer);
     now(world.env.storage.truncate("shapes/s1/log", 5)).unwrap();
@@ -305,7 +305,7 @@ fn appending_a_replayed_offset_is_a_loud_failure() {
     let world = World::new();
     let mut writer = ready(&world, small(), &[]);
     now(writer.append(rec(4, 0, "{}"))).unwrap();
-    writer.commit();
+    writer.commit().unwrap();
     let _ = now(writer.append(rec(4, 0, "{}")));
 }
 
@@ -314,7 +314,7 @@ fn a_cancelled_flush_poisons_the_writer() {
     let world = World::new();
     let mut writer = ready(&world, small(), &[]);
     now(writer.append(rec(4, 0, "{}"))).unwrap();
-    writer.commit();
+    writer.commit().unwrap();
     world.crash.arm(CrashPoint::LogFlushAfterWrite, 0);
     assert!(writer.flush().now_or_never().is_none());
     let err = now(writer.flush()).unwrap_err();
@@ -373,4 +373,47 @@ proptest! {
             Err(e) => prop_assert!(false, "unexpected error: {}", e),
         }
     }
+}
+
+#[test]
+fn a_log_is_created_only_in_a_fresh_directory_and_removed_metadata_first() {
+    let world = World::new();
+    let writer = ready(&world, small(), &["{}"]);
+    drop(writer);
+    let again = now(ShapeLog::create(&world.env, DIR, small()))
+        .err()
+        .unwrap();
+    assert!(matches!(again, LogError::AlreadyExists(_)), "{again}");
+    // A power loss in the middle of a removal: the metadata is gone first, so
+    // whatever else survives is not mistaken for a log.
+    for seed in 0..32 {
+        let world = World::new();
+        drop(ready(&world, small(), &["{}", "{}"]));
+        now(world.env.storage.sync_dir("shapes")).unwrap();
+        let removal = ShapeLog::remove(&world.env, DIR).now_or_never();
+        assert!(removal.is_some());
+        world.storage.power_loss(PowerLoss::Torn { seed });
+        match now(ShapeLog::open(&world.env, DIR, small())) {
+            Err(LogError::Missing(_)) => {}
+            other => panic!(
+                "seed {seed}: a removed log must not reopen: {:?}",
+                other.err()
+            ),
+        }
+    }
+}
+
+#[test]
+fn a_failed_snapshot_write_poisons_the_writer() {
+    let world = World::new();
+    let mut writer = now(ShapeLog::create(&world.env, DIR, small())).unwrap();
+    now(writer.start_snapshot(Visibility::default())).unwrap();
+    world.crash.arm(CrashPoint::SnapshotAfterChunk, 0);
+    let parked = writer
+        .append_snapshot_row(Operation::Insert, "k".into(), "x".repeat(40))
+        .now_or_never();
+    assert!(parked.is_none());
+    let err = now(writer.finish_snapshot()).unwrap_err();
+    assert!(matches!(err, LogError::Poisoned(_)), "{err}");
+    assert!(matches!(writer.commit(), Err(LogError::Poisoned(_))));
 }

@@ -7,9 +7,10 @@
 //! frames and new chunk-index entries, syncs both files, and only then records
 //! the new durable offset in the metadata (see `ARCHITECTURE.md`).
 //!
-//! Cancelling a flush (dropping its future) is only allowed as part of a kill:
-//! the writer marks itself failed while a flush is in flight, so a writer whose
-//! flush was cancelled refuses further work instead of writing frames twice.
+//! Cancelling an operation (dropping its future) is only allowed as part of a
+//! kill: the writer marks itself failed while any write is in flight, so a
+//! writer whose write failed or was cancelled refuses further work instead of
+//! writing frames twice or trusting a failed fsync.
 
 use super::codec::{self, ChunkEntry};
 use super::meta::{self, LogMeta, SnapshotState, Visibility};
@@ -135,6 +136,20 @@ impl ShapeLogWriter {
         }
     }
 
+    /// Every mutating operation runs between `begin` and `end`: if it fails or
+    /// its future is dropped half-way, the writer stays failed. Retrying after a
+    /// partial write or a failed fsync would write frames twice or trust pages
+    /// the kernel may have dropped.
+    fn begin(&mut self) -> Result<(), LogError> {
+        self.check_usable()?;
+        self.failed = true;
+        Ok(())
+    }
+
+    fn end(&mut self) {
+        self.failed = false;
+    }
+
     /// The last offset appended (committed or not); appends must go above it.
     pub fn last_appended(&self) -> Option<LogOffset> {
         self.last_appended
@@ -153,16 +168,18 @@ impl ShapeLogWriter {
 
     /// Records that the snapshot started, with its visibility (durably).
     pub async fn start_snapshot(&mut self, visibility: Visibility) -> Result<(), LogError> {
-        self.check_usable()?;
         assert_eq!(
             self.meta.snapshot,
             SnapshotState::NotStarted,
             "snapshot started twice"
         );
-        self.meta.snapshot = SnapshotState::Started {
+        self.begin()?;
+        let mut meta = self.meta.clone();
+        meta.snapshot = SnapshotState::Started {
             visibility: visibility.clone(),
         };
-        meta::write(&self.env, &self.dir, &self.meta).await?;
+        meta::write(&self.env, &self.dir, &meta).await?;
+        self.meta = meta;
         self.snapshot = Some(SnapshotWriter {
             visibility,
             chunk: 0,
@@ -171,6 +188,7 @@ impl ShapeLogWriter {
             rows_in_chunk: 0,
             file_created: false,
         });
+        self.end();
         Ok(())
     }
 
@@ -185,7 +203,7 @@ impl ShapeLogWriter {
         key: String,
         json: String,
     ) -> Result<(), LogError> {
-        self.check_usable()?;
+        self.begin()?;
         let snap = self
             .snapshot
             .as_mut()
@@ -200,12 +218,12 @@ impl ShapeLogWriter {
         snap.json_bytes += entry.json.len() as u64;
         snap.rows_in_chunk += 1;
         if snap.json_bytes >= self.config.chunk_bytes {
-            self.close_snapshot_chunk().await
+            self.close_snapshot_chunk().await?;
         } else if snap.buffer.len() as u64 >= self.config.buffer_bytes {
-            self.write_snapshot_buffer().await
-        } else {
-            Ok(())
+            self.write_snapshot_buffer().await?;
         }
+        self.end();
+        Ok(())
     }
 
     async fn write_snapshot_buffer(&mut self) -> Result<(), LogError> {
@@ -257,7 +275,7 @@ impl ShapeLogWriter {
     /// Closes the last chunk and durably marks the snapshot complete. Returns
     /// the number of the last chunk.
     pub async fn finish_snapshot(&mut self) -> Result<u64, LogError> {
-        self.check_usable()?;
+        self.begin()?;
         let snap = self
             .snapshot
             .as_ref()
@@ -265,17 +283,21 @@ impl ShapeLogWriter {
         if snap.rows_in_chunk > 0 || snap.chunk == 0 {
             self.close_snapshot_chunk().await?;
         }
-        let snap = self.snapshot.take().expect("snapshot in progress");
+        let snap = self.snapshot.as_ref().expect("snapshot in progress");
         let last_chunk = snap.chunk - 1;
         self.env
             .crash_point(CrashPoint::SnapshotBeforeComplete)
             .await;
-        self.meta.snapshot = SnapshotState::Complete {
-            visibility: snap.visibility,
+        let mut meta = self.meta.clone();
+        meta.snapshot = SnapshotState::Complete {
+            visibility: snap.visibility.clone(),
             last_chunk,
         };
-        meta::write(&self.env, &self.dir, &self.meta).await?;
+        meta::write(&self.env, &self.dir, &meta).await?;
+        self.meta = meta;
+        self.snapshot = None;
         self.lock().snapshot_last = Some(last_chunk);
+        self.end();
         Ok(last_chunk)
     }
 
@@ -284,7 +306,7 @@ impl ShapeLogWriter {
     /// Appends a record of the current transaction. Offsets must be real and
     /// strictly increasing: a replayed or reordered record is a caller bug.
     pub async fn append(&mut self, entry: LogEntry) -> Result<(), LogError> {
-        self.check_usable()?;
+        self.begin()?;
         assert!(
             entry.offset.is_real(),
             "main-log records need real offsets, got {}",
@@ -327,18 +349,25 @@ impl ShapeLogWriter {
                 start_pos: self.end_pos,
                 json_bytes: 0,
             };
-            self.flush().await?;
+            self.flush_inner().await?;
         } else if self.buffer.len() as u64 >= self.config.buffer_bytes {
-            self.flush().await?;
+            self.flush_inner().await?;
         }
+        self.end();
         Ok(())
+    }
+
+    /// The last committed offset (`last_seen_txn_offset`).
+    pub fn last_committed(&self) -> Option<LogOffset> {
+        self.last_committed
     }
 
     /// Ends the current transaction: its records become visible to readers.
     /// Returns the transaction's last offset (`None` if it appended nothing).
-    pub fn commit(&mut self) -> Option<LogOffset> {
+    pub fn commit(&mut self) -> Result<Option<LogOffset>, LogError> {
+        self.check_usable()?;
         if self.last_committed == self.last_appended {
-            return None;
+            return Ok(None);
         }
         self.last_committed = self.last_appended;
         let committed = self.last_committed.expect("something was appended");
@@ -358,7 +387,7 @@ impl ShapeLogWriter {
         shared.last_committed = Some(committed);
         shared.chunks.extend(publish);
         shared.check();
-        Some(committed)
+        Ok(Some(committed))
     }
 
     /// When the buffered data must be flushed by (clock milliseconds), if any.
@@ -379,7 +408,13 @@ impl ShapeLogWriter {
     /// Writes and syncs everything buffered, then records the last committed
     /// offset as durable. Returns the durable offset.
     pub async fn flush(&mut self) -> Result<Option<LogOffset>, LogError> {
-        self.check_usable()?;
+        self.begin()?;
+        let durable = self.flush_inner().await?;
+        self.end();
+        Ok(durable)
+    }
+
+    async fn flush_inner(&mut self) -> Result<Option<LogOffset>, LogError> {
         let commit_at_start = self.last_committed;
         if self.buffer.is_empty()
             && self.unindexed.is_empty()
@@ -387,7 +422,6 @@ impl ShapeLogWriter {
         {
             return Ok(commit_at_start);
         }
-        self.failed = true;
         let storage = &self.env.storage;
         let (log, chunks) = (join(&self.dir, LOG_FILE), join(&self.dir, CHUNKS_FILE));
         if !self.buffer.is_empty() {
@@ -445,8 +479,6 @@ impl ShapeLogWriter {
             shared.mem.pop_front();
         }
         shared.check();
-        drop(shared);
-        self.failed = false;
         Ok(commit_at_start)
     }
 }
