@@ -9,8 +9,10 @@
 pub mod env;
 pub mod log;
 pub mod offset;
+pub mod replication;
 pub mod schema;
 pub mod shape;
+pub mod wire;
 
 /// Shared by the engine's property tests: deterministic by default (a fixed
 /// seed, so CI runs the same cases on the same commit), explorable through

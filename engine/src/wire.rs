@@ -1,0 +1,220 @@
+//! Electric's JSON wire format: row keys, change messages and control
+//! messages. Values are sent as Postgres' text output (strings) or `null`, as
+//! Electric does; clients parse them by the schema header.
+
+use crate::log::Operation;
+use crate::replication::{Lsn, Visibility, Xid};
+use crate::schema::{TableName, TableSchema, Value};
+use serde_json::{Map, Value as Json, json};
+
+/// `"schema"."table"/"pk1"/"pk2"`: `/` is doubled in every part and `.` in
+/// the relation parts; a NULL key part is `_`, unquoted.
+pub fn row_key(table: &TableSchema, row: &[Value]) -> String {
+    let rel = |s: &str| s.replace('/', "//").replace('.', "..");
+    let mut key = format!(
+        "\"{}\".\"{}\"",
+        rel(&table.name.schema),
+        rel(&table.name.name)
+    );
+    for &i in &table.primary_key {
+        match row[i].to_text() {
+            None => key.push_str("/_"),
+            Some(text) => key.push_str(&format!("/\"{}\"", text.replace('/', "//"))),
+        }
+    }
+    key
+}
+
+fn text(value: &Value) -> Json {
+    value.to_text().map_or(Json::Null, Json::String)
+}
+
+/// `{column: text}` for the given column indexes of `row`.
+pub fn values(
+    table: &TableSchema,
+    row: &[Value],
+    columns: impl IntoIterator<Item = usize>,
+) -> Map<String, Json> {
+    columns
+        .into_iter()
+        .map(|i| (table.columns[i].name.clone(), text(&row[i])))
+        .collect()
+}
+
+fn relation(name: &TableName) -> Json {
+    json!([name.schema, name.name])
+}
+
+pub fn operation_name(op: Operation) -> &'static str {
+    match op {
+        Operation::Insert => "insert",
+        Operation::Update => "update",
+        Operation::Delete => "delete",
+        Operation::Control => "control",
+    }
+}
+
+/// A snapshot row: an insert without replication headers.
+pub fn snapshot_row(table: &TableSchema, key: &str, value: Map<String, Json>) -> String {
+    let headers = json!({"operation": "insert", "relation": relation(&table.name)});
+    json!({"key": key, "value": value, "headers": headers}).to_string()
+}
+
+/// Where a replicated change sits, for its headers.
+pub struct ChangeSource {
+    pub xid: Xid,
+    pub lsn: Lsn,
+    pub op_position: u64,
+    /// The last change of its transaction in this shape.
+    pub last: bool,
+}
+
+/// A change message written to a shape log. `extra` carries `old_value`,
+/// `key_change_to` / `key_change_from` where they apply.
+pub fn change(
+    table: &TableSchema,
+    op: Operation,
+    key: &str,
+    value: Map<String, Json>,
+    source: &ChangeSource,
+    extra: Map<String, Json>,
+) -> String {
+    let mut headers = json!({
+        "operation": operation_name(op),
+        "relation": relation(&table.name),
+        "txids": [source.xid],
+        "lsn": source.lsn.to_string(),
+        "op_position": source.op_position,
+    });
+    if source.last {
+        headers["last"] = Json::Bool(true);
+    }
+    let mut message = json!({"key": key, "value": value, "headers": headers});
+    for (name, v) in extra {
+        match name.as_str() {
+            "old_value" => message["old_value"] = v,
+            _ => message["headers"][name] = v,
+        }
+    }
+    message.to_string()
+}
+
+pub fn up_to_date(global_last_seen_lsn: Lsn) -> String {
+    json!({"headers": {"control": "up-to-date", "global_last_seen_lsn": global_last_seen_lsn.to_string()}}).to_string()
+}
+
+pub fn must_refetch() -> String {
+    json!({"headers": {"control": "must-refetch"}}).to_string()
+}
+
+pub fn snapshot_end(visibility: &Visibility) -> String {
+    let xip: Vec<String> = visibility.xip_list.iter().map(u64::to_string).collect();
+    json!({"headers": {
+        "control": "snapshot-end",
+        "xmin": visibility.xmin.to_string(),
+        "xmax": visibility.xmax.to_string(),
+        "xip_list": xip,
+    }})
+    .to_string()
+}
+
+/// A JSON array of already-encoded messages.
+pub fn array<'a>(messages: impl IntoIterator<Item = &'a str>) -> String {
+    let mut body = String::from("[");
+    for (i, m) in messages.into_iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(m);
+    }
+    body.push(']');
+    body
+}
+
+/// The `electric-schema` header: `{column: {type, pk_index?, not_null?}}`.
+pub fn schema_header(table: &TableSchema, selected: &[usize]) -> String {
+    let mut schema = Map::new();
+    for &i in selected {
+        let column = &table.columns[i];
+        let mut spec = json!({"type": column.ty.pg_name()});
+        if let Some(pk_index) = table.primary_key.iter().position(|&p| p == i) {
+            spec["pk_index"] = json!(pk_index);
+        }
+        if column.not_null {
+            spec["not_null"] = Json::Bool(true);
+        }
+        schema.insert(column.name.clone(), spec);
+    }
+    Json::Object(schema).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{Column, ColumnType};
+
+    fn table() -> TableSchema {
+        let col = |name: &str, ty| Column {
+            name: name.into(),
+            ty,
+            not_null: false,
+        };
+        TableSchema::new(
+            TableName {
+                schema: "my.schema".into(),
+                name: "a/b".into(),
+            },
+            1,
+            vec![
+                col("id", ColumnType::Text),
+                col("n", ColumnType::Int),
+                col("flag", ColumnType::Bool),
+            ],
+            &["id", "n"],
+        )
+    }
+
+    #[test]
+    fn keys_escape_like_electric() {
+        let row = vec![Value::Text("x/y".into()), Value::Null, Value::Bool(true)];
+        assert_eq!(row_key(&table(), &row), r#""my..schema"."a//b"/"x//y"/_"#);
+    }
+
+    #[test]
+    fn messages_have_electric_shape() {
+        let t = table();
+        let row = vec![Value::Text("k".into()), Value::Int(-4), Value::Null];
+        let source = ChangeSource {
+            xid: 7,
+            lsn: 42,
+            op_position: 4,
+            last: true,
+        };
+        let mut extra = Map::new();
+        extra.insert("old_value".into(), json!({"n": "3"}));
+        let msg: Json = serde_json::from_str(&change(
+            &t,
+            Operation::Update,
+            "K",
+            values(&t, &row, [0, 1, 2]),
+            &source,
+            extra,
+        ))
+        .unwrap();
+        assert_eq!(msg["value"], json!({"id": "k", "n": "-4", "flag": null}));
+        assert_eq!(msg["old_value"], json!({"n": "3"}));
+        assert_eq!(
+            msg["headers"],
+            json!({"operation": "update", "relation": ["my.schema", "a/b"], "txids": [7], "lsn": "42", "op_position": 4, "last": true})
+        );
+        assert_eq!(
+            array([up_to_date(9).as_str(), must_refetch().as_str()]),
+            r#"[{"headers":{"control":"up-to-date","global_last_seen_lsn":"9"}},{"headers":{"control":"must-refetch"}}]"#
+        );
+        let schema: Json = serde_json::from_str(&schema_header(&t, &[0, 2])).unwrap();
+        assert_eq!(
+            schema,
+            json!({"id": {"type": "text", "pk_index": 0}, "flag": {"type": "bool"}})
+        );
+    }
+}
