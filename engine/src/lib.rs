@@ -7,9 +7,13 @@
 //! contract.
 
 pub mod env;
+pub mod flush_tracker;
+pub mod handle;
 pub mod log;
+pub mod metadata;
 pub mod offset;
 pub mod replication;
+pub mod router;
 pub mod schema;
 pub mod shape;
 pub mod wire;

@@ -1,0 +1,195 @@
+//! Flush tracking: the LSN the engine may acknowledge to the replication slot.
+//!
+//! Acknowledging LSN `A` lets Postgres forget every transaction committed at or
+//! below `A`, so `A` must stay below the oldest transaction that some shape has
+//! been sent but has not yet made durable. Per pending shape we keep the last
+//! LSN sent to it and the last LSN it reported durable; a shape that becomes
+//! pending at LSN `L` counts as durable up to `L - 1` (it needed nothing
+//! before). The acknowledgement is the least of those, or the last LSN seen
+//! when no shape is pending (Electric's FlushTracker, section 5.3).
+
+use crate::replication::Lsn;
+use std::collections::BTreeMap;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Pending {
+    last_sent: Lsn,
+    last_flushed: Lsn,
+}
+
+#[derive(Debug)]
+pub struct FlushTracker {
+    last_seen: Lsn,
+    last_ack: Lsn,
+    pending: BTreeMap<String, Pending>,
+    /// Planted bug `ack-past-unflushed`: acknowledge what was seen, flushed or not.
+    ack_past_unflushed: bool,
+}
+
+impl FlushTracker {
+    /// Starts from the slot's confirmed LSN: everything at or below it is durable.
+    pub fn new(confirmed_lsn: Lsn) -> FlushTracker {
+        FlushTracker {
+            last_seen: confirmed_lsn,
+            last_ack: confirmed_lsn,
+            pending: BTreeMap::new(),
+            ack_past_unflushed: false,
+        }
+    }
+
+    pub fn plant_ack_past_unflushed(&mut self) {
+        self.ack_past_unflushed = true;
+    }
+
+    /// A transaction was processed and sent to `shapes` (possibly none).
+    pub fn txn_routed<'a>(&mut self, lsn: Lsn, shapes: impl IntoIterator<Item = &'a str>) {
+        assert!(
+            lsn > self.last_seen,
+            "transactions must arrive in LSN order: {lsn} after {}",
+            self.last_seen
+        );
+        for handle in shapes {
+            let entry = self.pending.entry(handle.to_string()).or_insert(Pending {
+                last_sent: lsn,
+                last_flushed: lsn - 1,
+            });
+            entry.last_sent = lsn;
+        }
+        self.last_seen = lsn;
+    }
+
+    /// `handle` made durable every transaction sent to it at or below `lsn`.
+    pub fn flushed(&mut self, handle: &str, lsn: Lsn) {
+        let Some(entry) = self.pending.get_mut(handle) else {
+            return;
+        };
+        if lsn >= entry.last_sent {
+            self.pending.remove(handle);
+        } else {
+            entry.last_flushed = entry.last_flushed.max(lsn);
+        }
+    }
+
+    /// A removed shape holds nothing back any more.
+    pub fn remove_shape(&mut self, handle: &str) {
+        self.pending.remove(handle);
+    }
+
+    /// Whether every shape has made durable everything it was sent.
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    pub fn last_seen(&self) -> Lsn {
+        self.last_seen
+    }
+
+    /// The LSN that may be acknowledged now. Never decreases.
+    pub fn ack_lsn(&mut self) -> Lsn {
+        let safe = self
+            .pending
+            .values()
+            .map(|p| p.last_flushed)
+            .min()
+            .unwrap_or(self.last_seen);
+        let ack = if self.ack_past_unflushed {
+            self.last_seen
+        } else {
+            safe
+        };
+        assert!(
+            ack >= self.last_ack,
+            "acknowledgement went backwards: {ack} < {}",
+            self.last_ack
+        );
+        self.last_ack = ack;
+        ack
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Txn { gap: u64, shapes: Vec<usize> },
+        Flush { shape: usize, pick: usize },
+        Remove { shape: usize },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (1u64..4, prop::collection::vec(0usize..4, 0..3)).prop_map(|(gap, shapes)| Op::Txn { gap, shapes }),
+            3 => (0usize..4, any::<usize>()).prop_map(|(shape, pick)| Op::Flush { shape, pick }),
+            1 => (0usize..4).prop_map(|shape| Op::Remove { shape }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(crate::proptest_config(1_000))]
+
+        /// Against a model that remembers every unflushed transaction of every
+        /// shape: the acknowledgement is never at or above one of them, never
+        /// above what was seen, never decreases, and catches up once all is flushed.
+        #[test]
+        fn ack_never_passes_an_unflushed_transaction(start in 0u64..100, ops in prop::collection::vec(op(), 1..60)) {
+            let mut tracker = FlushTracker::new(start);
+            let mut unflushed: Vec<BTreeSet<Lsn>> = vec![BTreeSet::new(); 4];
+            let mut sent: Vec<Vec<Lsn>> = vec![Vec::new(); 4];
+            let mut lsn = start;
+            let mut last_ack = start;
+            for op in ops {
+                match op {
+                    Op::Txn { gap, shapes } => {
+                        lsn += gap;
+                        let shapes: BTreeSet<usize> = shapes.into_iter().collect();
+                        let names: Vec<String> = shapes.iter().map(|s| format!("s{s}")).collect();
+                        tracker.txn_routed(lsn, names.iter().map(String::as_str));
+                        for s in shapes {
+                            unflushed[s].insert(lsn);
+                            sent[s].push(lsn);
+                        }
+                    }
+                    Op::Flush { shape, pick } => {
+                        if sent[shape].is_empty() { continue; }
+                        let up_to = sent[shape][pick % sent[shape].len()];
+                        tracker.flushed(&format!("s{shape}"), up_to);
+                        unflushed[shape].retain(|&l| l > up_to);
+                    }
+                    Op::Remove { shape } => {
+                        tracker.remove_shape(&format!("s{shape}"));
+                        unflushed[shape].clear();
+                        sent[shape].clear();
+                    }
+                }
+                let ack = tracker.ack_lsn();
+                let oldest_unflushed = unflushed.iter().flatten().min();
+                prop_assert!(oldest_unflushed.is_none_or(|&u| ack < u), "ack {} at or past unflushed {:?}", ack, oldest_unflushed);
+                prop_assert!(ack <= lsn && ack >= last_ack);
+                if oldest_unflushed.is_none() {
+                    prop_assert_eq!(ack, lsn, "nothing pending: everything seen is acknowledged");
+                    prop_assert!(tracker.is_idle());
+                }
+                last_ack = ack;
+            }
+        }
+    }
+
+    #[test]
+    fn the_planted_bug_acknowledges_past_an_unflushed_transaction() {
+        let mut tracker = FlushTracker::new(10);
+        tracker.plant_ack_past_unflushed();
+        tracker.txn_routed(11, ["a"]);
+        assert_eq!(
+            tracker.ack_lsn(),
+            11,
+            "with the plant, shape a's unflushed 11 is acknowledged"
+        );
+        let mut honest = FlushTracker::new(10);
+        honest.txn_routed(11, ["a"]);
+        assert_eq!(honest.ack_lsn(), 10);
+    }
+}

@@ -1,0 +1,415 @@
+//! Routing: turns a replicated transaction into the records one shape must
+//! append. Pure: the same transaction always yields the same records at the
+//! same offsets, which is what lets a replayed transaction be recognised (and
+//! what makes re-creating an unflushed tail after a crash byte-identical).
+//!
+//! Offsets: change `k` of the transaction (counting every change, in every
+//! table) gets `<commit_lsn>_<2k>`; when a primary-key change is split, its
+//! insert gets `<commit_lsn>_<2k+1>`.
+//!
+//! Per change, with `old_in`/`new_in` = whether the old/new row is in the shape:
+//! - insert: an insert if `new_in`; delete: a delete if `old_in`;
+//! - update: a move in (`!old_in && new_in`) is an insert of the new row, a
+//!   move out (`old_in && !new_in`) a delete of the old key; both in: a key
+//!   change is a delete of the old key then an insert of the new one, otherwise
+//!   an update, dropped if no selected column changed.
+//!
+//! Values (Electric's `replica` modes): inserts carry the selected columns.
+//! `default`: updates carry the primary key and the changed columns, deletes
+//! the primary key. `full`: updates carry every selected column plus
+//! `old_value` with the old values of the changed ones, deletes the full row.
+
+use crate::log::{LogEntry, Operation};
+use crate::offset::LogOffset;
+use crate::replication::{Change, Lsn, Transaction, Xid};
+use crate::schema::Value;
+use crate::shape::{Replica, Shape};
+use crate::wire::{self, ChangeSource};
+use serde_json::{Map, Value as Json};
+
+/// One shape's part of one transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShapeTxn {
+    pub xid: Xid,
+    pub lsn: Lsn,
+    /// Never empty: a transaction that writes nothing to a shape is not routed to it.
+    pub entries: Vec<LogEntry>,
+}
+
+struct Draft {
+    op: Operation,
+    offset: LogOffset,
+    key: String,
+    value: Map<String, Json>,
+    extra: Map<String, Json>,
+}
+
+/// The records `shape` must append for `txn`, or `None` if there are none.
+pub fn route(shape: &Shape, txn: &Transaction) -> Option<ShapeTxn> {
+    let mut drafts = Vec::new();
+    for (k, change) in txn.changes.iter().enumerate() {
+        if change.table() != &shape.table.name {
+            continue;
+        }
+        let offset = LogOffset::new(txn.commit_lsn, 2 * k as u64);
+        convert(shape, change, offset, &mut drafts);
+    }
+    let last = drafts.len().checked_sub(1)?;
+    let entries = drafts
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let LogOffset::At {
+                op: crate::offset::OpIndex::At(op_position),
+                ..
+            } = d.offset
+            else {
+                unreachable!("routed offsets are concrete")
+            };
+            let source = ChangeSource {
+                xid: txn.xid,
+                lsn: txn.commit_lsn,
+                op_position,
+                last: i == last,
+            };
+            let json = wire::change(&shape.table, d.op, &d.key, d.value, &source, d.extra);
+            LogEntry {
+                offset: d.offset,
+                operation: d.op,
+                key: d.key,
+                json,
+            }
+        })
+        .collect();
+    Some(ShapeTxn {
+        xid: txn.xid,
+        lsn: txn.commit_lsn,
+        entries,
+    })
+}
+
+fn convert(shape: &Shape, change: &Change, offset: LogOffset, out: &mut Vec<Draft>) {
+    let table = &shape.table;
+    let key = |row: &[Value]| wire::row_key(table, row);
+    let pk_values = |row: &[Value]| wire::values(table, row, table.primary_key.iter().copied());
+    let selected = |row: &[Value]| wire::values(table, row, shape.selected.iter().copied());
+    let insert = |row: &[Value], offset, extra| Draft {
+        op: Operation::Insert,
+        offset,
+        key: key(row),
+        value: selected(row),
+        extra,
+    };
+    let delete = |row: &[Value], offset, extra| {
+        let value = match shape.replica {
+            Replica::Default => pk_values(row),
+            Replica::Full => selected(row),
+        };
+        Draft {
+            op: Operation::Delete,
+            offset,
+            key: key(row),
+            value,
+            extra,
+        }
+    };
+    match change {
+        Change::Insert { new, .. } => {
+            if shape.includes(new) {
+                out.push(insert(new, offset, Map::new()));
+            }
+        }
+        Change::Delete { old, .. } => {
+            if shape.includes(old) {
+                out.push(delete(old, offset, Map::new()));
+            }
+        }
+        Change::Update { old, new, .. } => match (shape.includes(old), shape.includes(new)) {
+            (false, false) => {}
+            (false, true) => out.push(insert(new, offset, Map::new())),
+            (true, false) => out.push(delete(old, offset, Map::new())),
+            (true, true) if table.primary_key.iter().any(|&i| old[i] != new[i]) => {
+                let (old_key, new_key) = (key(old), key(new));
+                let to = Map::from_iter([("key_change_to".to_string(), Json::String(new_key))]);
+                let from = Map::from_iter([("key_change_from".to_string(), Json::String(old_key))]);
+                out.push(delete(old, offset, to));
+                out.push(insert(new, offset.increment(), from));
+            }
+            (true, true) => {
+                let changed: Vec<usize> = shape
+                    .selected
+                    .iter()
+                    .copied()
+                    .filter(|&i| old[i] != new[i])
+                    .collect();
+                if changed.is_empty() {
+                    return;
+                }
+                let (value, extra) = match shape.replica {
+                    Replica::Default => {
+                        let mut value = pk_values(new);
+                        value.extend(wire::values(table, new, changed));
+                        (value, Map::new())
+                    }
+                    Replica::Full => {
+                        let old_value = Json::Object(wire::values(table, old, changed));
+                        (
+                            selected(new),
+                            Map::from_iter([("old_value".to_string(), old_value)]),
+                        )
+                    }
+                };
+                out.push(Draft {
+                    op: Operation::Update,
+                    offset,
+                    key: key(new),
+                    value,
+                    extra,
+                });
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{Catalog, Column, ColumnType, TableName, TableSchema};
+    use crate::shape::ShapeRequest;
+    use serde_json::json;
+
+    fn catalog() -> Catalog {
+        let col = |name: &str, ty| Column {
+            name: name.into(),
+            ty,
+            not_null: true,
+        };
+        let t = TableSchema::new(
+            TableName::public("items"),
+            7,
+            vec![
+                col("id", ColumnType::Text),
+                col("n", ColumnType::Int),
+                col("note", ColumnType::Text),
+            ],
+            &["id"],
+        );
+        let other = TableSchema::new(
+            TableName::public("other"),
+            8,
+            vec![col("id", ColumnType::Text)],
+            &["id"],
+        );
+        Catalog::new([t, other])
+    }
+
+    fn shape(where_clause: &str, columns: Option<&[&str]>, replica: Replica) -> Shape {
+        let request = ShapeRequest {
+            table: "items".into(),
+            columns: columns.map(|c| c.iter().map(|s| s.to_string()).collect()),
+            where_clause: Some(where_clause.into()),
+            replica,
+        };
+        Shape::new(&catalog(), &request).unwrap()
+    }
+
+    fn row(id: &str, n: i64, note: &str) -> Vec<Value> {
+        vec![
+            Value::Text(id.into()),
+            Value::Int(n),
+            Value::Text(note.into()),
+        ]
+    }
+
+    fn update(old: Vec<Value>, new: Vec<Value>) -> Change {
+        Change::Update {
+            table: TableName::public("items"),
+            old,
+            new,
+        }
+    }
+
+    /// (offset, operation, value, key_change / old_value extras) of each record.
+    fn routed(shape: &Shape, changes: Vec<Change>) -> Vec<(String, &'static str, Json, Json)> {
+        let txn = Transaction {
+            xid: 9,
+            commit_lsn: 100,
+            changes,
+        };
+        let Some(routed) = route(shape, &txn) else {
+            return Vec::new();
+        };
+        assert_eq!((routed.xid, routed.lsn), (9, 100));
+        let last = routed.entries.len() - 1;
+        routed
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let msg: Json = serde_json::from_str(&e.json).unwrap();
+                assert_eq!(msg["key"], json!(e.key));
+                assert_eq!(
+                    msg["headers"]["last"],
+                    if i == last { json!(true) } else { Json::Null }
+                );
+                assert_eq!(msg["headers"]["lsn"], json!("100"));
+                let extra = json!({
+                    "old_value": msg["old_value"],
+                    "to": msg["headers"]["key_change_to"],
+                    "from": msg["headers"]["key_change_from"],
+                });
+                (
+                    e.offset.to_string(),
+                    wire::operation_name(e.operation),
+                    msg["value"].clone(),
+                    extra,
+                )
+            })
+            .collect()
+    }
+
+    fn no_extra() -> Json {
+        json!({"old_value": null, "to": null, "from": null})
+    }
+
+    #[test]
+    fn inserts_deletes_and_moves_follow_the_where_clause() {
+        let s = shape("n > 10", None, Replica::Default);
+        let changes = vec![
+            Change::Insert {
+                table: TableName::public("other"),
+                new: vec![Value::Text("x".into())],
+            },
+            Change::Insert {
+                table: TableName::public("items"),
+                new: row("a", 11, "hi"),
+            },
+            Change::Insert {
+                table: TableName::public("items"),
+                new: row("b", 1, "no"),
+            },
+            update(row("b", 1, "no"), row("b", 12, "no")), // move in
+            update(row("a", 11, "hi"), row("a", 5, "hi")), // move out
+            update(row("c", 1, "x"), row("c", 2, "y")),    // out, stays out
+            Change::Delete {
+                table: TableName::public("items"),
+                old: row("d", 50, "z"),
+            },
+        ];
+        assert_eq!(
+            routed(&s, changes),
+            vec![
+                (
+                    "100_2".into(),
+                    "insert",
+                    json!({"id": "a", "n": "11", "note": "hi"}),
+                    no_extra()
+                ),
+                (
+                    "100_6".into(),
+                    "insert",
+                    json!({"id": "b", "n": "12", "note": "no"}),
+                    no_extra()
+                ),
+                ("100_8".into(), "delete", json!({"id": "a"}), no_extra()),
+                ("100_12".into(), "delete", json!({"id": "d"}), no_extra()),
+            ]
+        );
+    }
+
+    #[test]
+    fn updates_carry_changed_columns_or_the_full_row() {
+        let change = || vec![update(row("a", 20, "old"), row("a", 21, "old"))];
+        let default = shape("n > 10", None, Replica::Default);
+        assert_eq!(
+            routed(&default, change()),
+            vec![(
+                "100_0".into(),
+                "update",
+                json!({"id": "a", "n": "21"}),
+                no_extra()
+            )]
+        );
+        let full = shape("n > 10", None, Replica::Full);
+        let extra = json!({"old_value": {"n": "20"}, "to": null, "from": null});
+        assert_eq!(
+            routed(&full, change()),
+            vec![(
+                "100_0".into(),
+                "update",
+                json!({"id": "a", "n": "21", "note": "old"}),
+                extra
+            )]
+        );
+        // A change to an unselected column only is dropped; so is a no-op update.
+        let narrow = shape("n > 10", Some(&["note"]), Replica::Default);
+        assert_eq!(routed(&narrow, change()), vec![]);
+        assert_eq!(
+            routed(&default, vec![update(row("a", 20, "x"), row("a", 20, "x"))]),
+            vec![]
+        );
+        // Full deletes carry the whole old row.
+        let delete = vec![Change::Delete {
+            table: TableName::public("items"),
+            old: row("a", 20, "x"),
+        }];
+        assert_eq!(
+            routed(&full, delete),
+            vec![(
+                "100_0".into(),
+                "delete",
+                json!({"id": "a", "n": "20", "note": "x"}),
+                no_extra()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_key_change_splits_into_delete_and_insert_at_consecutive_offsets() {
+        let s = shape("n > 10", None, Replica::Default);
+        let changes = vec![
+            Change::Insert {
+                table: TableName::public("items"),
+                new: row("z", 1, ""),
+            },
+            update(row("a", 20, "x"), row("b", 20, "x")),
+        ];
+        let extra_to = json!({"old_value": null, "to": "\"public\".\"items\"/\"b\"", "from": null});
+        let extra_from =
+            json!({"old_value": null, "to": null, "from": "\"public\".\"items\"/\"a\""});
+        assert_eq!(
+            routed(&s, changes),
+            vec![
+                ("100_2".into(), "delete", json!({"id": "a"}), extra_to),
+                (
+                    "100_3".into(),
+                    "insert",
+                    json!({"id": "b", "n": "20", "note": "x"}),
+                    extra_from
+                ),
+            ]
+        );
+        // A key change that also leaves the shape is a plain delete of the old key.
+        assert_eq!(
+            routed(&s, vec![update(row("a", 20, "x"), row("b", 2, "x"))]),
+            vec![("100_0".into(), "delete", json!({"id": "a"}), no_extra())]
+        );
+    }
+
+    #[test]
+    fn routing_is_deterministic_and_skips_untouched_shapes() {
+        let s = shape("note LIKE 'h%'", None, Replica::Full);
+        let txn = Transaction {
+            xid: 1,
+            commit_lsn: 5,
+            changes: vec![update(row("a", 1, "hello"), row("a", 2, "help"))],
+        };
+        assert_eq!(route(&s, &txn), route(&s, &txn));
+        let untouched = Transaction {
+            xid: 1,
+            commit_lsn: 5,
+            changes: vec![update(row("a", 1, "x"), row("a", 2, "y"))],
+        };
+        assert_eq!(route(&s, &untouched), None);
+    }
+}
