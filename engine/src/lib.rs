@@ -6,6 +6,8 @@
 //! repository root for the map, the invariants and the crash-consistency
 //! contract.
 
+pub mod api;
+mod consumer;
 pub mod env;
 pub mod flush_tracker;
 pub mod handle;
@@ -16,6 +18,7 @@ pub mod replication;
 pub mod router;
 pub mod schema;
 pub mod shape;
+pub mod stack;
 pub mod wire;
 
 /// Shared by the engine's property tests: deterministic by default (a fixed

@@ -209,4 +209,9 @@ impl Catalog {
     pub fn tables(&self) -> impl Iterator<Item = &TableSchema> {
         self.tables.values()
     }
+
+    /// Adds or replaces a table; returns the definition it replaced.
+    pub fn upsert(&mut self, table: TableSchema) -> Option<TableSchema> {
+        self.tables.insert(table.name.clone(), table)
+    }
 }

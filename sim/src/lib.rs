@@ -1,4 +1,9 @@
 //! The simulation harness for the shape-sync engine, and the hosts that run it
 //! on real resources (the real-disk storage).
 
+pub mod client;
 pub mod disk;
+#[cfg(madsim)]
+pub mod host;
+pub mod oracle;
+pub mod pg;

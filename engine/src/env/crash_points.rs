@@ -40,6 +40,10 @@ crash_points! {
         "A snapshot chunk is closed and synced; the snapshot is not complete.",
     SnapshotBeforeComplete => "snapshot.before_complete":
         "Every snapshot chunk is durable; completion is not yet recorded.",
+    MetadataFlush => "metadata.flush":
+        "Before a batch of buffered shape metadata is committed to SQLite.",
+    ShutdownAfterDrain => "shutdown.after_drain":
+        "Graceful shutdown: every shape flushed, metadata not yet flushed, no marker.",
 }
 
 impl fmt::Display for CrashPoint {

@@ -1,0 +1,155 @@
+//! Boot: from whatever the previous run left on disk to a serving stack.
+//!
+//! Recovery rules, in order (each inconsistency and what happens to it):
+//! 1. the clean-shutdown marker is read and removed (durably): the stack knows
+//!    whether the previous stop was clean;
+//! 2. metadata: shapes whose snapshot never completed are deleted from SQLite
+//!    and their storage removed (clients holding them get 409);
+//! 3. each remaining shape is re-checked against the current catalog (a
+//!    table that changed drops the shape) and its log opened, which trims it
+//!    to its durable offset. A log that is missing, of another storage
+//!    version, or without a complete snapshot drops the shape; a corrupt log
+//!    (which the crash-consistency contract rules out) is a fatal invariant
+//!    violation in strict mode, else dropped;
+//! 4. directories under `shapes/` that no live shape owns are orphans (a shape
+//!    whose metadata add was lost in a crash, or a half-finished removal) and
+//!    are removed;
+//! 5. replication connects from the slot's confirmed LSN; the stack serves once
+//!    it has. Replayed transactions are then skipped globally (at or below
+//!    what was already processed) and per shape (at or below its log's end).
+
+use super::{CLEAN_SHUTDOWN_MARKER, Inner, SHAPES_DIR, replication};
+use crate::consumer::Start;
+use crate::env::{CrashPoint, join};
+use crate::handle::ShapeHandle;
+use crate::log::{LogError, ShapeLog};
+use crate::shape::Shape;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+pub(super) async fn boot(stack: Arc<Inner>) {
+    let env = stack.env().clone();
+    let clean = consume_marker(&stack).await;
+    *stack.previous_stop_clean.lock().expect("marker") = Some(clean);
+
+    env.storage
+        .create_dir_all(SHAPES_DIR)
+        .await
+        .expect("create the shapes directory");
+    env.storage
+        .sync_dir("")
+        .await
+        .expect("sync the storage root");
+    let (rows, incomplete) = stack.db.boot(stack.now_ms()).expect("metadata boot");
+    for handle in &incomplete {
+        remove_storage(&stack, handle).await;
+    }
+
+    let catalog = loop {
+        match stack.host.postgres.catalog().await {
+            Ok(catalog) => break catalog,
+            Err(_) => env.clock.sleep_ms(stack.config.retry_backoff_ms).await,
+        }
+    };
+    *stack.catalog.lock().expect("catalog") = catalog.clone();
+
+    for row in rows {
+        let shape = Shape::new(&catalog, &row.request)
+            .ok()
+            .filter(|s| s.comparable() == row.comparable);
+        let Some(shape) = shape else {
+            drop_shape(&stack, &row.handle).await;
+            continue;
+        };
+        let dir = Inner::shape_dir(&row.handle);
+        match ShapeLog::open(&env, &dir, stack.config.log).await {
+            Ok(writer) => stack.register(row.handle, Arc::new(shape), writer, Start::Restored),
+            Err(LogError::Corrupt(why)) if stack.config.strict_recovery => {
+                panic!(
+                    "invariant violated: the log of shape {} is corrupt at boot: {why}",
+                    row.handle
+                )
+            }
+            Err(_) => drop_shape(&stack, &row.handle).await,
+        }
+    }
+    remove_orphans(&stack).await;
+
+    let (replicating, acking, flushing) = (stack.clone(), stack.clone(), stack.clone());
+    env.spawner.spawn(
+        "replication",
+        Box::pin(async move { replication::run(replicating).await }),
+    );
+    env.spawner.spawn(
+        "acknowledge",
+        Box::pin(async move { replication::acknowledge(acking).await }),
+    );
+    env.spawner.spawn(
+        "metadata-flush",
+        Box::pin(async move { flush_metadata(flushing).await }),
+    );
+}
+
+/// Reads and removes the marker; true if the previous stop was clean.
+async fn consume_marker(stack: &Inner) -> bool {
+    let storage = &stack.env().storage;
+    let present = storage
+        .exists(CLEAN_SHUTDOWN_MARKER)
+        .await
+        .expect("storage root readable");
+    if present {
+        storage
+            .remove(CLEAN_SHUTDOWN_MARKER)
+            .await
+            .expect("remove the clean-shutdown marker");
+        storage.sync_dir("").await.expect("sync the storage root");
+    }
+    present
+}
+
+async fn drop_shape(stack: &Inner, handle: &ShapeHandle) {
+    stack.db.remove_shape(handle).await;
+    remove_storage(stack, handle).await;
+}
+
+async fn remove_storage(stack: &Inner, handle: &ShapeHandle) {
+    let dir = Inner::shape_dir(handle);
+    if let Err(e) = ShapeLog::remove(stack.env(), &dir).await {
+        panic!("cannot remove {dir}: {e}");
+    }
+}
+
+async fn remove_orphans(stack: &Inner) {
+    let names = stack
+        .env()
+        .storage
+        .list(SHAPES_DIR)
+        .await
+        .expect("list the shapes directory");
+    let live: BTreeSet<String> = stack
+        .registry()
+        .shapes
+        .keys()
+        .map(|h| h.as_str().to_string())
+        .collect();
+    for name in names.iter().filter(|n| !live.contains(*n)) {
+        let dir = join(SHAPES_DIR, name);
+        if let Err(e) = ShapeLog::remove(stack.env(), &dir).await {
+            panic!("cannot remove orphan {dir}: {e}");
+        }
+    }
+}
+
+/// Applies the metadata write buffer every `flush_period_ms`, a batch at a time.
+async fn flush_metadata(stack: Arc<Inner>) {
+    let period_ms = stack.config.meta.flush_period_ms;
+    loop {
+        stack.env().clock.sleep_ms(period_ms).await;
+        while stack.db.pending() > 0 {
+            stack.env().crash_point(CrashPoint::MetadataFlush).await;
+            if stack.db.flush_batch().is_err() {
+                break; // retried next period; nothing was lost from the buffer
+            }
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! The stack: every component of one engine instance, wired together.
+//!
+//! Data path: the replication task ([`replication`]) receives transactions from
+//! the slot, routes each to the shapes it touches and sends every shape its part;
+//! one consumer task per shape ([`crate::consumer`]) writes its log and reports
+//! what is durable to the flush tracker; the acknowledgement task tells the slot
+//! what it may forget. Requests ([`crate::api`]) read the logs. Metadata lives
+//! beside it all in [`ShapeDb`]; boot and graceful shutdown are in [`boot`] and
+//! [`shutdown`].
+
+mod boot;
+mod replication;
+mod shutdown;
+
+use crate::consumer::{self, ConsumerMsg, Start};
+use crate::env::{Env, join};
+use crate::flush_tracker::FlushTracker;
+use crate::handle::{HandleIssuer, ShapeHandle};
+use crate::log::{LogConfig, ShapeLog, ShapeLogReader};
+use crate::metadata::{MetaConfig, ShapeDb, ShapeRow, SqliteConn};
+use crate::replication::{Lsn, PostgresQueries, ReplicationSource, ReplicationStream};
+use crate::schema::{Catalog, TableName};
+use crate::shape::Shape;
+use event_listener::Event;
+use futures::channel::mpsc;
+use futures::future::{self, Either};
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Where shape logs live in storage: `shapes/<handle>`.
+pub const SHAPES_DIR: &str = "shapes";
+/// Marker written at the end of a graceful shutdown, consumed at boot.
+pub const CLEAN_SHUTDOWN_MARKER: &str = "clean_shutdown";
+
+/// Switches that re-introduce known bug classes, so the harness can prove it
+/// catches them. All off by default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Plants {
+    /// A consumer does not skip replayed transactions at or below its log's end
+    /// (PR 4648's bug 2, Electric #4668).
+    pub skip_shape_dedup: bool,
+    /// The acknowledged LSN passes transactions some shape has not flushed (Electric #4731).
+    pub ack_past_unflushed: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackConfig {
+    pub log: LogConfig,
+    pub meta: MetaConfig,
+    /// How long a live request waits for new data (Electric: 20 s).
+    pub long_poll_timeout_ms: u64,
+    /// How long a request waits for the stack to become ready before a 503.
+    pub stack_ready_timeout_ms: u64,
+    /// How long a request waits for a snapshot chunk before a 503.
+    pub snapshot_timeout_ms: u64,
+    /// Bound on the graceful drain; past it the shutdown is not clean.
+    pub shutdown_timeout_ms: u64,
+    /// Pause before reconnecting to Postgres or retrying a query.
+    pub retry_backoff_ms: u64,
+    /// Transactions queued per consumer before replication waits (back-pressure).
+    pub consumer_queue: usize,
+    /// Treat storage corruption found at boot as a fatal invariant violation
+    /// (the simulator's choice) instead of dropping the shape.
+    pub strict_recovery: bool,
+    pub plants: Plants,
+}
+
+impl Default for StackConfig {
+    fn default() -> StackConfig {
+        StackConfig {
+            log: LogConfig::default(),
+            meta: MetaConfig::default(),
+            long_poll_timeout_ms: 20_000,
+            stack_ready_timeout_ms: 5_000,
+            snapshot_timeout_ms: 45_000,
+            shutdown_timeout_ms: 30_000,
+            retry_backoff_ms: 100,
+            consumer_queue: 1_000,
+            strict_recovery: true,
+            plants: Plants::default(),
+        }
+    }
+}
+
+/// What the host provides: the environment, the SQLite connection for
+/// metadata, and the Postgres boundaries.
+#[derive(Clone)]
+pub struct Host {
+    pub env: Env,
+    pub sqlite: SqliteConn,
+    pub source: Arc<dyn ReplicationSource>,
+    pub postgres: Arc<dyn PostgresQueries>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Booting,
+    Ready,
+    Draining,
+    Stopped,
+}
+
+/// One live shape: what requests need to read it and the way to its consumer.
+pub struct ShapeEntry {
+    pub handle: ShapeHandle,
+    pub shape: Arc<Shape>,
+    pub reader: ShapeLogReader,
+    pub(crate) tx: mpsc::Sender<ConsumerMsg>,
+    /// Notified on new data, snapshot progress and removal.
+    pub changed: Event,
+    removed: AtomicBool,
+}
+
+impl ShapeEntry {
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    shapes: BTreeMap<ShapeHandle, Arc<ShapeEntry>>,
+    by_table: BTreeMap<TableName, BTreeSet<ShapeHandle>>,
+}
+
+pub(crate) struct Inner {
+    pub host: Host,
+    pub config: StackConfig,
+    pub db: ShapeDb,
+    status: Mutex<Status>,
+    pub status_changed: Event,
+    catalog: Mutex<Catalog>,
+    registry: Mutex<Registry>,
+    /// `None` until replication first connects.
+    tracker: Mutex<Option<FlushTracker>>,
+    pub tracker_changed: Event,
+    stream: Mutex<Option<Arc<dyn ReplicationStream>>>,
+    issuer: Mutex<HandleIssuer>,
+    /// Serialises shape creation so one definition never gets two handles.
+    creating: futures::lock::Mutex<()>,
+    pub stop_intake: Event,
+    intake_stopping: AtomicBool,
+    intake_stopped: AtomicBool,
+    /// Whether the previous run ended with a clean shutdown (known after boot).
+    previous_stop_clean: Mutex<Option<bool>>,
+}
+
+/// A running engine instance. Cheap to clone.
+#[derive(Clone)]
+pub struct Stack {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Stack {
+    /// Starts the stack: boot runs in a task; requests get 503 until it is ready.
+    pub fn start(host: Host, config: StackConfig) -> Stack {
+        let db =
+            ShapeDb::open(host.sqlite.clone(), config.meta).expect("metadata database must open");
+        let inner = Arc::new(Inner {
+            host,
+            config,
+            db,
+            status: Mutex::new(Status::Booting),
+            status_changed: Event::new(),
+            catalog: Mutex::new(Catalog::default()),
+            registry: Mutex::new(Registry::default()),
+            tracker: Mutex::new(None),
+            tracker_changed: Event::new(),
+            stream: Mutex::new(None),
+            issuer: Mutex::new(HandleIssuer::default()),
+            creating: futures::lock::Mutex::new(()),
+            stop_intake: Event::new(),
+            intake_stopping: AtomicBool::new(false),
+            intake_stopped: AtomicBool::new(false),
+            previous_stop_clean: Mutex::new(None),
+        });
+        let booting = inner.clone();
+        inner
+            .host
+            .env
+            .spawner
+            .spawn("boot", Box::pin(async move { boot::boot(booting).await }));
+        Stack { inner }
+    }
+
+    pub fn status(&self) -> Status {
+        *self.inner.status.lock().expect("status")
+    }
+
+    /// Whether the previous run ended cleanly; `None` until boot has read the marker.
+    pub fn previous_stop_clean(&self) -> Option<bool> {
+        *self.inner.previous_stop_clean.lock().expect("marker")
+    }
+
+    /// The graceful path: drain, flush everything, write the clean-shutdown marker.
+    pub async fn shutdown(&self) -> bool {
+        shutdown::shutdown(self.inner.clone()).await
+    }
+
+    /// Handles of the live shapes, in order.
+    pub fn shape_handles(&self) -> Vec<ShapeHandle> {
+        self.inner.registry().shapes.keys().cloned().collect()
+    }
+
+    /// The LSN acknowledged to the slot so far (for tests and reports).
+    pub fn acknowledged_lsn(&self) -> Option<Lsn> {
+        self.inner.tracker().as_mut().map(FlushTracker::ack_lsn)
+    }
+}
+
+impl Inner {
+    pub fn env(&self) -> &Env {
+        &self.host.env
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.host.env.clock.now_ms()
+    }
+
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().expect("registry poisoned")
+    }
+
+    pub fn tracker(&self) -> MutexGuard<'_, Option<FlushTracker>> {
+        self.tracker.lock().expect("tracker poisoned")
+    }
+
+    pub fn status(&self) -> Status {
+        *self.status.lock().expect("status")
+    }
+
+    pub fn set_status(&self, status: Status) {
+        *self.status.lock().expect("status") = status;
+        self.status_changed.notify(usize::MAX);
+    }
+
+    pub fn catalog(&self) -> Catalog {
+        self.catalog.lock().expect("catalog").clone()
+    }
+
+    pub fn shape_dir(handle: &ShapeHandle) -> String {
+        join(SHAPES_DIR, handle.as_str())
+    }
+
+    pub fn entry(&self, handle: &ShapeHandle) -> Option<Arc<ShapeEntry>> {
+        self.registry().shapes.get(handle).cloned()
+    }
+
+    pub fn entries_for_table(&self, table: &TableName) -> Vec<Arc<ShapeEntry>> {
+        let registry = self.registry();
+        let handles = registry.by_table.get(table).into_iter().flatten();
+        handles.map(|h| registry.shapes[h].clone()).collect()
+    }
+
+    /// Registers a shape and starts its consumer.
+    fn register(
+        self: &Arc<Self>,
+        handle: ShapeHandle,
+        shape: Arc<Shape>,
+        writer: crate::log::ShapeLogWriter,
+        start: Start,
+    ) {
+        let (tx, rx) = mpsc::channel(self.config.consumer_queue);
+        let entry = Arc::new(ShapeEntry {
+            handle: handle.clone(),
+            shape: shape.clone(),
+            reader: writer.reader(),
+            tx,
+            changed: Event::new(),
+            removed: AtomicBool::new(false),
+        });
+        let mut registry = self.registry();
+        registry
+            .by_table
+            .entry(shape.table.name.clone())
+            .or_default()
+            .insert(handle.clone());
+        let previous = registry.shapes.insert(handle, entry.clone());
+        assert!(
+            previous.is_none(),
+            "handle {} registered twice",
+            entry.handle
+        );
+        drop(registry);
+        let stack = self.clone();
+        self.host.env.spawner.spawn(
+            "consumer",
+            Box::pin(consumer::run(stack, entry, writer, start, rx)),
+        );
+    }
+
+    /// Takes a shape out of service: requests waiting on it get 409, the flush
+    /// tracker stops waiting for it, its metadata is tombstoned. Its consumer
+    /// removes the storage (it owns the directory). Idempotent.
+    pub async fn remove_shape(&self, handle: &ShapeHandle, reason: &str) {
+        let entry = {
+            let mut registry = self.registry();
+            let Some(entry) = registry.shapes.remove(handle) else {
+                return;
+            };
+            if let Some(set) = registry.by_table.get_mut(&entry.shape.table.name) {
+                set.remove(handle);
+            }
+            entry
+        };
+        let _ = reason; // kept for tracing by hosts that log
+        entry.removed.store(true, Ordering::SeqCst);
+        entry.changed.notify(usize::MAX);
+        if let Some(tracker) = self.tracker().as_mut() {
+            tracker.remove_shape(handle.as_str());
+        }
+        self.tracker_changed.notify(usize::MAX);
+        self.db.remove_shape(handle).await;
+        // Closing the channel tells the consumer to delete its storage and stop.
+        entry.tx.clone().close_channel();
+    }
+
+    /// The live handle for `shape`, creating the shape (and starting its
+    /// snapshot) if there is none.
+    pub async fn get_or_create(self: &Arc<Self>, shape: Shape) -> Result<ShapeHandle, String> {
+        let _creating = self.creating.lock().await;
+        let comparable = shape.comparable();
+        let known = self
+            .db
+            .handle_for_comparable(&comparable)
+            .map_err(|e| e.to_string())?;
+        if let Some(handle) = known
+            && self.entry(&handle).is_some_and(|e| !e.is_removed())
+        {
+            return Ok(handle);
+        }
+        let hash = shape.hash();
+        let handle = loop {
+            let candidate = self
+                .issuer
+                .lock()
+                .expect("issuer")
+                .issue(&hash, self.now_ms());
+            // Never reuse a handle the metadata still knows (e.g. from before a restart).
+            let stored = self
+                .db
+                .shape_for_handle(&candidate)
+                .map_err(|e| e.to_string())?;
+            if self.entry(&candidate).is_none() && stored.is_none() {
+                break candidate;
+            }
+        };
+        // Storage first: a crash before the metadata add is flushed leaves an
+        // orphan directory, which boot removes.
+        let dir = Self::shape_dir(&handle);
+        let writer = ShapeLog::create(self.env(), &dir, self.config.log)
+            .await
+            .map_err(|e| e.to_string())?;
+        let row = ShapeRow {
+            handle: handle.clone(),
+            request: shape.to_request(),
+            comparable,
+            hash,
+            oid: shape.table.oid,
+            snapshot_complete: false,
+        };
+        self.db.add_shape(row).await;
+        self.register(handle.clone(), Arc::new(shape), writer, Start::New);
+        Ok(handle)
+    }
+
+    /// Waits for `event` (a listener taken before the caller checked its
+    /// condition) or `timeout_ms`; true if the event fired.
+    pub async fn wait(&self, listener: impl Future<Output = ()>, timeout_ms: u64) -> bool {
+        let sleep = self.host.env.clock.sleep_ms(timeout_ms);
+        let listener = std::pin::pin!(listener);
+        matches!(future::select(listener, sleep).await, Either::Left(_))
+    }
+}

@@ -1,0 +1,102 @@
+//! Graceful shutdown: the coordinator.
+//!
+//! 1. stop serving (requests get 503) and stop the intake;
+//! 2. ask every consumer to flush everything it received (a consumer still
+//!    taking its snapshot finishes it first) and wait for all of them;
+//! 3. acknowledge the final LSN to the slot;
+//! 4. flush the metadata write buffer to SQLite;
+//! 5. write the clean-shutdown marker (temp file, sync, rename, sync dir).
+//!
+//! The whole drain is bounded by `shutdown_timeout_ms`; past it the marker is
+//! not written and the next boot knows the stop was not clean. Nothing here is
+//! needed for correctness: a brutal kill skips it all and boot recovers.
+
+use super::{CLEAN_SHUTDOWN_MARKER, Inner, Status};
+use crate::consumer::ConsumerMsg;
+use crate::env::CrashPoint;
+use crate::flush_tracker::FlushTracker;
+use futures::SinkExt;
+use futures::channel::oneshot;
+use futures::future::join_all;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+pub(super) async fn shutdown(stack: Arc<Inner>) -> bool {
+    if stack.status() != Status::Ready {
+        return false;
+    }
+    let deadline_ms = stack.now_ms() + stack.config.shutdown_timeout_ms;
+    let remaining = |stack: &Inner| deadline_ms.saturating_sub(stack.now_ms());
+    stack.set_status(Status::Draining);
+
+    stack.intake_stopping.store(true, Ordering::SeqCst);
+    stack.stop_intake.notify(usize::MAX);
+    while !stack.intake_stopped.load(Ordering::SeqCst) {
+        let stopped = stack.status_changed.listen();
+        if stack.intake_stopped.load(Ordering::SeqCst) {
+            break;
+        }
+        if !stack.wait(stopped, remaining(&stack)).await && remaining(&stack) == 0 {
+            stack.set_status(Status::Stopped);
+            return false;
+        }
+    }
+
+    let entries: Vec<_> = stack.registry().shapes.values().cloned().collect();
+    let drains = entries.into_iter().map(|entry| async move {
+        let (reply, done) = oneshot::channel();
+        entry
+            .tx
+            .clone()
+            .send(ConsumerMsg::Drain(reply))
+            .await
+            .is_ok()
+            && done.await.is_ok()
+    });
+    let all_drained = async { join_all(drains).await.into_iter().all(|ok| ok) };
+    let drained = {
+        let all_drained = std::pin::pin!(all_drained);
+        let sleep = stack.env().clock.sleep_ms(remaining(&stack));
+        match futures::future::select(all_drained, sleep).await {
+            futures::future::Either::Left((ok, _)) => ok,
+            futures::future::Either::Right(_) => false,
+        }
+    };
+    let idle = stack.tracker().as_ref().is_none_or(FlushTracker::is_idle);
+    let mut clean = drained && idle;
+
+    let ack = stack.tracker().as_mut().map(FlushTracker::ack_lsn);
+    let stream = stack.stream.lock().expect("stream").clone();
+    if let (Some(ack), Some(stream)) = (ack, stream) {
+        let _ = stream.acknowledge(ack).await;
+    }
+
+    stack
+        .env()
+        .crash_point(CrashPoint::ShutdownAfterDrain)
+        .await;
+    clean &= stack.db.flush_all().is_ok();
+    if clean {
+        write_marker(&stack).await;
+    }
+    stack.set_status(Status::Stopped);
+    clean
+}
+
+async fn write_marker(stack: &Inner) {
+    let storage = &stack.env().storage;
+    let tmp = format!("{CLEAN_SHUTDOWN_MARKER}.tmp");
+    storage
+        .write(&tmp, b"clean\n")
+        .await
+        .expect("write the clean-shutdown marker");
+    storage
+        .sync(&tmp)
+        .await
+        .expect("sync the clean-shutdown marker");
+    storage
+        .rename(&tmp, CLEAN_SHUTDOWN_MARKER)
+        .await
+        .expect("rename the clean-shutdown marker");
+    storage.sync_dir("").await.expect("sync the storage root");
+}

@@ -1,0 +1,4 @@
+//! The checking side of the harness: nothing here reuses engine routing,
+//! evaluation or storage code.
+
+pub mod where_eval;

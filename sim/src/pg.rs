@@ -1,0 +1,305 @@
+//! A Postgres model: tables with primary keys, transactions with xids and
+//! commit LSNs, snapshot visibility, and a logical replication slot whose
+//! confirmed LSN outlives every engine restart and which replays every
+//! transaction after it on each connect.
+//!
+//! Transactions run one at a time, so a snapshot taken between them has
+//! `xmin == xmax` (the next xid) and no transaction in progress. Snapshot
+//! queries evaluate the WHERE clause with the oracle's evaluator, never the
+//! engine's.
+
+use crate::oracle::where_eval;
+use async_trait::async_trait;
+use engine::replication::{
+    Change, Lsn, PostgresQueries, ReplicationMessage, ReplicationSource, ReplicationStream,
+    SnapshotQuery, SnapshotResult, SourceError, Transaction, Visibility, Xid,
+};
+use engine::schema::{Catalog, Row, TableName, TableSchema, Value};
+use event_listener::Event;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// One statement of a transaction, already resolved to a row.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Mutation {
+    /// `INSERT ... ON CONFLICT DO NOTHING`.
+    Insert {
+        table: TableName,
+        row: Row,
+    },
+    /// `UPDATE table SET col = value, ... WHERE pk = ...` (may change the key).
+    Update {
+        table: TableName,
+        pk: Vec<Value>,
+        set: Vec<(String, Value)>,
+    },
+    Delete {
+        table: TableName,
+        pk: Vec<Value>,
+    },
+}
+
+struct State {
+    catalog: Catalog,
+    tables: BTreeMap<TableName, BTreeMap<Vec<Value>, Row>>,
+    next_xid: Xid,
+    last_lsn: Lsn,
+    /// Every committed transaction, in commit order.
+    wal: Vec<Transaction>,
+    slot_confirmed: Lsn,
+}
+
+#[derive(Clone)]
+pub struct PgModel {
+    state: Arc<Mutex<State>>,
+    committed: Arc<Event>,
+}
+
+impl PgModel {
+    /// A database with `catalog`'s tables, empty, and a slot created now.
+    pub fn new(catalog: Catalog) -> PgModel {
+        let tables = catalog
+            .tables()
+            .map(|t| (t.name.clone(), BTreeMap::new()))
+            .collect();
+        let state = State {
+            catalog,
+            tables,
+            next_xid: 500,
+            last_lsn: 1_000,
+            wal: Vec::new(),
+            slot_confirmed: 1_000,
+        };
+        PgModel {
+            state: Arc::new(Mutex::new(state)),
+            committed: Arc::new(Event::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("pg model poisoned")
+    }
+
+    /// Seed rows that exist before the slot (never replicated, only snapshotted).
+    pub fn load(&self, table: &TableName, rows: Vec<Row>) {
+        let mut state = self.lock();
+        let schema = state
+            .catalog
+            .table(table)
+            .expect("seeded table exists")
+            .clone();
+        let data = state.tables.get_mut(table).expect("table");
+        for row in rows {
+            schema.check_row(&row).expect("seed rows fit the schema");
+            data.insert(pk(&schema, &row), row);
+        }
+    }
+
+    /// Runs one transaction. Statements that match nothing change nothing (as
+    /// in SQL); a transaction with no change commits nothing to the WAL.
+    pub fn commit(&self, mutations: &[Mutation]) -> Option<Transaction> {
+        let mut state = self.lock();
+        let mut changes = Vec::new();
+        for mutation in mutations {
+            if let Some(change) = state.apply(mutation) {
+                changes.push(change);
+            }
+        }
+        if changes.is_empty() {
+            return None;
+        }
+        let xid = state.next_xid;
+        state.next_xid += 1;
+        state.last_lsn += 8 + changes.len() as u64;
+        let txn = Transaction {
+            xid,
+            commit_lsn: state.last_lsn,
+            changes,
+        };
+        state.wal.push(txn.clone());
+        drop(state);
+        self.committed.notify(usize::MAX);
+        Some(txn)
+    }
+
+    pub fn table(&self, name: &TableName) -> TableSchema {
+        self.lock().catalog.table(name).expect("table").clone()
+    }
+
+    pub fn catalog(&self) -> Catalog {
+        self.lock().catalog.clone()
+    }
+
+    /// Every row of `table`, in key order.
+    pub fn rows(&self, table: &TableName) -> Vec<Row> {
+        self.lock().tables[table].values().cloned().collect()
+    }
+
+    /// `SELECT * FROM table WHERE where_sql`, with the oracle's evaluator.
+    pub fn query(&self, table: &TableName, where_sql: Option<&str>) -> Vec<Row> {
+        let state = self.lock();
+        let schema = state.catalog.table(table).expect("table");
+        let filter = where_sql
+            .map(|sql| where_eval::parse(sql).expect("the oracle parses every WHERE it is given"));
+        let rows = state.tables[table].values();
+        rows.filter(|row| {
+            filter.as_ref().is_none_or(|expr| {
+                where_eval::holds(expr, &|name| {
+                    row[schema.column_index(name).expect("known column")].clone()
+                })
+            })
+        })
+        .cloned()
+        .collect()
+    }
+
+    pub fn slot_confirmed(&self) -> Lsn {
+        self.lock().slot_confirmed
+    }
+
+    pub fn last_lsn(&self) -> Lsn {
+        self.lock().last_lsn
+    }
+}
+
+fn pk(schema: &TableSchema, row: &[Value]) -> Vec<Value> {
+    schema.primary_key.iter().map(|&i| row[i].clone()).collect()
+}
+
+impl State {
+    fn apply(&mut self, mutation: &Mutation) -> Option<Change> {
+        match mutation {
+            Mutation::Insert { table, row } => {
+                let schema = self.catalog.table(table).expect("table").clone();
+                schema.check_row(row).expect("inserted rows fit the schema");
+                let data = self.tables.get_mut(table).expect("table");
+                let key = pk(&schema, row);
+                if data.contains_key(&key) {
+                    return None; // ON CONFLICT DO NOTHING
+                }
+                data.insert(key, row.clone());
+                Some(Change::Insert {
+                    table: table.clone(),
+                    new: row.clone(),
+                })
+            }
+            Mutation::Update {
+                table,
+                pk: key,
+                set,
+            } => {
+                let schema = self.catalog.table(table).expect("table").clone();
+                let data = self.tables.get_mut(table).expect("table");
+                let old = data.get(key)?.clone();
+                let mut new = old.clone();
+                for (column, value) in set {
+                    new[schema.column_index(column).expect("known column")] = value.clone();
+                }
+                schema.check_row(&new).expect("updated rows fit the schema");
+                let new_key = pk(&schema, &new);
+                if new_key != *key && data.contains_key(&new_key) {
+                    return None; // would violate the primary key: the generator avoids it
+                }
+                data.remove(key);
+                data.insert(new_key, new.clone());
+                Some(Change::Update {
+                    table: table.clone(),
+                    old,
+                    new,
+                })
+            }
+            Mutation::Delete { table, pk: key } => {
+                let old = self.tables.get_mut(table).expect("table").remove(key)?;
+                Some(Change::Delete {
+                    table: table.clone(),
+                    old,
+                })
+            }
+        }
+    }
+}
+
+/// One connection's view of the slot.
+struct PgStream {
+    model: PgModel,
+    cursor: Mutex<Cursor>,
+}
+
+struct Cursor {
+    /// Relation messages still to send before the first transaction.
+    relations: Vec<TableSchema>,
+    /// The last commit LSN delivered on this connection.
+    delivered: Lsn,
+}
+
+#[async_trait]
+impl ReplicationSource for PgModel {
+    async fn start(&self) -> Result<(Lsn, Arc<dyn ReplicationStream>), SourceError> {
+        let state = self.lock();
+        let relations = state.catalog.tables().cloned().collect();
+        let cursor = Cursor {
+            relations,
+            delivered: state.slot_confirmed,
+        };
+        let stream = PgStream {
+            model: self.clone(),
+            cursor: Mutex::new(cursor),
+        };
+        Ok((state.slot_confirmed, Arc::new(stream)))
+    }
+}
+
+#[async_trait]
+impl ReplicationStream for PgStream {
+    async fn next(&self) -> Result<ReplicationMessage, SourceError> {
+        loop {
+            let committed = self.model.committed.listen();
+            {
+                let mut cursor = self.cursor.lock().expect("cursor");
+                if !cursor.relations.is_empty() {
+                    return Ok(ReplicationMessage::Relation(cursor.relations.remove(0)));
+                }
+                let state = self.model.lock();
+                let next = state
+                    .wal
+                    .partition_point(|t| t.commit_lsn <= cursor.delivered);
+                if let Some(txn) = state.wal.get(next) {
+                    cursor.delivered = txn.commit_lsn;
+                    return Ok(ReplicationMessage::Transaction(txn.clone()));
+                }
+            }
+            committed.await;
+        }
+    }
+
+    async fn acknowledge(&self, lsn: Lsn) -> Result<(), SourceError> {
+        let mut state = self.model.lock();
+        assert!(
+            lsn <= state.last_lsn,
+            "acknowledged {lsn}, but the last commit is {}",
+            state.last_lsn
+        );
+        state.slot_confirmed = state.slot_confirmed.max(lsn);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl PostgresQueries for PgModel {
+    async fn catalog(&self) -> Result<Catalog, SourceError> {
+        Ok(PgModel::catalog(self))
+    }
+
+    async fn snapshot(&self, query: SnapshotQuery) -> Result<SnapshotResult, SourceError> {
+        let next_xid = self.lock().next_xid;
+        let rows = self.query(&query.table, query.where_sql.as_deref());
+        Ok(SnapshotResult {
+            visibility: Visibility {
+                xmin: next_xid,
+                xmax: next_xid,
+                xip_list: Vec::new(),
+            },
+            rows,
+        })
+    }
+}
