@@ -1,8 +1,8 @@
 //! Parameter validation, without a stack (the full read path is exercised by
 //! the simulator's stack tests).
 
-use super::params::parse;
 use super::Request;
+use super::params::parse;
 use crate::offset::LogOffset;
 
 fn errors(params: &[(&str, &str)]) -> serde_json::Value {
@@ -15,7 +15,12 @@ fn errors(params: &[(&str, &str)]) -> serde_json::Value {
 
 #[test]
 fn every_bad_parameter_is_reported_at_once() {
-    let errors = errors(&[("offset", "x_1"), ("live", "yes"), ("replica", "most"), ("columns", "a,,b")]);
+    let errors = errors(&[
+        ("offset", "x_1"),
+        ("live", "yes"),
+        ("replica", "most"),
+        ("columns", "a,,b"),
+    ]);
     for field in ["table", "offset", "live", "replica", "columns"] {
         assert!(errors[field].is_array(), "{field} missing from {errors}");
     }
@@ -23,9 +28,19 @@ fn every_bad_parameter_is_reported_at_once() {
 
 #[test]
 fn a_handle_is_ignored_at_offset_minus_one_and_required_elsewhere() {
-    let ok = parse(&Request::new([("table", "t"), ("offset", "-1"), ("handle", "../../etc")])).unwrap();
+    let ok = parse(&Request::new([
+        ("table", "t"),
+        ("offset", "-1"),
+        ("handle", "../../etc"),
+    ]))
+    .unwrap();
     assert_eq!((ok.offset, ok.handle), (LogOffset::BEFORE_ALL, None));
     assert!(errors(&[("table", "t"), ("offset", "0_inf")])["handle"].is_array());
     let bad = errors(&[("table", "t"), ("offset", "0_inf"), ("handle", "../../etc")]);
-    assert!(bad["handle"][0].as_str().unwrap().contains("invalid format"));
+    assert!(
+        bad["handle"][0]
+            .as_str()
+            .unwrap()
+            .contains("invalid format")
+    );
 }

@@ -42,6 +42,17 @@ pub struct LogConfig {
     pub buffer_bytes: u64,
     /// Buffered data is flushed at most this long after it was appended.
     pub flush_period_ms: u64,
+    /// Planted bugs, off by default; the simulator switches them on to prove it catches them.
+    pub plants: LogPlants,
+}
+
+/// Bugs the shape log can re-introduce on purpose.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogPlants {
+    /// A flush records its durable offset before the data is synced.
+    pub offset_before_fsync: bool,
+    /// A reopened log keeps the unflushed tail past its durable offset.
+    pub no_trim_on_open: bool,
 }
 
 impl Default for LogConfig {
@@ -50,6 +61,7 @@ impl Default for LogConfig {
             chunk_bytes: 10 * 1024 * 1024,
             buffer_bytes: 64 * 1024,
             flush_period_ms: 1000,
+            plants: LogPlants::default(),
         }
     }
 }

@@ -85,7 +85,7 @@ pub(super) async fn open(
             )));
         }
     }
-    let recovered = trim(env, dir, meta.durable_offset).await?;
+    let recovered = trim(env, dir, meta.durable_offset, config.plants.no_trim_on_open).await?;
     Ok(ShapeLogWriter::new(
         env.clone(),
         dir.to_string(),
@@ -97,7 +97,12 @@ pub(super) async fn open(
 
 /// Cuts the chunk index and the log back to `durable` and returns where the
 /// log continues.
-async fn trim(env: &Env, dir: &str, durable: Option<LogOffset>) -> Result<Recovered, LogError> {
+async fn trim(
+    env: &Env,
+    dir: &str,
+    durable: Option<LogOffset>,
+    keep_tail: bool,
+) -> Result<Recovered, LogError> {
     let storage = &env.storage;
     let (log, chunks_path) = (join(dir, LOG_FILE), join(dir, CHUNKS_FILE));
     let corrupt = |why: String| LogError::Corrupt(format!("{log}: {why}"));
@@ -160,6 +165,15 @@ async fn trim(env: &Env, dir: &str, durable: Option<LogOffset>) -> Result<Recove
         )));
     }
 
+    if keep_tail {
+        // Planted bug: the tail past the durable offset stays, and new records
+        // are appended after it.
+        return Ok(Recovered {
+            chunks,
+            open_chunk,
+            end_pos: log_len,
+        });
+    }
     if end_pos < log_len {
         storage
             .truncate(&log, end_pos)

@@ -521,6 +521,7 @@ fn config_strategy() -> impl Strategy<Value = LogConfig> {
         chunk_bytes,
         buffer_bytes,
         flush_period_ms: 1_000,
+        ..LogConfig::default()
     })
 }
 

@@ -7,6 +7,7 @@ fn small() -> LogConfig {
         chunk_bytes: 30,
         buffer_bytes: 1 << 20,
         flush_period_ms: 1_000,
+        ..LogConfig::default()
     }
 }
 
@@ -134,6 +135,7 @@ fn flushes_on_buffer_size_chunk_close_timer_and_request() {
         chunk_bytes: 1_000,
         buffer_bytes: 100,
         flush_period_ms: 1_000,
+        ..LogConfig::default()
     };
     let mut writer = ready(&world, config, &[]);
     let log_bytes = || {
@@ -416,4 +418,50 @@ fn a_failed_snapshot_write_poisons_the_writer() {
     let err = now(writer.finish_snapshot()).unwrap_err();
     assert!(matches!(err, LogError::Poisoned(_)), "{err}");
     assert!(matches!(writer.commit(), Err(LogError::Poisoned(_))));
+}
+
+#[test]
+fn planted_offset_before_fsync_is_caught_by_recovery_after_a_power_loss() {
+    let world = World::new();
+    let mut config = small();
+    config.plants.offset_before_fsync = true;
+    let mut writer = ready(&world, config, &[]);
+    now(writer.append(rec(2, 0, "{}"))).unwrap();
+    writer.commit().unwrap();
+    world.crash.arm(CrashPoint::LogFlushAfterWrite, 0);
+    assert!(
+        writer.flush().now_or_never().is_none(),
+        "parked after the (planted) early offset record"
+    );
+    drop(writer);
+    world.storage.power_loss(PowerLoss::DropUnsynced);
+    let err = now(ShapeLog::open(&world.env, DIR, config))
+        .err()
+        .expect("the contract was broken");
+    assert!(matches!(err, LogError::Corrupt(_)), "{err}");
+}
+
+#[test]
+#[should_panic(expected = "read out of order")]
+fn planted_no_trim_on_open_serves_the_stale_tail_twice() {
+    let world = World::new();
+    let mut config = small();
+    config.plants.no_trim_on_open = true;
+    let mut writer = ready(&world, config, &[]);
+    now(writer.append(rec(2, 0, "{}"))).unwrap();
+    writer.commit().unwrap();
+    now(writer.flush()).unwrap();
+    now(writer.append(rec(3, 0, "{}"))).unwrap();
+    writer.commit().unwrap();
+    world.crash.arm(CrashPoint::LogFlushAfterSync, 0);
+    assert!(writer.flush().now_or_never().is_none());
+    drop(writer);
+    // Reopen keeps 3_0 on disk; the replayed transaction appends it again.
+    let mut writer = now(ShapeLog::open(&world.env, DIR, config)).unwrap();
+    now(writer.append(rec(3, 0, "{}"))).unwrap();
+    writer.commit().unwrap();
+    now(writer.flush()).unwrap();
+    let _ = now(writer
+        .reader()
+        .log_stream(LogOffset::SNAPSHOT_END, LogOffset::LAST));
 }

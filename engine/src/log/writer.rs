@@ -390,6 +390,17 @@ impl ShapeLogWriter {
         Ok(Some(committed))
     }
 
+    /// Writes `durable` into the metadata if it changed.
+    async fn record_durable(&mut self, durable: Option<LogOffset>) -> Result<(), LogError> {
+        if self.meta.durable_offset != durable {
+            let mut meta = self.meta.clone();
+            meta.durable_offset = durable;
+            meta::write(&self.env, &self.dir, &meta).await?;
+            self.meta = meta;
+        }
+        Ok(())
+    }
+
     /// When the buffered data must be flushed by (clock milliseconds), if any.
     pub fn flush_deadline_ms(&self) -> Option<u64> {
         let pending = !self.buffer.is_empty() || self.meta.durable_offset != self.last_committed;
@@ -422,7 +433,7 @@ impl ShapeLogWriter {
         {
             return Ok(commit_at_start);
         }
-        let storage = &self.env.storage;
+        let storage = self.env.storage.clone();
         let (log, chunks) = (join(&self.dir, LOG_FILE), join(&self.dir, CHUNKS_FILE));
         if !self.buffer.is_empty() {
             storage
@@ -440,6 +451,10 @@ impl ShapeLogWriter {
                 .await
                 .map_err(LogError::io("append", &chunks))?;
         }
+        if self.config.plants.offset_before_fsync {
+            // Planted bug: the durable offset is recorded before the data is synced.
+            self.record_durable(commit_at_start).await?;
+        }
         self.env.crash_point(CrashPoint::LogFlushAfterWrite).await;
         if !self.buffer.is_empty() {
             storage
@@ -454,12 +469,7 @@ impl ShapeLogWriter {
                 .map_err(LogError::io("sync", &chunks))?;
         }
         self.env.crash_point(CrashPoint::LogFlushAfterSync).await;
-        if self.meta.durable_offset != commit_at_start {
-            let mut meta = self.meta.clone();
-            meta.durable_offset = commit_at_start;
-            meta::write(&self.env, &self.dir, &meta).await?;
-            self.meta = meta;
-        }
+        self.record_durable(commit_at_start).await?;
         if let Some(last) = self.buffer_last.take() {
             self.flushed_to = Some(last);
         }
