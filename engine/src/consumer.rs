@@ -12,7 +12,8 @@
 //! After every transaction and every flush the consumer tells the flush
 //! tracker up to which LSN it has made everything it was sent durable.
 //! When its channel closes, the shape was removed: the consumer deletes the
-//! storage (it owns the directory) and stops.
+//! storage (it owns the directory), and only then releases the shape's hold on
+//! the acknowledged LSN.
 
 use crate::log::{LogError, Operation, ShapeLog, ShapeLogWriter, SnapshotState};
 use crate::replication::{Lsn, SnapshotQuery, Visibility};
@@ -91,13 +92,25 @@ pub(crate) async fn run(
         writer,
         ..
     } = consumer;
-    if let Stop::Failed(why) = stop {
-        stack.remove_shape(&entry.handle, &why).await;
+    if let Stop::Failed(_why) = stop {
+        stack.remove_shape(&entry.handle, "its consumer failed");
     }
     drop(writer);
+    // The removal must be durable before the shape stops holding back the
+    // acknowledged LSN: a crash before it would restore the shape, and the
+    // slot must then still replay what the shape lacks.
     let dir = Inner::shape_dir(&entry.handle);
-    // Best effort: a crash before (or during) this leaves an orphan that boot removes.
-    let _ = ShapeLog::remove(stack.env(), &dir).await;
+    while ShapeLog::remove(stack.env(), &dir).await.is_err() {
+        stack
+            .env()
+            .clock
+            .sleep_ms(stack.config.retry_backoff_ms)
+            .await;
+    }
+    if let Some(tracker) = stack.tracker().as_mut() {
+        tracker.remove_shape(entry.handle.as_str());
+    }
+    stack.tracker_changed.notify(usize::MAX);
 }
 
 impl Consumer {
@@ -134,6 +147,9 @@ impl Consumer {
                     }
                 }
             };
+            if self.entry.is_removed() {
+                return Stop::Removed; // queued work for a removed shape is moot
+            }
             let result = match next {
                 Either::Left(None) => return Stop::Removed,
                 Either::Left(Some(msg)) => self.handle(msg).await,
@@ -169,7 +185,15 @@ impl Consumer {
         loop {
             match future::select(work.as_mut(), self.rx.next()).await {
                 Either::Left((value, _)) => return Ok(value),
-                Either::Right((Some(msg), _)) => self.buffered.push(msg),
+                Either::Right((Some(msg), _)) => {
+                    // Electric drops a shape whose snapshot falls this far behind.
+                    if self.buffered.len() >= self.stack.config.consumer_queue {
+                        return Err(Stop::Failed(
+                            "too many transactions during the snapshot".into(),
+                        ));
+                    }
+                    self.buffered.push(msg);
+                }
                 Either::Right((None, _)) => return Err(Stop::Removed),
             }
         }

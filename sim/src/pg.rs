@@ -44,8 +44,8 @@ struct State {
     tables: BTreeMap<TableName, BTreeMap<Vec<Value>, Row>>,
     next_xid: Xid,
     last_lsn: Lsn,
-    /// Every committed transaction, in commit order.
-    wal: Vec<Transaction>,
+    /// Every committed transaction and schema change, by LSN.
+    wal: Vec<(Lsn, ReplicationMessage)>,
     slot_confirmed: Lsn,
 }
 
@@ -116,10 +116,33 @@ impl PgModel {
             commit_lsn: state.last_lsn,
             changes,
         };
-        state.wal.push(txn.clone());
+        state
+            .wal
+            .push((txn.commit_lsn, ReplicationMessage::Transaction(txn.clone())));
         drop(state);
         self.committed.notify(usize::MAX);
         Some(txn)
+    }
+
+    /// `ALTER TABLE table ADD COLUMN column text` (NULL in existing rows):
+    /// a relation message in the WAL, as logical replication sends one.
+    pub fn add_column(&self, table: &TableName, column: &str) {
+        let mut state = self.lock();
+        let mut schema = state.catalog.table(table).expect("table").clone();
+        schema.columns.push(engine::schema::Column {
+            name: column.to_string(),
+            ty: engine::schema::ColumnType::Text,
+            not_null: false,
+        });
+        state.catalog.upsert(schema.clone());
+        for row in state.tables.get_mut(table).expect("table").values_mut() {
+            row.push(Value::Null);
+        }
+        state.last_lsn += 1;
+        let lsn = state.last_lsn;
+        state.wal.push((lsn, ReplicationMessage::Relation(schema)));
+        drop(state);
+        self.committed.notify(usize::MAX);
     }
 
     pub fn table(&self, name: &TableName) -> TableSchema {
@@ -135,22 +158,25 @@ impl PgModel {
         self.lock().tables[table].values().cloned().collect()
     }
 
+    /// A snapshot query: rows and visibility read under one lock, so that no
+    /// commit can fall between them.
+    pub fn snapshot_now(&self, query: &SnapshotQuery) -> SnapshotResult {
+        let state = self.lock();
+        let xid = state.next_xid;
+        let rows = state.query(&query.table, query.where_sql.as_deref());
+        SnapshotResult {
+            visibility: Visibility {
+                xmin: xid,
+                xmax: xid,
+                xip_list: Vec::new(),
+            },
+            rows,
+        }
+    }
+
     /// `SELECT * FROM table WHERE where_sql`, with the oracle's evaluator.
     pub fn query(&self, table: &TableName, where_sql: Option<&str>) -> Vec<Row> {
-        let state = self.lock();
-        let schema = state.catalog.table(table).expect("table");
-        let filter = where_sql
-            .map(|sql| where_eval::parse(sql).expect("the oracle parses every WHERE it is given"));
-        let rows = state.tables[table].values();
-        rows.filter(|row| {
-            filter.as_ref().is_none_or(|expr| {
-                where_eval::holds(expr, &|name| {
-                    row[schema.column_index(name).expect("known column")].clone()
-                })
-            })
-        })
-        .cloned()
-        .collect()
+        self.lock().query(table, where_sql)
     }
 
     pub fn slot_confirmed(&self) -> Lsn {
@@ -167,10 +193,31 @@ fn pk(schema: &TableSchema, row: &[Value]) -> Vec<Value> {
 }
 
 impl State {
+    fn query(&self, table: &TableName, where_sql: Option<&str>) -> Vec<Row> {
+        let state = self;
+        let schema = state.catalog.table(table).expect("table");
+        let filter = where_sql
+            .map(|sql| where_eval::parse(sql).expect("the oracle parses every WHERE it is given"));
+        let rows = state.tables[table].values();
+        rows.filter(|row| {
+            filter.as_ref().is_none_or(|expr| {
+                where_eval::holds(expr, &|name| {
+                    row[schema.column_index(name).expect("known column")].clone()
+                })
+            })
+        })
+        .cloned()
+        .collect()
+    }
+
     fn apply(&mut self, mutation: &Mutation) -> Option<Change> {
         match mutation {
             Mutation::Insert { table, row } => {
                 let schema = self.catalog.table(table).expect("table").clone();
+                // Columns added after the statement was written default to NULL.
+                let mut row = row.clone();
+                row.resize(schema.columns.len(), Value::Null);
+                let row = &row;
                 schema.check_row(row).expect("inserted rows fit the schema");
                 let data = self.tables.get_mut(table).expect("table");
                 let key = pk(&schema, row);
@@ -262,10 +309,10 @@ impl ReplicationStream for PgStream {
                 let state = self.model.lock();
                 let next = state
                     .wal
-                    .partition_point(|t| t.commit_lsn <= cursor.delivered);
-                if let Some(txn) = state.wal.get(next) {
-                    cursor.delivered = txn.commit_lsn;
-                    return Ok(ReplicationMessage::Transaction(txn.clone()));
+                    .partition_point(|(lsn, _)| *lsn <= cursor.delivered);
+                if let Some((lsn, message)) = state.wal.get(next) {
+                    cursor.delivered = *lsn;
+                    return Ok(message.clone());
                 }
             }
             committed.await;

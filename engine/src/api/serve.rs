@@ -153,9 +153,7 @@ async fn read(stack: &Arc<Inner>, entry: &Arc<ShapeEntry>, params: &Params) -> R
                 panic!("invariant violated: reading shape {}: {why}", entry.handle)
             }
             Err(_) => {
-                stack
-                    .remove_shape(&entry.handle, "its log could not be read")
-                    .await;
+                stack.remove_shape(&entry.handle, "its log could not be read");
                 return refetch(stack, entry).await;
             }
         };

@@ -1,9 +1,9 @@
 //! Shape metadata: SQLite (the durable record of which shapes exist) behind an
 //! in-memory write buffer, plus a write-through cache for the hot read path.
 //!
-//! - Writers ([`ShapeDb::add_shape`], [`ShapeDb::remove_shape`],
-//!   [`ShapeDb::mark_snapshot_complete`]) only queue; they wait only when the
-//!   buffer holds `buffer_limit` operations (back-pressure, see [`MetaConfig`]).
+//! - Writers ([`ShapeDb::add_shape`], [`ShapeDb::mark_snapshot_complete`])
+//!   only queue; they wait only when the buffer holds `buffer_limit`
+//!   operations (back-pressure, see [`MetaConfig`]). Removals never wait.
 //! - [`ShapeDb::flush_batch`] applies up to `batch_ops` queued operations in one
 //!   SQLite transaction; the stack calls it every `flush_period_ms`, in a loop
 //!   until the buffer is empty, and once more at graceful shutdown.
@@ -154,8 +154,9 @@ impl ShapeDb {
         state.buffer.add(row);
     }
 
-    pub async fn remove_shape(&self, handle: &ShapeHandle) {
-        self.wait_for_room().await;
+    /// Never waits: a removal must be recorded at once (before the handle can
+    /// be looked up again), and removals are bounded by the number of shapes.
+    pub fn remove_shape(&self, handle: &ShapeHandle) {
         let mut state = self.lock();
         state.cache.remove(handle);
         state.buffer.remove(handle);

@@ -44,7 +44,7 @@ fn reads_see_the_buffer_first_and_tombstones_hide_sqlite_rows() {
     db.flush_all().unwrap();
     assert_eq!(db.stored_shapes().unwrap(), vec![a.clone()]);
     now(db.add_shape(b.clone()));
-    now(db.remove_shape(&a.handle));
+    db.remove_shape(&a.handle);
     assert_eq!(
         db.handle_for_comparable(&a.comparable).unwrap(),
         None,
@@ -95,7 +95,7 @@ fn a_crash_loses_exactly_the_buffered_operations() {
     db.flush_all().unwrap();
     now(db.add_shape(c.clone()));
     now(db.mark_snapshot_complete(&c.handle));
-    now(db.remove_shape(&a.handle));
+    db.remove_shape(&a.handle);
     drop(db); // the kill: the buffer is gone, SQLite keeps what was committed
     let db = ShapeDb::open(conn, MetaConfig::default()).unwrap();
     let (valid, deleted) = db.boot(5_000).unwrap();
@@ -150,7 +150,7 @@ fn a_definition_can_be_removed_and_recreated_under_a_new_handle() {
     let a = row(1);
     now(db.add_shape(a.clone()));
     db.flush_all().unwrap();
-    now(db.remove_shape(&a.handle));
+    db.remove_shape(&a.handle);
     let mut again = row(1);
     again.handle = ShapeHandle::parse(&format!("{}-2000-0", a.hash)).unwrap();
     now(db.add_shape(again.clone()));

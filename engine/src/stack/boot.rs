@@ -108,7 +108,7 @@ async fn consume_marker(stack: &Inner) -> bool {
 }
 
 async fn drop_shape(stack: &Inner, handle: &ShapeHandle) {
-    stack.db.remove_shape(handle).await;
+    stack.db.remove_shape(handle);
     remove_storage(stack, handle).await;
 }
 

@@ -139,7 +139,7 @@ pub(crate) struct Inner {
     stream: Mutex<Option<Arc<dyn ReplicationStream>>>,
     issuer: Mutex<HandleIssuer>,
     /// Serialises shape creation so one definition never gets two handles.
-    creating: futures::lock::Mutex<()>,
+    pub creating: futures::lock::Mutex<()>,
     pub stop_intake: Event,
     intake_stopping: AtomicBool,
     intake_stopped: AtomicBool,
@@ -291,10 +291,14 @@ impl Inner {
         );
     }
 
-    /// Takes a shape out of service: requests waiting on it get 409, the flush
-    /// tracker stops waiting for it, its metadata is tombstoned. Its consumer
-    /// removes the storage (it owns the directory). Idempotent.
-    pub async fn remove_shape(&self, handle: &ShapeHandle, reason: &str) {
+    /// Takes a shape out of service: its metadata is tombstoned and it leaves
+    /// the registry in one step (so its definition cannot be looked up half-
+    /// removed), requests waiting on it get 409, and its consumer is told to
+    /// stop. The consumer deletes the storage and only then releases the shape's
+    /// hold on the acknowledged LSN: until the removal is durable, a crash
+    /// could restore the shape, and the slot must still replay what it lacks.
+    /// Idempotent.
+    pub fn remove_shape(&self, handle: &ShapeHandle, reason: &str) {
         let entry = {
             let mut registry = self.registry();
             let Some(entry) = registry.shapes.remove(handle) else {
@@ -303,17 +307,12 @@ impl Inner {
             if let Some(set) = registry.by_table.get_mut(&entry.shape.table.name) {
                 set.remove(handle);
             }
+            self.db.remove_shape(handle);
             entry
         };
         let _ = reason; // kept for tracing by hosts that log
         entry.removed.store(true, Ordering::SeqCst);
         entry.changed.notify(usize::MAX);
-        if let Some(tracker) = self.tracker().as_mut() {
-            tracker.remove_shape(handle.as_str());
-        }
-        self.tracker_changed.notify(usize::MAX);
-        self.db.remove_shape(handle).await;
-        // Closing the channel tells the consumer to delete its storage and stop.
         entry.tx.clone().close_channel();
     }
 
@@ -321,6 +320,14 @@ impl Inner {
     /// snapshot) if there is none.
     pub async fn get_or_create(self: &Arc<Self>, shape: Shape) -> Result<ShapeHandle, String> {
         let _creating = self.creating.lock().await;
+        // Shutdown and schema changes hold the creation lock while they work:
+        // re-check what they may have changed while this request waited.
+        if self.status() != Status::Ready {
+            return Err("the stack is shutting down".to_string());
+        }
+        if self.catalog().table(&shape.table.name) != Some(&shape.table) {
+            return Err(format!("table {} changed; retry", shape.table.name));
+        }
         let comparable = shape.comparable();
         let known = self
             .db

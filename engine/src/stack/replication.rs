@@ -23,10 +23,16 @@ use std::sync::atomic::Ordering;
 pub(super) async fn run(stack: Arc<Inner>) {
     let mut last_processed: Lsn = 0;
     'connect: loop {
+        let stop = stack.stop_intake.listen();
         if stack.intake_stopping.load(Ordering::SeqCst) {
             break;
         }
-        let (confirmed, stream) = match stack.host.source.start().await {
+        let start = std::pin::pin!(stack.host.source.start());
+        let started = match future::select(start, stop).await {
+            Either::Left((started, _)) => started,
+            Either::Right(_) => break,
+        };
+        let (confirmed, stream) = match started {
             Ok(connected) => connected,
             Err(_) => {
                 stack
@@ -88,11 +94,14 @@ pub(super) async fn run(stack: Arc<Inner>) {
 
 /// A table's definition changed: shapes on it can no longer be maintained.
 async fn relation(stack: &Arc<Inner>, table: TableSchema) {
+    // Under the creation lock: no shape built from the old definition can
+    // register after the removals below.
+    let _creating = stack.creating.lock().await;
     let name = table.name.clone();
     let previous = stack.catalog.lock().expect("catalog").upsert(table.clone());
     if previous.is_some_and(|p| p != table) {
         for entry in stack.entries_for_table(&name) {
-            stack.remove_shape(&entry.handle, "its table changed").await;
+            stack.remove_shape(&entry.handle, "its table changed");
         }
     }
 }
@@ -116,9 +125,7 @@ async fn transaction(stack: &Arc<Inner>, txn: Transaction) {
     stack.tracker_changed.notify(usize::MAX);
     for (entry, part) in routed {
         if entry.tx.clone().send(ConsumerMsg::Txn(part)).await.is_err() {
-            stack
-                .remove_shape(&entry.handle, "its consumer stopped")
-                .await;
+            stack.remove_shape(&entry.handle, "its consumer stopped");
         }
     }
 }

@@ -42,6 +42,9 @@ pub(super) async fn shutdown(stack: Arc<Inner>) -> bool {
         }
     }
 
+    // Hold the creation lock to the end: no shape can appear after the list
+    // below is taken (it would never be drained, and would be lost at boot).
+    let _creating = stack.creating.lock().await;
     let entries: Vec<_> = stack.registry().shapes.values().cloned().collect();
     let drains = entries.into_iter().map(|entry| async move {
         let (reply, done) = oneshot::channel();
