@@ -7,3 +7,5 @@ pub mod disk;
 pub mod host;
 pub mod oracle;
 pub mod pg;
+pub mod scenario;
+pub mod standard;

@@ -33,7 +33,11 @@ fn text(s: &str) -> Value {
 }
 
 pub fn catalog() -> Catalog {
-    let col = |name: &str, ty| Column { name: name.to_string(), ty, not_null: true };
+    let col = |name: &str, ty| Column {
+        name: name.to_string(),
+        ty,
+        not_null: true,
+    };
     let mut tables = Vec::new();
     for n in 1..=3u8 {
         let mut columns = vec![col("id", ColumnType::Text)];
@@ -41,12 +45,26 @@ pub fn catalog() -> Catalog {
             columns.push(col(&format!("level_{}_id", n - 1), ColumnType::Text));
         }
         columns.push(col("active", ColumnType::Bool));
-        tables.push(TableSchema::new(level(n), 16_400 + u32::from(n), columns, &["id"]));
+        tables.push(TableSchema::new(
+            level(n),
+            16_400 + u32::from(n),
+            columns,
+            &["id"],
+        ));
         let owner = format!("level_{n}_id");
         let tag_columns = vec![col(&owner, ColumnType::Text), col("tag", ColumnType::Text)];
-        tables.push(TableSchema::new(tags(n), 16_410 + u32::from(n), tag_columns, &[owner.as_str(), "tag"]));
+        tables.push(TableSchema::new(
+            tags(n),
+            16_410 + u32::from(n),
+            tag_columns,
+            &[owner.as_str(), "tag"],
+        ));
     }
-    let level4 = vec![col("id", ColumnType::Text), col("level_3_id", ColumnType::Text), col("value", ColumnType::Text)];
+    let level4 = vec![
+        col("id", ColumnType::Text),
+        col("level_3_id", ColumnType::Text),
+        col("value", ColumnType::Text),
+    ];
     tables.push(TableSchema::new(level(4), 16_404, level4, &["id"]));
     Catalog::new(tables)
 }
@@ -67,12 +85,22 @@ pub fn seeded_postgres(level4_rows: usize) -> PgModel {
             .collect();
         pg.load(&level(n), rows);
         let tag_rows = (0..LEVEL_IDS)
-            .flat_map(|i| TAGS[..i % 4 + 1].iter().map(move |t| vec![text(&format!("l{n}-{}", i + 1)), text(t)]))
+            .flat_map(|i| {
+                TAGS[..i % 4 + 1]
+                    .iter()
+                    .map(move |t| vec![text(&format!("l{n}-{}", i + 1)), text(t)])
+            })
             .collect();
         pg.load(&tags(n), tag_rows);
     }
     let rows = (1..=level4_rows)
-        .map(|n| vec![text(&format!("l4-{n}")), text(&format!("l3-{}", (n - 1) % LEVEL_IDS + 1)), text(&format!("v{}", n - 1))])
+        .map(|n| {
+            vec![
+                text(&format!("l4-{n}")),
+                text(&format!("l3-{}", (n - 1) % LEVEL_IDS + 1)),
+                text(&format!("v{}", n - 1)),
+            ]
+        })
         .collect();
     pg.load(&level(4), rows);
     pg
@@ -88,23 +116,53 @@ pub fn mutation(pg: &PgModel, op: &Op) -> Option<Mutation> {
             let schema = pg.table(&level(*n));
             let active = schema.column_index("active").expect("active column");
             let current = pg.rows(&level(*n)).into_iter().find(|r| r[0] == text(id))?;
-            let Value::Bool(b) = current[active] else { unreachable!("active is boolean") };
-            Mutation::Update { table: level(*n), pk: key(id), set: vec![("active".into(), Value::Bool(!b))] }
+            let Value::Bool(b) = current[active] else {
+                unreachable!("active is boolean")
+            };
+            Mutation::Update {
+                table: level(*n),
+                pk: key(id),
+                set: vec![("active".into(), Value::Bool(!b))],
+            }
         }
-        Op::Reparent { level: n, id, parent } => {
+        Op::Reparent {
+            level: n,
+            id,
+            parent,
+        } => {
             let column = format!("level_{}_id", n - 1);
-            Mutation::Update { table: level(*n), pk: key(id), set: vec![(column, text(parent))] }
+            Mutation::Update {
+                table: level(*n),
+                pk: key(id),
+                set: vec![(column, text(parent))],
+            }
         }
-        Op::AddTag { level: n, id, tag } => Mutation::Insert { table: tags(*n), row: vec![text(id), text(tag)] },
-        Op::RemoveTag { level: n, id, tag } => Mutation::Delete { table: tags(*n), pk: vec![text(id), text(tag)] },
-        Op::SetValue { id, value } => Mutation::Update { table: level(4), pk: key(id), set: vec![("value".into(), text(value))] },
-        Op::InsertLevel4 { id, parent, value } => {
-            Mutation::Insert { table: level(4), row: vec![text(id), text(parent), text(value)] }
-        }
-        Op::DeleteLevel4 { id } => Mutation::Delete { table: level(4), pk: key(id) },
-        Op::ChangeLevel4Key { id, new_id } => {
-            Mutation::Update { table: level(4), pk: key(id), set: vec![("id".into(), text(new_id))] }
-        }
+        Op::AddTag { level: n, id, tag } => Mutation::Insert {
+            table: tags(*n),
+            row: vec![text(id), text(tag)],
+        },
+        Op::RemoveTag { level: n, id, tag } => Mutation::Delete {
+            table: tags(*n),
+            pk: vec![text(id), text(tag)],
+        },
+        Op::SetValue { id, value } => Mutation::Update {
+            table: level(4),
+            pk: key(id),
+            set: vec![("value".into(), text(value))],
+        },
+        Op::InsertLevel4 { id, parent, value } => Mutation::Insert {
+            table: level(4),
+            row: vec![text(id), text(parent), text(value)],
+        },
+        Op::DeleteLevel4 { id } => Mutation::Delete {
+            table: level(4),
+            pk: key(id),
+        },
+        Op::ChangeLevel4Key { id, new_id } => Mutation::Update {
+            table: level(4),
+            pk: key(id),
+            set: vec![("id".into(), text(new_id))],
+        },
     })
 }
 
@@ -132,12 +190,37 @@ mod tests {
     #[test]
     fn ops_become_the_statements_they_name() {
         let pg = seeded_postgres(20);
-        let toggle = mutation(&pg, &Op::ToggleActive { level: 2, id: "l2-1".into() }).unwrap();
+        let toggle = mutation(
+            &pg,
+            &Op::ToggleActive {
+                level: 2,
+                id: "l2-1".into(),
+            },
+        )
+        .unwrap();
         pg.commit(&[toggle]).unwrap();
         assert_eq!(pg.rows(&level(2))[0][2], Value::Bool(false));
-        let key_change = mutation(&pg, &Op::ChangeLevel4Key { id: "l4-1".into(), new_id: "l4-101".into() }).unwrap();
+        let key_change = mutation(
+            &pg,
+            &Op::ChangeLevel4Key {
+                id: "l4-1".into(),
+                new_id: "l4-101".into(),
+            },
+        )
+        .unwrap();
         let txn = pg.commit(&[key_change]).unwrap();
-        assert!(matches!(&txn.changes[0], engine::replication::Change::Update { old, new, .. } if old[0] == text("l4-1") && new[0] == text("l4-101")));
-        assert!(mutation(&pg, &Op::ToggleActive { level: 1, id: "l1-99".into() }).is_none());
+        assert!(
+            matches!(&txn.changes[0], engine::replication::Change::Update { old, new, .. } if old[0] == text("l4-1") && new[0] == text("l4-101"))
+        );
+        assert!(
+            mutation(
+                &pg,
+                &Op::ToggleActive {
+                    level: 1,
+                    id: "l1-99".into()
+                }
+            )
+            .is_none()
+        );
     }
 }

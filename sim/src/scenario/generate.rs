@@ -35,11 +35,18 @@ pub fn expand(seed: u64, knobs: &Knobs) -> Scenario {
             replica_full: rng.random_bool(knobs.replica_full_rate),
         })
         .collect();
-    let mut workload = Workload { level4: (1..=knobs.level4_rows).map(|n| format!("l4-{n}")).collect(), next_id: 1_000 };
+    let mut workload = Workload {
+        level4: (1..=knobs.level4_rows).map(|n| format!("l4-{n}")).collect(),
+        next_id: 1_000,
+    };
     let batches = (0..knobs.batch_count)
         .map(|_| {
             (0..knobs.txns_per_batch)
-                .map(|_| (0..knobs.mutations_per_txn).map(|_| workload.op(&mut rng)).collect())
+                .map(|_| {
+                    (0..knobs.mutations_per_txn)
+                        .map(|_| workload.op(&mut rng))
+                        .collect()
+                })
                 .collect()
         })
         .collect();
@@ -55,13 +62,33 @@ pub fn expand(seed: u64, knobs: &Knobs) -> Scenario {
             client_restarts.insert(batch);
         }
         if rng.random_bool(knobs.partition_rate) {
-            let link = if rng.random_bool(0.5) { Link::EnginePostgres } else { Link::ClientsEngine };
+            let link = if rng.random_bool(0.5) {
+                Link::EnginePostgres
+            } else {
+                Link::ClientsEngine
+            };
             let start_ms = rng.random_range(0..=knobs.kill_window_ms);
-            partitions.insert(batch, Partition { link, start_ms, duration_ms: knobs.partition_ms });
+            partitions.insert(
+                batch,
+                Partition {
+                    link,
+                    start_ms,
+                    duration_ms: knobs.partition_ms,
+                },
+            );
         }
     }
     let sched_seed = rng.random();
-    Scenario { seed, knobs: knobs.clone(), shapes, batches, restarts, client_restarts, partitions, sched_seed }
+    Scenario {
+        seed,
+        knobs: knobs.clone(),
+        shapes,
+        batches,
+        restarts,
+        client_restarts,
+        partitions,
+        sched_seed,
+    }
 }
 
 fn restart(rng: &mut ChaCha8Rng, knobs: &Knobs) -> Restart {
@@ -69,11 +96,27 @@ fn restart(rng: &mut ChaCha8Rng, knobs: &Knobs) -> Restart {
         RestartType::Graceful => RestartKind::Graceful,
         RestartType::Crash => RestartKind::Crash,
         RestartType::Power => RestartKind::Power,
-        RestartType::Mixed => *[RestartKind::Graceful, RestartKind::Crash, RestartKind::Power].choose(rng).expect("three kinds"),
+        RestartType::Mixed => *[
+            RestartKind::Graceful,
+            RestartKind::Crash,
+            RestartKind::Power,
+        ]
+        .choose(rng)
+        .expect("three kinds"),
     };
     let crash_point = (kind != RestartKind::Graceful && rng.random_bool(knobs.crash_point_rate))
-        .then(|| (ARMABLE.choose(rng).expect("points").name().to_string(), rng.random_range(0..4u32)));
-    Restart { kind, kill_delay_ms: rng.random_range(0..=knobs.kill_window_ms), crash_point, power_seed: rng.random() }
+        .then(|| {
+            (
+                ARMABLE.choose(rng).expect("points").name().to_string(),
+                rng.random_range(0..4u32),
+            )
+        });
+    Restart {
+        kind,
+        kill_delay_ms: rng.random_range(0..=knobs.kill_window_ms),
+        crash_point,
+        power_seed: rng.random(),
+    }
 }
 
 /// Tracks which level_4 rows exist so that most statements touch real rows.
@@ -84,28 +127,51 @@ struct Workload {
 
 impl Workload {
     fn op(&mut self, rng: &mut ChaCha8Rng) -> Op {
-        let pick = |rng: &mut ChaCha8Rng, prefix: &str| format!("{prefix}-{}", rng.random_range(1..=LEVEL_IDS));
+        let pick = |rng: &mut ChaCha8Rng, prefix: &str| {
+            format!("{prefix}-{}", rng.random_range(1..=LEVEL_IDS))
+        };
         let level_n = |rng: &mut ChaCha8Rng| rng.random_range(1..=3u8);
         match rng.random_range(0..11) {
             0 => {
                 let n = level_n(rng);
-                Op::ToggleActive { level: n, id: pick(rng, &format!("l{n}")) }
+                Op::ToggleActive {
+                    level: n,
+                    id: pick(rng, &format!("l{n}")),
+                }
             }
             1 | 2 => {
                 let n = rng.random_range(2..=3u8);
-                Op::Reparent { level: n, id: pick(rng, &format!("l{n}")), parent: pick(rng, &format!("l{}", n - 1)) }
+                Op::Reparent {
+                    level: n,
+                    id: pick(rng, &format!("l{n}")),
+                    parent: pick(rng, &format!("l{}", n - 1)),
+                }
             }
             3 => match self.existing(rng) {
-                Some(id) => Op::Reparent { level: 4, id, parent: pick(rng, "l3") },
+                Some(id) => Op::Reparent {
+                    level: 4,
+                    id,
+                    parent: pick(rng, "l3"),
+                },
                 None => self.insert(rng),
             },
             4 | 5 => {
                 let n = level_n(rng);
-                let (id, tag) = (pick(rng, &format!("l{n}")), TAGS.choose(rng).expect("tags").to_string());
-                if rng.random_bool(0.5) { Op::AddTag { level: n, id, tag } } else { Op::RemoveTag { level: n, id, tag } }
+                let (id, tag) = (
+                    pick(rng, &format!("l{n}")),
+                    TAGS.choose(rng).expect("tags").to_string(),
+                );
+                if rng.random_bool(0.5) {
+                    Op::AddTag { level: n, id, tag }
+                } else {
+                    Op::RemoveTag { level: n, id, tag }
+                }
             }
             6 => match self.existing(rng) {
-                Some(id) => Op::SetValue { id, value: format!("v{}", rng.random_range(1..=1000)) },
+                Some(id) => Op::SetValue {
+                    id,
+                    value: format!("v{}", rng.random_range(1..=1000)),
+                },
                 None => self.insert(rng),
             },
             7 => self.insert(rng),
@@ -126,7 +192,10 @@ impl Workload {
                 None => self.insert(rng),
             },
             _ => match self.existing(rng) {
-                Some(id) => Op::SetValue { id, value: VALUES.choose(rng).expect("values").to_string() },
+                Some(id) => Op::SetValue {
+                    id,
+                    value: VALUES.choose(rng).expect("values").to_string(),
+                },
                 None => self.insert(rng),
             },
         }
@@ -145,7 +214,11 @@ impl Workload {
         let id = self.fresh_id();
         self.level4.push(id.clone());
         let parent = format!("l3-{}", rng.random_range(1..=LEVEL_IDS));
-        Op::InsertLevel4 { id, parent, value: VALUES.choose(rng).expect("values").to_string() }
+        Op::InsertLevel4 {
+            id,
+            parent,
+            value: VALUES.choose(rng).expect("values").to_string(),
+        }
     }
 }
 
@@ -157,8 +230,16 @@ pub fn where_clause(rng: &mut ChaCha8Rng, depth: u32) -> String {
     }
     match rng.random_range(0..9) {
         0..=3 => atomic(rng),
-        4 | 5 => format!("({}) AND ({})", where_clause(rng, depth - 1), where_clause(rng, depth - 1)),
-        6 | 7 => format!("({}) OR ({})", where_clause(rng, depth - 1), where_clause(rng, depth - 1)),
+        4 | 5 => format!(
+            "({}) AND ({})",
+            where_clause(rng, depth - 1),
+            where_clause(rng, depth - 1)
+        ),
+        6 | 7 => format!(
+            "({}) OR ({})",
+            where_clause(rng, depth - 1),
+            where_clause(rng, depth - 1)
+        ),
         _ => match rng.random_range(0..3) {
             0 => format!("({} OR {}) AND {}", atomic(rng), atomic(rng), atomic(rng)),
             1 => format!("NOT ({})", atomic(rng)),
@@ -171,7 +252,9 @@ fn atomic(rng: &mut ChaCha8Rng) -> String {
     let value = |rng: &mut ChaCha8Rng| VALUES.choose(rng).expect("values").to_string();
     let ids = |rng: &mut ChaCha8Rng, prefix: &str, max: usize| {
         let count = rng.random_range(2..=4);
-        let picked: Vec<String> = (0..count).map(|_| format!("'{prefix}-{}'", rng.random_range(1..=max))).collect();
+        let picked: Vec<String> = (0..count)
+            .map(|_| format!("'{prefix}-{}'", rng.random_range(1..=max)))
+            .collect();
         picked.join(", ")
     };
     match rng.random_range(0..7) {
@@ -184,8 +267,15 @@ fn atomic(rng: &mut ChaCha8Rng) -> String {
         }
         4 => {
             let not = if rng.random_bool(0.3) { "NOT " } else { "" };
-            let like = if rng.random_bool(0.2) { "ILIKE" } else { "LIKE" };
-            format!("value {not}{like} '{}'", LIKE_PATTERNS.choose(rng).expect("patterns"))
+            let like = if rng.random_bool(0.2) {
+                "ILIKE"
+            } else {
+                "LIKE"
+            };
+            format!(
+                "value {not}{like} '{}'",
+                LIKE_PATTERNS.choose(rng).expect("patterns")
+            )
         }
         5 => {
             let (mut lo, mut hi) = (value(rng), value(rng));
@@ -218,8 +308,15 @@ mod tests {
         assert_eq!(a, expand(7, &knobs));
         assert_ne!(a, expand(8, &knobs));
         assert_eq!(a.shapes.len(), knobs.shape_count);
-        assert_eq!(a.mutation_count(), knobs.batch_count * knobs.txns_per_batch * knobs.mutations_per_txn);
-        assert!(a.restarts.keys().all(|b| b % knobs.restart_server_every == 0 && *b < knobs.batch_count));
+        assert_eq!(
+            a.mutation_count(),
+            knobs.batch_count * knobs.txns_per_batch * knobs.mutations_per_txn
+        );
+        assert!(
+            a.restarts
+                .keys()
+                .all(|b| b % knobs.restart_server_every == 0 && *b < knobs.batch_count)
+        );
     }
 
     #[test]
@@ -228,7 +325,12 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         for _ in 0..2_000 {
             let clause = where_clause(&mut rng, 2);
-            let request = ShapeRequest { table: "level_4".into(), columns: None, where_clause: Some(clause.clone()), ..Default::default() };
+            let request = ShapeRequest {
+                table: "level_4".into(),
+                columns: None,
+                where_clause: Some(clause.clone()),
+                ..Default::default()
+            };
             Shape::new(&catalog, &request).unwrap_or_else(|e| panic!("{clause}: {e}"));
             crate::oracle::where_eval::parse(&clause).unwrap();
         }

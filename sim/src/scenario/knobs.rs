@@ -96,7 +96,8 @@ pub struct ScenarioFile {
 impl ScenarioFile {
     /// Reads a scenario file; the error names the file and the offending key.
     pub fn load(path: &Path) -> Result<ScenarioFile, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read scenario {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read scenario {}: {e}", path.display()))?;
         ScenarioFile::parse(&text).map_err(|e| format!("scenario {}: {e}", path.display()))
     }
 
@@ -106,9 +107,15 @@ impl ScenarioFile {
         let description = match table.remove("description") {
             None => None,
             Some(toml::Value::String(s)) => Some(s),
-            Some(other) => return Err(format!("description must be a string, not {}", other.type_str())),
+            Some(other) => {
+                return Err(format!(
+                    "description must be a string, not {}",
+                    other.type_str()
+                ));
+            }
         };
-        let knobs = Knobs::deserialize(toml::Value::Table(table)).map_err(|e| e.message().to_string())?;
+        let knobs =
+            Knobs::deserialize(toml::Value::Table(table)).map_err(|e| e.message().to_string())?;
         knobs.validate()?;
         Ok(ScenarioFile { description, knobs })
     }
@@ -117,19 +124,37 @@ impl ScenarioFile {
 impl Knobs {
     /// Values that parse but make no sense.
     pub fn validate(&self) -> Result<(), String> {
-        let rate = |name: &str, v: f64| if (0.0..=1.0).contains(&v) { Ok(()) } else { Err(format!("{name} must be between 0 and 1, not {v}")) };
+        let rate = |name: &str, v: f64| {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{name} must be between 0 and 1, not {v}"))
+            }
+        };
         rate("crash_point_rate", self.crash_point_rate)?;
         rate("replica_full_rate", self.replica_full_rate)?;
         rate("packet_loss_rate", self.packet_loss_rate)?;
         rate("partition_rate", self.partition_rate)?;
-        if self.shape_count == 0 || self.batch_count == 0 || self.txns_per_batch == 0 || self.mutations_per_txn == 0 {
-            return Err("shape_count, batch_count, txns_per_batch and mutations_per_txn must be at least 1".into());
+        if self.shape_count == 0
+            || self.batch_count == 0
+            || self.txns_per_batch == 0
+            || self.mutations_per_txn == 0
+        {
+            return Err(
+                "shape_count, batch_count, txns_per_batch and mutations_per_txn must be at least 1"
+                    .into(),
+            );
         }
         if self.latency_min_ms > self.latency_max_ms {
-            return Err(format!("latency_min_ms ({}) exceeds latency_max_ms ({})", self.latency_min_ms, self.latency_max_ms));
+            return Err(format!(
+                "latency_min_ms ({}) exceeds latency_max_ms ({})",
+                self.latency_min_ms, self.latency_max_ms
+            ));
         }
         if self.chunk_bytes == 0 || self.long_poll_timeout_ms == 0 || self.flush_period_ms == 0 {
-            return Err("chunk_bytes, long_poll_timeout_ms and flush_period_ms must be positive".into());
+            return Err(
+                "chunk_bytes, long_poll_timeout_ms and flush_period_ms must be positive".into(),
+            );
         }
         if self.level4_rows == 0 {
             return Err("level4_rows must be at least 1".into());
@@ -206,7 +231,10 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_types_are_named() {
         let unknown = ScenarioFile::parse("shape_count = 3\nshapes_count = 4\n").unwrap_err();
-        assert!(unknown.contains("unknown field `shapes_count`"), "{unknown}");
+        assert!(
+            unknown.contains("unknown field `shapes_count`"),
+            "{unknown}"
+        );
         let bad_type = ScenarioFile::parse("batch_count = \"ten\"\n").unwrap_err();
         assert!(bad_type.contains("invalid type"), "{bad_type}");
         let bad_enum = ScenarioFile::parse("restart_type = \"sometimes\"\n").unwrap_err();
@@ -214,8 +242,14 @@ mod tests {
         let bad_value = ScenarioFile::parse("packet_loss_rate = 3.0\n").unwrap_err();
         assert!(bad_value.contains("packet_loss_rate"), "{bad_value}");
         let file = ScenarioFile::parse("description = \"x\"\nshape_count = 3\n").unwrap();
-        assert_eq!((file.knobs.shape_count, file.knobs.batch_count), (3, Knobs::default().batch_count));
-        let mut knobs = Knobs { packet_loss_rate: 2.0, ..Knobs::default() };
+        assert_eq!(
+            (file.knobs.shape_count, file.knobs.batch_count),
+            (3, Knobs::default().batch_count)
+        );
+        let mut knobs = Knobs {
+            packet_loss_rate: 2.0,
+            ..Knobs::default()
+        };
         assert!(knobs.validate().unwrap_err().contains("packet_loss_rate"));
         knobs.packet_loss_rate = 0.0;
         assert!(knobs.validate().is_ok());
@@ -223,10 +257,28 @@ mod tests {
 
     #[test]
     fn overrides_apply_and_print_as_flags() {
-        let args = KnobArgs { shape_count: Some(3), restart_type: Some(RestartType::Power), strict_409: Some(false), ..KnobArgs::default() };
+        let args = KnobArgs {
+            shape_count: Some(3),
+            restart_type: Some(RestartType::Power),
+            strict_409: Some(false),
+            ..KnobArgs::default()
+        };
         let mut knobs = Knobs::default();
         args.apply(&mut knobs);
-        assert_eq!((knobs.shape_count, knobs.restart_type, knobs.strict_409), (3, RestartType::Power, false));
-        assert_eq!(args.to_flags(), ["--shape-count", "3", "--restart-type", "power", "--strict-409", "false"]);
+        assert_eq!(
+            (knobs.shape_count, knobs.restart_type, knobs.strict_409),
+            (3, RestartType::Power, false)
+        );
+        assert_eq!(
+            args.to_flags(),
+            [
+                "--shape-count",
+                "3",
+                "--restart-type",
+                "power",
+                "--strict-409",
+                "false"
+            ]
+        );
     }
 }

@@ -18,19 +18,46 @@ use std::collections::{BTreeMap, BTreeSet};
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Op {
     /// `UPDATE level_<level> SET active = NOT active WHERE id = <id>`
-    ToggleActive { level: u8, id: String },
+    ToggleActive {
+        level: u8,
+        id: String,
+    },
     /// `UPDATE level_<level> SET level_<level-1>_id = <parent> WHERE id = <id>`
-    Reparent { level: u8, id: String, parent: String },
+    Reparent {
+        level: u8,
+        id: String,
+        parent: String,
+    },
     /// `INSERT INTO level_<level>_tags ... ON CONFLICT DO NOTHING`
-    AddTag { level: u8, id: String, tag: String },
+    AddTag {
+        level: u8,
+        id: String,
+        tag: String,
+    },
     /// `DELETE FROM level_<level>_tags WHERE ...`
-    RemoveTag { level: u8, id: String, tag: String },
+    RemoveTag {
+        level: u8,
+        id: String,
+        tag: String,
+    },
     /// `UPDATE level_4 SET value = <value> WHERE id = <id>`
-    SetValue { id: String, value: String },
-    InsertLevel4 { id: String, parent: String, value: String },
-    DeleteLevel4 { id: String },
+    SetValue {
+        id: String,
+        value: String,
+    },
+    InsertLevel4 {
+        id: String,
+        parent: String,
+        value: String,
+    },
+    DeleteLevel4 {
+        id: String,
+    },
     /// `UPDATE level_4 SET id = <new_id> WHERE id = <id>`: a primary-key change.
-    ChangeLevel4Key { id: String, new_id: String },
+    ChangeLevel4Key {
+        id: String,
+        new_id: String,
+    },
 }
 
 /// A shape the clients subscribe to (always on `level_4`).
