@@ -19,6 +19,15 @@ use event_listener::Event;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+/// One message of a replication connection.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum StreamItem {
+    /// A table definition from the dump sent at connect.
+    Relation(TableSchema),
+    /// A WAL entry (transaction or schema change) and its LSN.
+    Wal(Lsn, ReplicationMessage),
+}
+
 /// One statement of a transaction, already resolved to a row.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Mutation {
@@ -47,6 +56,8 @@ struct State {
     /// Every committed transaction and schema change, by LSN.
     wal: Vec<(Lsn, ReplicationMessage)>,
     slot_confirmed: Lsn,
+    /// WHERE clauses already parsed by the oracle's evaluator.
+    parsed: BTreeMap<String, sqlparser::ast::Expr>,
 }
 
 #[derive(Clone)]
@@ -69,6 +80,7 @@ impl PgModel {
             last_lsn: 1_000,
             wal: Vec::new(),
             slot_confirmed: 1_000,
+            parsed: BTreeMap::new(),
         };
         PgModel {
             state: Arc::new(Mutex::new(state)),
@@ -161,7 +173,7 @@ impl PgModel {
     /// A snapshot query: rows and visibility read under one lock, so that no
     /// commit can fall between them.
     pub fn snapshot_now(&self, query: &SnapshotQuery) -> SnapshotResult {
-        let state = self.lock();
+        let mut state = self.lock();
         let xid = state.next_xid;
         let rows = state.query(&query.table, query.where_sql.as_deref());
         SnapshotResult {
@@ -179,6 +191,37 @@ impl PgModel {
         self.lock().query(table, where_sql)
     }
 
+    /// What a replication connection sends next: the `relations_seen`-th table
+    /// definition (sent at every connect), then the first WAL entry after
+    /// `after`. `None` when there is nothing yet.
+    pub fn message_after(&self, after: Lsn, relations_seen: usize) -> Option<StreamItem> {
+        let state = self.lock();
+        if let Some(table) = state.catalog.tables().nth(relations_seen) {
+            return Some(StreamItem::Relation(table.clone()));
+        }
+        let next = state.wal.partition_point(|(lsn, _)| *lsn <= after);
+        state
+            .wal
+            .get(next)
+            .map(|(lsn, message)| StreamItem::Wal(*lsn, message.clone()))
+    }
+
+    /// Notified at every commit and schema change.
+    pub fn commits(&self) -> event_listener::EventListener {
+        self.committed.listen()
+    }
+
+    /// The slot's side of an acknowledgement.
+    pub fn acknowledge(&self, lsn: Lsn) {
+        let mut state = self.lock();
+        assert!(
+            lsn <= state.last_lsn,
+            "acknowledged {lsn}, but the last commit is {}",
+            state.last_lsn
+        );
+        state.slot_confirmed = state.slot_confirmed.max(lsn);
+    }
+
     pub fn slot_confirmed(&self) -> Lsn {
         self.lock().slot_confirmed
     }
@@ -193,11 +236,17 @@ fn pk(schema: &TableSchema, row: &[Value]) -> Vec<Value> {
 }
 
 impl State {
-    fn query(&self, table: &TableName, where_sql: Option<&str>) -> Vec<Row> {
-        let state = self;
+    fn query(&mut self, table: &TableName, where_sql: Option<&str>) -> Vec<Row> {
+        let filter = where_sql.map(|sql| {
+            self.parsed
+                .entry(sql.to_string())
+                .or_insert_with(|| {
+                    where_eval::parse(sql).expect("the oracle parses every WHERE it is given")
+                })
+                .clone()
+        });
+        let state = &*self;
         let schema = state.catalog.table(table).expect("table");
-        let filter = where_sql
-            .map(|sql| where_eval::parse(sql).expect("the oracle parses every WHERE it is given"));
         let rows = state.tables[table].values();
         rows.filter(|row| {
             filter.as_ref().is_none_or(|expr| {
@@ -266,33 +315,22 @@ impl State {
     }
 }
 
-/// One connection's view of the slot.
+/// One in-process connection's view of the slot.
 struct PgStream {
     model: PgModel,
-    cursor: Mutex<Cursor>,
-}
-
-struct Cursor {
-    /// Relation messages still to send before the first transaction.
-    relations: Vec<TableSchema>,
-    /// The last commit LSN delivered on this connection.
-    delivered: Lsn,
+    /// (the last LSN delivered, table definitions delivered)
+    cursor: Mutex<(Lsn, usize)>,
 }
 
 #[async_trait]
 impl ReplicationSource for PgModel {
     async fn start(&self) -> Result<(Lsn, Arc<dyn ReplicationStream>), SourceError> {
-        let state = self.lock();
-        let relations = state.catalog.tables().cloned().collect();
-        let cursor = Cursor {
-            relations,
-            delivered: state.slot_confirmed,
-        };
+        let confirmed = self.slot_confirmed();
         let stream = PgStream {
             model: self.clone(),
-            cursor: Mutex::new(cursor),
+            cursor: Mutex::new((confirmed, 0)),
         };
-        Ok((state.slot_confirmed, Arc::new(stream)))
+        Ok((confirmed, Arc::new(stream)))
     }
 }
 
@@ -300,33 +338,24 @@ impl ReplicationSource for PgModel {
 impl ReplicationStream for PgStream {
     async fn next(&self) -> Result<ReplicationMessage, SourceError> {
         loop {
-            let committed = self.model.committed.listen();
-            {
-                let mut cursor = self.cursor.lock().expect("cursor");
-                if !cursor.relations.is_empty() {
-                    return Ok(ReplicationMessage::Relation(cursor.relations.remove(0)));
+            let committed = self.model.commits();
+            let (after, seen) = *self.cursor.lock().expect("cursor");
+            match self.model.message_after(after, seen) {
+                Some(StreamItem::Relation(table)) => {
+                    self.cursor.lock().expect("cursor").1 += 1;
+                    return Ok(ReplicationMessage::Relation(table));
                 }
-                let state = self.model.lock();
-                let next = state
-                    .wal
-                    .partition_point(|(lsn, _)| *lsn <= cursor.delivered);
-                if let Some((lsn, message)) = state.wal.get(next) {
-                    cursor.delivered = *lsn;
-                    return Ok(message.clone());
+                Some(StreamItem::Wal(lsn, message)) => {
+                    self.cursor.lock().expect("cursor").0 = lsn;
+                    return Ok(message);
                 }
+                None => committed.await,
             }
-            committed.await;
         }
     }
 
     async fn acknowledge(&self, lsn: Lsn) -> Result<(), SourceError> {
-        let mut state = self.model.lock();
-        assert!(
-            lsn <= state.last_lsn,
-            "acknowledged {lsn}, but the last commit is {}",
-            state.last_lsn
-        );
-        state.slot_confirmed = state.slot_confirmed.max(lsn);
+        self.model.acknowledge(lsn);
         Ok(())
     }
 }

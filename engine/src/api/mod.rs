@@ -15,7 +15,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Request {
     pub params: BTreeMap<String, String>,
 }
@@ -31,7 +31,7 @@ impl Request {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Response {
     pub status: u16,
     pub headers: BTreeMap<String, String>,

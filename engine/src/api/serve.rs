@@ -36,7 +36,7 @@ async fn serve(stack: &Arc<Inner>, request: Request) -> Response {
         Ok(params) => params,
         Err(response) => return response,
     };
-    let shape = match crate::shape::Shape::new(&stack.catalog(), &params.shape) {
+    let shape = match stack.checked_shape(&params.shape) {
         Ok(shape) => shape,
         Err(e) => {
             return Response::bad_request(&BTreeMap::from([(e.field(), vec![e.to_string()])]));

@@ -48,7 +48,7 @@ impl fmt::Display for Replica {
 }
 
 /// A shape as a client asks for it, before checking.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ShapeRequest {
     /// `table` or `schema.table`; quoted identifiers allowed.
     pub table: String,

@@ -51,7 +51,9 @@ pub(super) async fn boot(stack: Arc<Inner>) {
             Err(_) => env.clock.sleep_ms(stack.config.retry_backoff_ms).await,
         }
     };
-    *stack.catalog.lock().expect("catalog") = catalog.clone();
+    for table in catalog.tables() {
+        stack.upsert_table(table.clone());
+    }
 
     for row in rows {
         let shape = Shape::new(&catalog, &row.request)

@@ -20,7 +20,7 @@ use crate::log::{LogConfig, ShapeLog, ShapeLogReader};
 use crate::metadata::{MetaConfig, ShapeDb, ShapeRow, SqliteConn};
 use crate::replication::{Lsn, PostgresQueries, ReplicationSource, ReplicationStream};
 use crate::schema::{Catalog, TableName};
-use crate::shape::Shape;
+use crate::shape::{Shape, ShapeError, ShapeRequest};
 use event_listener::Event;
 use futures::channel::mpsc;
 use futures::future::{self, Either};
@@ -132,6 +132,9 @@ pub(crate) struct Inner {
     status: Mutex<Status>,
     pub status_changed: Event,
     catalog: Mutex<Catalog>,
+    /// Requests already checked against the current catalog (the hot path
+    /// would otherwise parse the same WHERE clause on every poll).
+    checked: Mutex<BTreeMap<ShapeRequest, Shape>>,
     registry: Mutex<Registry>,
     /// `None` until replication first connects.
     tracker: Mutex<Option<FlushTracker>>,
@@ -165,6 +168,7 @@ impl Stack {
             status: Mutex::new(Status::Booting),
             status_changed: Event::new(),
             catalog: Mutex::new(Catalog::default()),
+            checked: Mutex::new(BTreeMap::new()),
             registry: Mutex::new(Registry::default()),
             tracker: Mutex::new(None),
             tracker_changed: Event::new(),
@@ -238,6 +242,33 @@ impl Inner {
 
     pub fn catalog(&self) -> Catalog {
         self.catalog.lock().expect("catalog").clone()
+    }
+
+    /// Replaces the catalog's definition of a table; returns the old one.
+    pub fn upsert_table(
+        &self,
+        table: crate::schema::TableSchema,
+    ) -> Option<crate::schema::TableSchema> {
+        let previous = self.catalog.lock().expect("catalog").upsert(table);
+        self.checked.lock().expect("checked shapes").clear();
+        previous
+    }
+
+    /// Checks a request against the catalog, remembering the answer for the
+    /// same request (until the catalog changes).
+    pub fn checked_shape(&self, request: &ShapeRequest) -> Result<Shape, ShapeError> {
+        /// Bound on remembered requests: past it the cache starts over.
+        const CHECKED_LIMIT: usize = 10_000;
+        if let Some(shape) = self.checked.lock().expect("checked shapes").get(request) {
+            return Ok(shape.clone());
+        }
+        let shape = Shape::new(&self.catalog.lock().expect("catalog"), request)?;
+        let mut checked = self.checked.lock().expect("checked shapes");
+        if checked.len() >= CHECKED_LIMIT {
+            checked.clear();
+        }
+        checked.insert(request.clone(), shape.clone());
+        Ok(shape)
     }
 
     pub fn shape_dir(handle: &ShapeHandle) -> String {

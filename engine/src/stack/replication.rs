@@ -98,7 +98,7 @@ async fn relation(stack: &Arc<Inner>, table: TableSchema) {
     // register after the removals below.
     let _creating = stack.creating.lock().await;
     let name = table.name.clone();
-    let previous = stack.catalog.lock().expect("catalog").upsert(table.clone());
+    let previous = stack.upsert_table(table.clone());
     if previous.is_some_and(|p| p != table) {
         for entry in stack.entries_for_table(&name) {
             stack.remove_shape(&entry.handle, "its table changed");

@@ -1,0 +1,197 @@
+//! The checks: after each batch, stack restart and client restart, every
+//! client must reach up-to-date with exactly the oracle's rows (the shape's
+//! WHERE evaluated by the oracle over the Postgres model) within a simulated
+//! deadline. The client materialises strictly on the way.
+
+use super::net;
+use super::trace::{SharedTrace, record};
+use crate::client::{ClientRow, Outcome, ShapeClient};
+use crate::pg::PgModel;
+use crate::standard;
+use madsim::net::Endpoint;
+use serde::Serialize;
+use std::time::Duration;
+
+/// A violated check, as reported.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    /// Which check: `strict-materialization`, `mismatch`, `liveness`,
+    /// `unexpected-409`, `unexpected-status` or `engine-invariant`.
+    pub check: String,
+    pub message: String,
+    /// The shape (its index in the scenario), where one is at fault.
+    pub shape: Option<usize>,
+    /// The client (its index; a client restart makes new ones).
+    pub client: Option<usize>,
+    pub sim_ms: u64,
+    /// The trace's most recent events when the failure was found.
+    #[serde(skip)]
+    pub last_events: Vec<String>,
+}
+
+impl Failure {
+    pub fn new(check: &str, message: String, shape: Option<usize>, trace: &SharedTrace) -> Failure {
+        let sim_ms =
+            madsim::time::TimeHandle::try_current().map_or(0, |t| t.elapsed().as_millis() as u64);
+        let last_events = trace.lock().expect("trace").recent();
+        Failure {
+            check: check.to_string(),
+            message,
+            shape,
+            client: shape,
+            sim_ms,
+            last_events,
+        }
+    }
+
+    /// What shrinking preserves: the kind of failure and, where relevant, the shape.
+    pub fn signature(&self) -> String {
+        match self.shape {
+            Some(shape) if self.check != "engine-invariant" => {
+                format!("{}@shape{shape}", self.check)
+            }
+            _ => self.check.clone(),
+        }
+    }
+}
+
+/// The rows a client of `where_clause` on level_4 must hold.
+pub fn oracle_rows(pg: &PgModel, where_clause: Option<&str>) -> Vec<ClientRow> {
+    let table = standard::level(4);
+    let schema = pg.table(&table);
+    let mut rows: Vec<ClientRow> = pg
+        .query(&table, where_clause)
+        .iter()
+        .map(|row| {
+            schema
+                .columns
+                .iter()
+                .zip(row)
+                .map(|(c, v)| (c.name.clone(), v.to_text()))
+                .collect()
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+pub struct CheckRules {
+    /// Set by the first client that fails: the others stop.
+    pub stop: std::sync::atomic::AtomicBool,
+    pub deadline_ms: u64,
+    pub request_timeout_ms: u64,
+    /// A 409 is expected (metadata may have been lost in a crash).
+    pub allow_409: bool,
+}
+
+/// Polls until the client is up to date with the oracle's rows. Returns the
+/// number of 409s it got.
+pub async fn converge(
+    index: usize,
+    client: &mut ShapeClient,
+    oracle: &[ClientRow],
+    ep: &Endpoint,
+    rules: &CheckRules,
+    trace: &SharedTrace,
+) -> Result<u64, Failure> {
+    let now = || madsim::time::TimeHandle::current().elapsed().as_millis() as u64;
+    let mut conflicts = 0;
+    let result = loop {
+        if rules.stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(conflicts); // another client failed: this check is over
+        }
+        if now() >= rules.deadline_ms {
+            let (check, why) = if client.up_to_date {
+                (
+                    "mismatch",
+                    format!(
+                        "up to date with {} rows, the oracle has {}: {}",
+                        client.rows.len(),
+                        oracle.len(),
+                        diff(&client.row_set(), oracle)
+                    ),
+                )
+            } else {
+                (
+                    "liveness",
+                    format!(
+                        "never up to date (offset {}, handle {:?})",
+                        client.offset, client.handle
+                    ),
+                )
+            };
+            break Err(Failure::new(
+                check,
+                format!("shape {index}: {why}"),
+                Some(index),
+                trace,
+            ));
+        }
+        let request = client.request();
+        let live = client.live;
+        record(
+            trace,
+            format!(
+                "client {index} requests offset {} live={live} handle={:?}",
+                client.offset, client.handle
+            ),
+        );
+        let Some(response) = net::get(ep, request, rules.request_timeout_ms).await else {
+            record(trace, format!("client {index}: request lost"));
+            continue;
+        };
+        let body_hash = response
+            .body
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+        record(
+            trace,
+            format!(
+                "client {index} gets {} offset {:?} handle {:?} body {body_hash:08x}",
+                response.status,
+                response.header("electric-offset"),
+                response.header("electric-handle")
+            ),
+        );
+        match client.apply(&response) {
+            Err(violation) => {
+                break Err(Failure::new(
+                    "strict-materialization",
+                    format!("shape {index}: {violation}"),
+                    Some(index),
+                    trace,
+                ));
+            }
+            Ok(Outcome::Data { .. }) => {
+                if client.up_to_date && client.row_set() == oracle {
+                    break Ok(conflicts);
+                }
+            }
+            Ok(Outcome::Refetch { new_handle }) => {
+                conflicts += 1;
+                if !rules.allow_409 {
+                    let why = format!(
+                        "shape {index}: 409 (new handle {new_handle:?}) where none may happen"
+                    );
+                    break Err(Failure::new("unexpected-409", why, Some(index), trace));
+                }
+            }
+            Ok(Outcome::Retry { .. }) => madsim::time::sleep(Duration::from_millis(50)).await,
+            Ok(Outcome::Unexpected { status, body }) => {
+                let why = format!("shape {index}: {status}: {body}");
+                break Err(Failure::new("unexpected-status", why, Some(index), trace));
+            }
+        }
+    };
+    if result.is_err() {
+        rules.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    result
+}
+
+/// A short description of how two row sets differ.
+fn diff(got: &[ClientRow], want: &[ClientRow]) -> String {
+    let missing: Vec<_> = want.iter().filter(|r| !got.contains(r)).take(3).collect();
+    let extra: Vec<_> = got.iter().filter(|r| !want.contains(r)).take(3).collect();
+    format!("missing {missing:?}, unexpected {extra:?}")
+}

@@ -1,0 +1,168 @@
+//! Faults the harness injects into the engine's environment.
+//!
+//! - [`ArmedCrash`]: the engine's crash points. The scenario arms one (a name
+//!   and which visit); when the engine reaches it, the engine parks there
+//!   forever and the supervisor, woken, kills the node: a kill exactly at
+//!   that point.
+//! - [`SlowStorage`]: the simulated disk with latency on every write and sync,
+//!   so that a kill drawn at a random time can land between any two of them
+//!   (between a flush's write and its fsync, say).
+
+use super::trace::{SharedTrace, record};
+use async_trait::async_trait;
+use engine::env::{CrashPoint, CrashPoints, MemStorage, Storage};
+use event_listener::Event;
+use futures::future::{self, BoxFuture, FutureExt};
+use madsim::rand::Rng as _;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Default)]
+struct ArmState {
+    armed: Option<(CrashPoint, u32)>,
+    fired: Option<CrashPoint>,
+}
+
+#[derive(Clone)]
+pub struct ArmedCrash {
+    state: Arc<Mutex<ArmState>>,
+    fired: Arc<Event>,
+    trace: SharedTrace,
+}
+
+impl ArmedCrash {
+    pub fn new(trace: SharedTrace) -> ArmedCrash {
+        ArmedCrash {
+            state: Arc::default(),
+            fired: Arc::new(Event::new()),
+            trace,
+        }
+    }
+
+    pub fn arm(&self, point: CrashPoint, nth: u32) {
+        *self.state.lock().expect("crash state") = ArmState {
+            armed: Some((point, nth)),
+            fired: None,
+        };
+    }
+
+    pub fn disarm(&self) {
+        *self.state.lock().expect("crash state") = ArmState::default();
+    }
+
+    pub fn fired(&self) -> Option<CrashPoint> {
+        self.state.lock().expect("crash state").fired
+    }
+
+    /// Waits until the armed point fires, or `timeout_ms` passes.
+    pub async fn wait_fired(&self, timeout_ms: u64) -> bool {
+        let listener = self.fired.listen();
+        if self.fired().is_some() {
+            return true;
+        }
+        let sleep = madsim::time::sleep(Duration::from_millis(timeout_ms));
+        let listener = std::pin::pin!(listener);
+        future::select(listener, std::pin::pin!(sleep)).await;
+        self.fired().is_some()
+    }
+}
+
+impl CrashPoints for ArmedCrash {
+    fn reached(&self, point: CrashPoint) -> BoxFuture<'static, ()> {
+        let mut state = self.state.lock().expect("crash state");
+        match &mut state.armed {
+            Some((armed, 0)) if *armed == point => {
+                state.armed = None;
+                state.fired = Some(point);
+                drop(state);
+                record(
+                    &self.trace,
+                    format!("crash point {point} reached: the engine parks for its kill"),
+                );
+                self.fired.notify(usize::MAX);
+                future::pending().boxed()
+            }
+            Some((armed, nth)) if *armed == point => {
+                *nth -= 1;
+                future::ready(()).boxed()
+            }
+            _ => future::ready(()).boxed(),
+        }
+    }
+}
+
+/// [`MemStorage`] with simulated latency on writes and syncs (reads are
+/// served from the page cache).
+pub struct SlowStorage {
+    inner: MemStorage,
+    max_latency_us: u64,
+}
+
+impl SlowStorage {
+    pub fn new(inner: MemStorage, max_latency_us: u64) -> SlowStorage {
+        SlowStorage {
+            inner,
+            max_latency_us,
+        }
+    }
+
+    async fn delay(&self) {
+        if self.max_latency_us > 0 {
+            let us = madsim::rand::thread_rng().gen_range(0..=self.max_latency_us);
+            madsim::time::sleep(Duration::from_micros(us)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Storage for SlowStorage {
+    async fn create_dir_all(&self, dir: &str) -> io::Result<()> {
+        self.delay().await;
+        self.inner.create_dir_all(dir).await
+    }
+    async fn create(&self, path: &str) -> io::Result<()> {
+        self.delay().await;
+        self.inner.create(path).await
+    }
+    async fn append(&self, path: &str, data: &[u8]) -> io::Result<()> {
+        self.delay().await;
+        self.inner.append(path, data).await
+    }
+    async fn read_at(&self, path: &str, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        self.inner.read_at(path, offset, len).await
+    }
+    async fn size(&self, path: &str) -> io::Result<u64> {
+        self.inner.size(path).await
+    }
+    async fn truncate(&self, path: &str, len: u64) -> io::Result<()> {
+        self.delay().await;
+        self.inner.truncate(path, len).await
+    }
+    async fn sync(&self, path: &str) -> io::Result<()> {
+        self.delay().await;
+        self.inner.sync(path).await
+    }
+    async fn sync_dir(&self, dir: &str) -> io::Result<()> {
+        self.delay().await;
+        self.inner.sync_dir(dir).await
+    }
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        self.delay().await;
+        self.inner.rename(from, to).await
+    }
+    async fn remove(&self, path: &str) -> io::Result<()> {
+        self.delay().await;
+        self.inner.remove(path).await
+    }
+    async fn remove_dir_all(&self, dir: &str) -> io::Result<()> {
+        self.delay().await;
+        self.inner.remove_dir_all(dir).await
+    }
+    async fn list(&self, dir: &str) -> io::Result<Vec<String>> {
+        self.inner.list(dir).await
+    }
+    async fn exists(&self, path: &str) -> io::Result<bool> {
+        self.inner.exists(path).await
+    }
+}

@@ -1,0 +1,253 @@
+//! Everything that crosses madsim's network: client <-> engine requests and
+//! engine <-> Postgres replication and queries, as RPCs with timeouts, so
+//! that latency, loss and partitions apply to them.
+//!
+//! The replication pull is idempotent: the engine asks for "the next message
+//! after LSN x" rather than "the next message", so a lost or retried request
+//! never skips or repeats a message. After too many failures the engine's
+//! stream reports an error and the engine reconnects, replaying from the
+//! slot's confirmed LSN as Postgres would.
+
+use super::trace::{SharedTrace, record};
+use crate::pg::{PgModel, StreamItem};
+use async_trait::async_trait;
+use engine::api;
+use engine::replication::{
+    Lsn, PostgresQueries, ReplicationMessage, ReplicationSource, ReplicationStream, SnapshotQuery,
+    SnapshotResult, SourceError,
+};
+use engine::schema::Catalog;
+use futures::future;
+use madsim::net::Endpoint;
+use madsim::net::rpc::Request as Rpc;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const PG_IP: &str = "10.0.0.1";
+pub const ENGINE_IP: &str = "10.0.0.2";
+pub const CLIENT_IP: &str = "10.0.0.3";
+
+pub fn pg_addr() -> SocketAddr {
+    format!("{PG_IP}:5432").parse().expect("address")
+}
+
+pub fn engine_addr() -> SocketAddr {
+    format!("{ENGINE_IP}:3000").parse().expect("address")
+}
+
+macro_rules! rpc {
+    ($request:ty => $response:ty) => {
+        impl Rpc for $request {
+            type Response = $response;
+            const ID: u64 = madsim::net::rpc::hash_str(stringify!($request));
+        }
+    };
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct PgStart;
+#[derive(Serialize, Deserialize)]
+pub struct PgNext {
+    pub after: Lsn,
+    pub relations_seen: usize,
+}
+#[derive(Serialize, Deserialize)]
+pub struct PgAck(pub Lsn);
+#[derive(Serialize, Deserialize)]
+pub struct PgCatalog;
+#[derive(Serialize, Deserialize)]
+pub struct PgSnapshot(pub SnapshotQuery);
+#[derive(Serialize, Deserialize)]
+pub struct ShapeGet(pub api::Request);
+
+rpc!(PgStart => Lsn);
+rpc!(PgNext => Option<StreamItem>);
+rpc!(PgAck => ());
+rpc!(PgCatalog => Catalog);
+rpc!(PgSnapshot => SnapshotResult);
+rpc!(ShapeGet => api::Response);
+
+/// How long the Postgres side holds an idle replication pull.
+const PULL_HOLD_MS: u64 = 400;
+/// An RPC without an answer after this long is lost.
+const RPC_TIMEOUT: Duration = Duration::from_millis(1_500);
+/// Consecutive failed pulls before the stream reports a broken connection.
+const PULL_ATTEMPTS: u32 = 3;
+
+/// Serves the Postgres model on its node.
+pub async fn serve_postgres(pg: PgModel, trace: SharedTrace) {
+    let ep = Endpoint::bind(pg_addr()).await.expect("bind postgres");
+    let model = pg.clone();
+    ep.add_rpc_handler(move |_: PgStart| {
+        let model = model.clone();
+        async move { model.slot_confirmed() }
+    });
+    let (model, t) = (pg.clone(), trace.clone());
+    ep.add_rpc_handler(move |req: PgNext| {
+        let (model, trace) = (model.clone(), t.clone());
+        async move {
+            let committed = model.commits();
+            let item = match model.message_after(req.after, req.relations_seen) {
+                Some(item) => Some(item),
+                None => {
+                    let hold = madsim::time::sleep(Duration::from_millis(PULL_HOLD_MS));
+                    future::select(committed, std::pin::pin!(hold)).await;
+                    model.message_after(req.after, req.relations_seen)
+                }
+            };
+            if let Some(StreamItem::Wal(lsn, ReplicationMessage::Transaction(_))) = &item {
+                record(&trace, format!("postgres delivers lsn {lsn}"));
+            }
+            item
+        }
+    });
+    let (model, t) = (pg.clone(), trace.clone());
+    ep.add_rpc_handler(move |PgAck(lsn)| {
+        let (model, trace) = (model.clone(), t.clone());
+        async move {
+            record(&trace, format!("slot acknowledged to lsn {lsn}"));
+            model.acknowledge(lsn);
+        }
+    });
+    let model = pg.clone();
+    ep.add_rpc_handler(move |_: PgCatalog| {
+        let model = model.clone();
+        async move { model.catalog() }
+    });
+    let (model, t) = (pg, trace);
+    ep.add_rpc_handler(move |PgSnapshot(query)| {
+        let (model, trace) = (model.clone(), t.clone());
+        async move {
+            let result = model.snapshot_now(&query);
+            record(
+                &trace,
+                format!(
+                    "snapshot of {} where {:?}: {} rows",
+                    query.table,
+                    query.where_sql,
+                    result.rows.len()
+                ),
+            );
+            result
+        }
+    });
+    futures::future::pending::<()>().await;
+}
+
+/// The engine's view of Postgres across the network.
+pub struct RemotePg {
+    ep: Endpoint,
+}
+
+impl RemotePg {
+    pub async fn connect() -> RemotePg {
+        RemotePg {
+            ep: Endpoint::bind(format!("{ENGINE_IP}:0"))
+                .await
+                .expect("bind engine client endpoint"),
+        }
+    }
+
+    async fn call<R: Rpc>(&self, request: R) -> Result<R::Response, SourceError> {
+        self.ep
+            .call_timeout(pg_addr(), request, RPC_TIMEOUT)
+            .await
+            .map_err(|e| SourceError(e.to_string()))
+    }
+}
+
+struct RemoteStream {
+    ep: Endpoint,
+    cursor: Mutex<(Lsn, usize)>,
+}
+
+#[async_trait]
+impl ReplicationSource for RemotePg {
+    async fn start(&self) -> Result<(Lsn, Arc<dyn ReplicationStream>), SourceError> {
+        let confirmed = self.call(PgStart).await?;
+        let stream = RemoteStream {
+            ep: self.ep.clone(),
+            cursor: Mutex::new((confirmed, 0)),
+        };
+        Ok((confirmed, Arc::new(stream)))
+    }
+}
+
+#[async_trait]
+impl ReplicationStream for RemoteStream {
+    async fn next(&self) -> Result<ReplicationMessage, SourceError> {
+        let mut failures = 0;
+        loop {
+            let (after, relations_seen) = *self.cursor.lock().expect("cursor");
+            let pulled = self
+                .ep
+                .call_timeout(
+                    pg_addr(),
+                    PgNext {
+                        after,
+                        relations_seen,
+                    },
+                    RPC_TIMEOUT,
+                )
+                .await;
+            match pulled {
+                Ok(Some(StreamItem::Relation(table))) => {
+                    self.cursor.lock().expect("cursor").1 += 1;
+                    return Ok(ReplicationMessage::Relation(table));
+                }
+                Ok(Some(StreamItem::Wal(lsn, message))) => {
+                    self.cursor.lock().expect("cursor").0 = lsn;
+                    return Ok(message);
+                }
+                Ok(None) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    if failures >= PULL_ATTEMPTS {
+                        return Err(SourceError(format!("replication connection lost: {e}")));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn acknowledge(&self, lsn: Lsn) -> Result<(), SourceError> {
+        self.ep
+            .call_timeout(pg_addr(), PgAck(lsn), RPC_TIMEOUT)
+            .await
+            .map_err(|e| SourceError(e.to_string()))
+    }
+}
+
+#[async_trait]
+impl PostgresQueries for RemotePg {
+    async fn catalog(&self) -> Result<Catalog, SourceError> {
+        self.call(PgCatalog).await
+    }
+
+    async fn snapshot(&self, query: SnapshotQuery) -> Result<SnapshotResult, SourceError> {
+        self.call(PgSnapshot(query)).await
+    }
+}
+
+/// Serves client requests on the engine's node.
+pub async fn serve_engine(stack: engine::stack::Stack) {
+    let ep = Endpoint::bind(engine_addr()).await.expect("bind engine");
+    ep.add_rpc_handler(move |ShapeGet(request)| {
+        let stack = stack.clone();
+        async move { stack.serve(request).await }
+    });
+    futures::future::pending::<()>().await;
+}
+
+/// A client's request; `None` if it (or its answer) was lost.
+pub async fn get(ep: &Endpoint, request: api::Request, timeout_ms: u64) -> Option<api::Response> {
+    ep.call_timeout(
+        engine_addr(),
+        ShapeGet(request),
+        Duration::from_millis(timeout_ms),
+    )
+    .await
+    .ok()
+}

@@ -1,0 +1,120 @@
+//! The event trace: every harness event (commit, delivery, acknowledgement,
+//! fault, restart, client request and response, check) is fed into a running
+//! hash. Two runs of one seed must produce the same hash; when they do not,
+//! the kept events show the first that differs. The most recent events are
+//! kept for failure reports.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+const RECENT: usize = 40;
+
+#[derive(Debug, Default)]
+pub struct Trace {
+    hash: u64,
+    count: u64,
+    last_ms: u64,
+    recent: VecDeque<String>,
+    /// Every event, when a determinism check needs them.
+    all: Option<Vec<String>>,
+}
+
+/// FNV-1a: stable across builds and platforms, unlike std's hasher.
+fn fnv(mut hash: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+impl Trace {
+    pub fn new(keep_all: bool) -> Trace {
+        Trace {
+            hash: 0xcbf2_9ce4_8422_2325,
+            count: 0,
+            last_ms: 0,
+            recent: VecDeque::new(),
+            all: keep_all.then(Vec::new),
+        }
+    }
+
+    pub fn record(&mut self, now_ms: u64, event: String) {
+        self.last_ms = now_ms;
+        let line = format!("{now_ms:>8}ms {event}");
+        self.hash = fnv(self.hash, line.as_bytes());
+        self.hash = fnv(self.hash, b"\n");
+        self.count += 1;
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(line.clone());
+        if let Some(all) = &mut self.all {
+            all.push(line);
+        }
+    }
+
+    pub fn hash(&self) -> String {
+        format!("{:016x}", self.hash)
+    }
+
+    /// The simulated time of the last event.
+    pub fn last_ms(&self) -> u64 {
+        self.last_ms
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    pub fn recent(&self) -> Vec<String> {
+        self.recent.iter().cloned().collect()
+    }
+
+    pub fn take_all(&mut self) -> Vec<String> {
+        self.all.take().unwrap_or_default()
+    }
+}
+
+/// The trace as shared by every node of a run (one OS thread: the mutex is
+/// never contended, it only satisfies `Send`).
+pub type SharedTrace = Arc<Mutex<Trace>>;
+
+/// Records an event at the current simulated time.
+pub fn record(trace: &SharedTrace, event: String) {
+    let now_ms = madsim::time::TimeHandle::current().elapsed().as_millis() as u64;
+    trace.lock().expect("trace").record(now_ms, event);
+}
+
+/// The first index where two event lists differ, with both events.
+pub fn first_divergence(
+    a: &[String],
+    b: &[String],
+) -> Option<(usize, Option<String>, Option<String>)> {
+    let n = a.len().max(b.len());
+    (0..n)
+        .find(|&i| a.get(i) != b.get(i))
+        .map(|i| (i, a.get(i).cloned(), b.get(i).cloned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_covers_order_and_content_and_divergence_is_located() {
+        let mut a = Trace::new(true);
+        let mut b = Trace::new(true);
+        a.record(1, "x".into());
+        a.record(2, "y".into());
+        b.record(1, "x".into());
+        b.record(2, "z".into());
+        assert_ne!(a.hash(), b.hash());
+        let (ea, eb) = (a.take_all(), b.take_all());
+        assert_eq!(
+            first_divergence(&ea, &eb),
+            Some((1, Some(ea[1].clone()), Some(eb[1].clone())))
+        );
+        assert_eq!(first_divergence(&ea, &ea), None);
+    }
+}
