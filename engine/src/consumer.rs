@@ -40,9 +40,6 @@ pub(crate) enum Start {
     Restored,
 }
 
-/// Snapshot queries are retried this many times before the shape is dropped.
-const SNAPSHOT_ATTEMPTS: u32 = 10;
-
 struct Consumer {
     stack: Arc<Inner>,
     entry: Arc<ShapeEntry>,
@@ -205,7 +202,10 @@ impl Consumer {
             table: shape.table.name.clone(),
             where_sql: shape.where_clause.as_ref().map(|w| w.expr.to_string()),
         };
-        let mut attempt = 0;
+        // Failures are transient (the network, a restarting Postgres): retry,
+        // backing off up to a second, until the snapshot timeout has passed.
+        let give_up_ms = self.stack.now_ms() + self.stack.config.snapshot_timeout_ms;
+        let mut backoff_ms = self.stack.config.retry_backoff_ms;
         let result = loop {
             let postgres = self.stack.host.postgres.clone();
             let query = query.clone();
@@ -214,17 +214,13 @@ impl Consumer {
                 .await?
             {
                 Ok(result) => break result,
-                Err(e) if attempt + 1 >= SNAPSHOT_ATTEMPTS => {
+                Err(e) if self.stack.now_ms() >= give_up_ms => {
                     return Err(Stop::Failed(format!("snapshot query: {e}")));
                 }
                 Err(_) => {
-                    attempt += 1;
-                    let backoff = self
-                        .stack
-                        .env()
-                        .clock
-                        .sleep_ms(self.stack.config.retry_backoff_ms);
+                    let backoff = self.stack.env().clock.sleep_ms(backoff_ms);
                     self.buffering(backoff).await?;
+                    backoff_ms = (backoff_ms * 2).min(1_000);
                 }
             }
         };

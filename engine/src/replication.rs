@@ -66,11 +66,20 @@ pub enum ReplicationMessage {
 #[error("postgres: {0}")]
 pub struct SourceError(pub String);
 
+/// A replication connection, as `IDENTIFY_SYSTEM` + `START_REPLICATION` give it.
+pub struct Connection {
+    /// The slot's confirmed LSN: the stream replays everything after it.
+    pub confirmed_lsn: Lsn,
+    /// Postgres' WAL position at connect: every transaction at or below it
+    /// exists upstream and will be streamed.
+    pub wal_end_lsn: Lsn,
+    pub stream: Arc<dyn ReplicationStream>,
+}
+
 #[async_trait]
 pub trait ReplicationSource: Send + Sync + 'static {
-    /// Connects to the slot. Returns its confirmed LSN and a stream of every
-    /// transaction committed after it.
-    async fn start(&self) -> Result<(Lsn, Arc<dyn ReplicationStream>), SourceError>;
+    /// Connects to the slot.
+    async fn start(&self) -> Result<Connection, SourceError>;
 }
 
 #[async_trait]

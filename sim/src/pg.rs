@@ -11,8 +11,8 @@
 use crate::oracle::where_eval;
 use async_trait::async_trait;
 use engine::replication::{
-    Change, Lsn, PostgresQueries, ReplicationMessage, ReplicationSource, ReplicationStream,
-    SnapshotQuery, SnapshotResult, SourceError, Transaction, Visibility, Xid,
+    Change, Connection, Lsn, PostgresQueries, ReplicationMessage, ReplicationSource,
+    ReplicationStream, SnapshotQuery, SnapshotResult, SourceError, Transaction, Visibility, Xid,
 };
 use engine::schema::{Catalog, Row, TableName, TableSchema, Value};
 use event_listener::Event;
@@ -56,6 +56,8 @@ struct State {
     /// Every committed transaction and schema change, by LSN.
     wal: Vec<(Lsn, ReplicationMessage)>,
     slot_confirmed: Lsn,
+    /// The highest commit LSN a replication connection has been sent.
+    delivered: Lsn,
     /// WHERE clauses already parsed by the oracle's evaluator.
     parsed: BTreeMap<String, sqlparser::ast::Expr>,
 }
@@ -81,6 +83,7 @@ impl PgModel {
             wal: Vec::new(),
             slot_confirmed: 1_000,
             parsed: BTreeMap::new(),
+            delivered: 0,
         };
         PgModel {
             state: Arc::new(Mutex::new(state)),
@@ -222,6 +225,22 @@ impl PgModel {
         state.slot_confirmed = state.slot_confirmed.max(lsn);
     }
 
+    /// A remote connection received the transaction at `lsn`.
+    pub fn note_delivered(&self, lsn: Lsn) {
+        let mut state = self.lock();
+        state.delivered = state.delivered.max(lsn);
+    }
+
+    /// Whether every committed transaction has been sent to the engine.
+    pub fn all_delivered(&self) -> bool {
+        let state = self.lock();
+        let last_txn =
+            state.wal.iter().rev().find_map(|(lsn, m)| {
+                matches!(m, ReplicationMessage::Transaction(_)).then_some(*lsn)
+            });
+        last_txn.is_none_or(|lsn| state.delivered >= lsn)
+    }
+
     pub fn slot_confirmed(&self) -> Lsn {
         self.lock().slot_confirmed
     }
@@ -324,13 +343,17 @@ struct PgStream {
 
 #[async_trait]
 impl ReplicationSource for PgModel {
-    async fn start(&self) -> Result<(Lsn, Arc<dyn ReplicationStream>), SourceError> {
-        let confirmed = self.slot_confirmed();
-        let stream = PgStream {
+    async fn start(&self) -> Result<Connection, SourceError> {
+        let (confirmed_lsn, wal_end_lsn) = (self.slot_confirmed(), self.last_lsn());
+        let stream = Arc::new(PgStream {
             model: self.clone(),
-            cursor: Mutex::new((confirmed, 0)),
-        };
-        Ok((confirmed, Arc::new(stream)))
+            cursor: Mutex::new((confirmed_lsn, 0)),
+        });
+        Ok(Connection {
+            confirmed_lsn,
+            wal_end_lsn,
+            stream,
+        })
     }
 }
 

@@ -6,8 +6,9 @@
 //!    other offset needs a handle whose hash matches the shape, else 409 with
 //!    the current handle;
 //! 4. an offset beyond the shape's latest offset waits up to half the
-//!    long-poll timeout for the log to catch up (after a restart the log may
-//!    be re-filled by replay), else 400;
+//!    long-poll timeout for the log to catch up (after a crash the log is cut
+//!    to its durable offset and re-filled by replay). Then: 503 (retry) if the
+//!    offset's transaction exists upstream, 400 if it cannot exist;
 //! 5. the response ends at the chunk end (`electric-offset`); it carries
 //!    `up-to-date` when that reaches the latest offset, never for `-1`;
 //! 6. a live request with nothing new waits for new data or the long-poll
@@ -121,6 +122,17 @@ async fn read(stack: &Arc<Inner>, entry: &Arc<ShapeEntry>, params: &Params) -> R
         {
             if offset <= reader.latest_offset() {
                 break;
+            }
+            // Upstream has this transaction: the log is still catching up
+            // (replay after a crash). Tell the client to retry rather than
+            // call its offset invalid; Electric answers 400 here (its open
+            // bug 3, which this harness reproduces).
+            let upstream = stack.upstream_lsn.load(std::sync::atomic::Ordering::SeqCst);
+            if offset.tx().is_some_and(|tx| tx <= upstream) {
+                return Response::unavailable(
+                    "the shape is catching up with replication; retry",
+                    1,
+                );
             }
             let errors =
                 BTreeMap::from([("offset", vec!["out of bounds for this shape".to_string()])]);

@@ -140,6 +140,10 @@ pub(crate) struct Inner {
     tracker: Mutex<Option<FlushTracker>>,
     pub tracker_changed: Event,
     stream: Mutex<Option<Arc<dyn ReplicationStream>>>,
+    /// The highest LSN known to exist upstream: Postgres' WAL position at the
+    /// last connect, or the last transaction received. An offset at or below it
+    /// is valid even where the log has not caught up yet (after a crash).
+    pub upstream_lsn: std::sync::atomic::AtomicU64,
     issuer: Mutex<HandleIssuer>,
     /// Serialises shape creation so one definition never gets two handles.
     pub creating: futures::lock::Mutex<()>,
@@ -173,6 +177,7 @@ impl Stack {
             tracker: Mutex::new(None),
             tracker_changed: Event::new(),
             stream: Mutex::new(None),
+            upstream_lsn: std::sync::atomic::AtomicU64::new(0),
             issuer: Mutex::new(HandleIssuer::default()),
             creating: futures::lock::Mutex::new(()),
             stop_intake: Event::new(),

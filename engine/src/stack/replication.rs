@@ -11,7 +11,7 @@
 use super::{Inner, Status};
 use crate::consumer::ConsumerMsg;
 use crate::flush_tracker::FlushTracker;
-use crate::replication::{Lsn, ReplicationMessage, Transaction};
+use crate::replication::{Connection, Lsn, ReplicationMessage, Transaction};
 use crate::router;
 use crate::schema::TableSchema;
 use futures::SinkExt;
@@ -32,7 +32,11 @@ pub(super) async fn run(stack: Arc<Inner>) {
             Either::Left((started, _)) => started,
             Either::Right(_) => break,
         };
-        let (confirmed, stream) = match started {
+        let Connection {
+            confirmed_lsn: confirmed,
+            wal_end_lsn,
+            stream,
+        } = match started {
             Ok(connected) => connected,
             Err(_) => {
                 stack
@@ -54,6 +58,7 @@ pub(super) async fn run(stack: Arc<Inner>) {
             }
         }
         last_processed = last_processed.max(confirmed);
+        stack.upstream_lsn.fetch_max(wal_end_lsn, Ordering::SeqCst);
         *stack.stream.lock().expect("stream") = Some(stream.clone());
         if stack.status() == Status::Booting {
             stack.set_status(Status::Ready);
@@ -76,6 +81,9 @@ pub(super) async fn run(stack: Arc<Inner>) {
                         continue;
                     }
                     last_processed = txn.commit_lsn;
+                    stack
+                        .upstream_lsn
+                        .fetch_max(txn.commit_lsn, Ordering::SeqCst);
                     transaction(&stack, txn).await;
                 }
             }

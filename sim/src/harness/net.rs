@@ -13,8 +13,8 @@ use crate::pg::{PgModel, StreamItem};
 use async_trait::async_trait;
 use engine::api;
 use engine::replication::{
-    Lsn, PostgresQueries, ReplicationMessage, ReplicationSource, ReplicationStream, SnapshotQuery,
-    SnapshotResult, SourceError,
+    Connection, Lsn, PostgresQueries, ReplicationMessage, ReplicationSource, ReplicationStream,
+    SnapshotQuery, SnapshotResult, SourceError,
 };
 use engine::schema::Catalog;
 use futures::future;
@@ -62,7 +62,7 @@ pub struct PgSnapshot(pub SnapshotQuery);
 #[derive(Serialize, Deserialize)]
 pub struct ShapeGet(pub api::Request);
 
-rpc!(PgStart => Lsn);
+rpc!(PgStart => (Lsn, Lsn));
 rpc!(PgNext => Option<StreamItem>);
 rpc!(PgAck => ());
 rpc!(PgCatalog => Catalog);
@@ -70,19 +70,29 @@ rpc!(PgSnapshot => SnapshotResult);
 rpc!(ShapeGet => api::Response);
 
 /// How long the Postgres side holds an idle replication pull.
-const PULL_HOLD_MS: u64 = 400;
-/// An RPC without an answer after this long is lost.
-const RPC_TIMEOUT: Duration = Duration::from_millis(1_500);
-/// Consecutive failed pulls before the stream reports a broken connection.
-const PULL_ATTEMPTS: u32 = 3;
+const PULL_HOLD_MS: u64 = 200;
+/// An RPC without an answer after this long is lost (and retried): like a
+/// TCP retransmission, a lost packet costs a delay, not the connection.
+const RPC_TIMEOUT: Duration = Duration::from_millis(PULL_HOLD_MS + 300);
+/// Consecutive failed pulls (about ten seconds of silence) before the stream
+/// reports a broken connection, as `wal_sender_timeout` would.
+const PULL_ATTEMPTS: u32 = 20;
 
 /// Serves the Postgres model on its node.
 pub async fn serve_postgres(pg: PgModel, trace: SharedTrace) {
     let ep = Endpoint::bind(pg_addr()).await.expect("bind postgres");
     let model = pg.clone();
+    let t = trace.clone();
     ep.add_rpc_handler(move |_: PgStart| {
-        let model = model.clone();
-        async move { model.slot_confirmed() }
+        let (model, trace) = (model.clone(), t.clone());
+        async move {
+            let (confirmed, wal_end) = (model.slot_confirmed(), model.last_lsn());
+            record(
+                &trace,
+                format!("replication connects: slot at {confirmed}, WAL at {wal_end}"),
+            );
+            (confirmed, wal_end)
+        }
     });
     let (model, t) = (pg.clone(), trace.clone());
     ep.add_rpc_handler(move |req: PgNext| {
@@ -97,8 +107,21 @@ pub async fn serve_postgres(pg: PgModel, trace: SharedTrace) {
                     model.message_after(req.after, req.relations_seen)
                 }
             };
-            if let Some(StreamItem::Wal(lsn, ReplicationMessage::Transaction(_))) = &item {
-                record(&trace, format!("postgres delivers lsn {lsn}"));
+            match &item {
+                Some(StreamItem::Wal(lsn, ReplicationMessage::Transaction(_))) => {
+                    model.note_delivered(*lsn);
+                    record(&trace, format!("postgres delivers lsn {lsn}"));
+                }
+                Some(StreamItem::Wal(lsn, ReplicationMessage::Relation(t))) => {
+                    record(
+                        &trace,
+                        format!("postgres delivers relation {} at lsn {lsn}", t.name),
+                    );
+                }
+                Some(StreamItem::Relation(t)) => {
+                    record(&trace, format!("postgres sends relation {}", t.name))
+                }
+                None => {}
             }
             item
         }
@@ -139,22 +162,32 @@ pub async fn serve_postgres(pg: PgModel, trace: SharedTrace) {
 /// The engine's view of Postgres across the network.
 pub struct RemotePg {
     ep: Endpoint,
+    trace: SharedTrace,
 }
 
 impl RemotePg {
-    pub async fn connect() -> RemotePg {
-        RemotePg {
-            ep: Endpoint::bind(format!("{ENGINE_IP}:0"))
-                .await
-                .expect("bind engine client endpoint"),
-        }
+    pub async fn connect(trace: SharedTrace) -> RemotePg {
+        let ep = Endpoint::bind(format!("{ENGINE_IP}:0"))
+            .await
+            .expect("bind engine client endpoint");
+        RemotePg { ep, trace }
     }
 
     async fn call<R: Rpc>(&self, request: R) -> Result<R::Response, SourceError> {
-        self.ep
-            .call_timeout(pg_addr(), request, RPC_TIMEOUT)
-            .await
-            .map_err(|e| SourceError(e.to_string()))
+        let result = self.ep.call_timeout(pg_addr(), request, RPC_TIMEOUT).await;
+        result.map_err(|e| {
+            record(
+                &self.trace,
+                format!(
+                    "engine: {} to postgres failed: {e}",
+                    std::any::type_name::<R>()
+                        .rsplit("::")
+                        .next()
+                        .unwrap_or("rpc")
+                ),
+            );
+            SourceError(e.to_string())
+        })
     }
 }
 
@@ -165,13 +198,17 @@ struct RemoteStream {
 
 #[async_trait]
 impl ReplicationSource for RemotePg {
-    async fn start(&self) -> Result<(Lsn, Arc<dyn ReplicationStream>), SourceError> {
-        let confirmed = self.call(PgStart).await?;
-        let stream = RemoteStream {
+    async fn start(&self) -> Result<Connection, SourceError> {
+        let (confirmed_lsn, wal_end_lsn) = self.call(PgStart).await?;
+        let stream = Arc::new(RemoteStream {
             ep: self.ep.clone(),
-            cursor: Mutex::new((confirmed, 0)),
-        };
-        Ok((confirmed, Arc::new(stream)))
+            cursor: Mutex::new((confirmed_lsn, 0)),
+        });
+        Ok(Connection {
+            confirmed_lsn,
+            wal_end_lsn,
+            stream,
+        })
     }
 }
 
