@@ -8,6 +8,7 @@ use super::trace::{SharedTrace, record};
 use crate::client::{ClientRow, Outcome, ShapeClient};
 use crate::pg::PgModel;
 use crate::standard;
+use engine::offset::LogOffset;
 use madsim::net::Endpoint;
 use serde::Serialize;
 use std::time::Duration;
@@ -75,10 +76,16 @@ pub fn oracle_rows(pg: &PgModel, where_clause: Option<&str>) -> Vec<ClientRow> {
     rows
 }
 
+/// A check may run this many times its timeout while the client progresses.
+const PROGRESS_CAP: u64 = 10;
+/// More 409s than this in one check is a refetch loop.
+const MAX_REFETCHES: u64 = 3;
+
 pub struct CheckRules {
     /// Set by the first client that fails: the others stop.
     pub stop: std::sync::atomic::AtomicBool,
-    pub deadline_ms: u64,
+    /// How long a client may go without progress.
+    pub timeout_ms: u64,
     pub request_timeout_ms: u64,
     /// A 409 is expected (metadata may have been lost in a crash).
     pub allow_409: bool,
@@ -86,22 +93,57 @@ pub struct CheckRules {
 
 /// Polls until the client is up to date with the oracle's rows. Returns the
 /// number of 409s it got.
+#[allow(clippy::too_many_arguments)]
 pub async fn converge(
     index: usize,
     client: &mut ShapeClient,
     oracle: &[ClientRow],
+    pg: &PgModel,
     ep: &Endpoint,
     rules: &CheckRules,
     trace: &SharedTrace,
 ) -> Result<u64, Failure> {
     let now = || madsim::time::TimeHandle::current().elapsed().as_millis() as u64;
     let mut conflicts = 0;
+    // Liveness is about progress: the deadline moves on whenever the client's
+    // offset passes its furthest point so far (a long log walked over a lossy
+    // network is slow, not stuck), up to a hard cap.
+    let started_ms = now();
+    let hard_deadline_ms = started_ms + PROGRESS_CAP * rules.timeout_ms;
+    let mut deadline_ms = started_ms + rules.timeout_ms;
+    let mut furthest: Option<LogOffset> = None;
+    let mut furthest_handle = client.handle.clone();
     let result = loop {
         if rules.stop.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(conflicts); // another client failed: this check is over
         }
-        if now() >= rules.deadline_ms {
-            let (check, why) = if client.up_to_date {
+        let offset = client.offset.parse::<LogOffset>().ok();
+        if client.handle != furthest_handle {
+            // A refetch starts a new log: progress is measured afresh.
+            (furthest, furthest_handle) = (None, client.handle.clone());
+        }
+        if offset > furthest && client.handle.is_some() {
+            furthest = offset;
+            deadline_ms = (now() + rules.timeout_ms).min(hard_deadline_ms);
+        }
+        if conflicts > MAX_REFETCHES {
+            break Err(Failure::new(
+                "liveness",
+                format!("shape {index}: {conflicts} refetches in one check"),
+                Some(index),
+                trace,
+            ));
+        }
+        if now() >= deadline_ms {
+            let (check, why) = if client.up_to_date && !pg.all_delivered() {
+                (
+                    "liveness",
+                    format!(
+                        "replication is behind: Postgres has transactions the engine never received (client at {})",
+                        client.offset
+                    ),
+                )
+            } else if client.up_to_date {
                 (
                     "mismatch",
                     format!(

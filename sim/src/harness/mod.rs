@@ -246,21 +246,27 @@ impl World {
             .build();
 
         let config = stack_config(&scenario, &options.plants);
-        let (disk, db, points, slot) = (
+        let (disk, db, points, slot, engine_trace) = (
             storage.clone(),
             sqlite.clone(),
             crash.clone(),
             stack.clone(),
+            trace.clone(),
         );
         let engine = handle
             .create_node()
             .name("engine")
             .ip(net::ENGINE_IP.parse().expect("ip"))
             .init(move || {
-                let (disk, db, points, slot) =
-                    (disk.clone(), db.clone(), points.clone(), slot.clone());
+                let (disk, db, points, slot, engine_trace) = (
+                    disk.clone(),
+                    db.clone(),
+                    points.clone(),
+                    slot.clone(),
+                    engine_trace.clone(),
+                );
                 async move {
-                    let remote = Arc::new(net::RemotePg::connect().await);
+                    let remote = Arc::new(net::RemotePg::connect(engine_trace.clone()).await);
                     let env = Env {
                         clock: Arc::new(SimClock),
                         storage: Arc::new(SlowStorage::new(disk, knobs.disk_latency_us)),
@@ -467,20 +473,24 @@ impl World {
     /// Every client, in parallel, must reach up-to-date with the oracle's rows.
     async fn check(&mut self, label: &str, allow_409: bool) -> Result<(), Failure> {
         let knobs = &self.scenario.knobs;
-        let now_ms = SimClockNow::now();
         let rules = Arc::new(CheckRules {
             stop: Default::default(),
-            deadline_ms: now_ms + knobs.check_timeout_ms,
-            request_timeout_ms: knobs.long_poll_timeout_ms + 2 * knobs.latency_max_ms + 1_000,
+            timeout_ms: knobs.check_timeout_ms,
+            request_timeout_ms: knobs.long_poll_timeout_ms + 2 * knobs.latency_max_ms + 300,
             allow_409: allow_409 || !knobs.strict_409,
         });
         let mut tasks = Vec::new();
         for (index, mut client) in std::mem::take(&mut self.clients).into_iter().enumerate() {
             let oracle = checks::oracle_rows(&self.pg, client.where_clause.as_deref());
-            let (ep, rules, trace) = (self.endpoint.clone(), rules.clone(), self.trace.clone());
+            let (ep, rules, trace, pg) = (
+                self.endpoint.clone(),
+                rules.clone(),
+                self.trace.clone(),
+                self.pg.clone(),
+            );
             tasks.push(self.clients_node.spawn(async move {
                 let result =
-                    checks::converge(index, &mut client, &oracle, &ep, &rules, &trace).await;
+                    checks::converge(index, &mut client, &oracle, &pg, &ep, &rules, &trace).await;
                 (client, result)
             }));
         }
@@ -514,13 +524,4 @@ fn fresh_clients(scenario: &Scenario) -> Vec<ShapeClient> {
         .iter()
         .map(|s| ShapeClient::new("level_4", s.where_clause.as_deref(), s.replica_full))
         .collect()
-}
-
-struct SimClockNow;
-
-impl SimClockNow {
-    fn now() -> u64 {
-        use engine::env::Clock;
-        SimClock.now_ms()
-    }
 }

@@ -1,0 +1,233 @@
+//! The harness itself: it finds every planted bug quickly, it is
+//! deterministic (and notices when something is not), and the reproduction
+//! command it prints reproduces a failure exactly.
+#![cfg(madsim)]
+
+use clap::Parser;
+use sim::cli::{self, Cli, Command, ScenarioArgs};
+use sim::harness::{self, Plant, RunOptions};
+use sim::scenario::{Knobs, ScenarioFile, generate};
+use std::path::Path;
+
+/// Seeds each planted bug may take to be found in the test suite. A sweep of
+/// the default scenario finds each within its first dozen seeds; the budget
+/// leaves room without making CI slow.
+const CI_SEED_BUDGET: u64 = 60;
+
+#[test]
+fn every_planted_bug_is_found_within_the_ci_budget() {
+    let knobs = Knobs::default();
+    for plant in Plant::ALL {
+        let found = (0..CI_SEED_BUDGET).find_map(|seed| {
+            let outcome = cli::run_seed(seed, &knobs, &[plant], false);
+            outcome.failure.map(|f| (seed, f))
+        });
+        let (seed, failure) =
+            found.unwrap_or_else(|| panic!("{} survived {CI_SEED_BUDGET} seeds", plant.name()));
+        eprintln!(
+            "{}: found at seed {seed} by `{}`: {}",
+            plant.name(),
+            failure.check,
+            failure.message
+        );
+    }
+}
+
+#[test]
+fn the_engine_as_it_is_passes_a_few_seeds_of_every_scenario() {
+    for file in ["default", "smoke", "restart-heavy"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../scenarios")
+            .join(format!("{file}.toml"));
+        let knobs = ScenarioFile::load(&path).unwrap().knobs;
+        for seed in 0..4 {
+            let outcome = cli::run_seed(seed, &knobs, &[], false);
+            assert!(
+                outcome.passed(),
+                "{file} seed {seed}: {:?}\n{}",
+                outcome.failure,
+                outcome.last_events.join("\n")
+            );
+        }
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_trace_event_for_event() {
+    let knobs = Knobs::default();
+    for seed in 0..5 {
+        let (outcome, verdict) = cli::check_determinism(seed, &knobs, &[]);
+        assert!(verdict.is_ok(), "seed {seed}: {verdict:?}");
+        assert!(outcome.events > 100, "a run records its events");
+    }
+    // A failing run is just as deterministic.
+    let (_, verdict) = cli::check_determinism(0, &knobs, &[Plant::SkipShapeDedup]);
+    assert!(verdict.is_ok(), "{verdict:?}");
+}
+
+#[test]
+fn a_nondeterministic_run_is_reported_with_its_first_divergent_event() {
+    let scenario = generate::expand(3, &Knobs::default());
+    let options = RunOptions {
+        keep_events: true,
+        inject_nondeterminism: true,
+        ..RunOptions::default()
+    };
+    let first = harness::execute(&scenario, &options);
+    let second = harness::execute(&scenario, &options);
+    let report =
+        cli::compare_runs(&first, &second).expect_err("the injected process state must be noticed");
+    assert!(report.contains("first divergent event #"), "{report}");
+    assert!(
+        report.contains("process-dependent event"),
+        "the report shows the event itself: {report}"
+    );
+    // Everything before it is identical.
+    let index: usize = report
+        .split("event #")
+        .nth(1)
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(first.event_log[..index], second.event_log[..index]);
+}
+
+#[test]
+fn the_printed_reproduction_command_reproduces_the_failure_exactly() {
+    let scenario = ScenarioArgs {
+        plant: vec![Plant::AckPastUnflushed],
+        knobs: sim::scenario::KnobArgs {
+            shape_count: Some(6),
+            ..Default::default()
+        },
+        ..ScenarioArgs::default()
+    };
+    let knobs = scenario.knobs().unwrap();
+    let (seed, original) = (0..CI_SEED_BUDGET)
+        .map(|seed| (seed, cli::run_seed(seed, &knobs, &scenario.plant, false)))
+        .find(|(_, o)| !o.passed())
+        .expect("the planted bug is found");
+    let command = cli::repro_command(seed, &scenario);
+    // Parse it exactly as a shell would hand it to shapesim.
+    let args: Vec<&str> = command.split_once(" -- ").unwrap().1.split(' ').collect();
+    let cli =
+        Cli::try_parse_from(std::iter::once("shapesim").chain(args)).expect("the command parses");
+    let Command::Run(run) = cli.command else {
+        panic!("a run command")
+    };
+    assert_eq!(run.seed, seed);
+    let again = cli::run_seed(
+        run.seed,
+        &run.scenario.knobs().unwrap(),
+        &run.scenario.plant,
+        false,
+    );
+    let (a, b) = (
+        original.failure.unwrap(),
+        again.failure.expect("it fails again"),
+    );
+    assert_eq!((a.check, a.shape, a.sim_ms), (b.check, b.shape, b.sim_ms));
+    assert_eq!(original.trace_hash, again.trace_hash);
+}
+
+fn shapesim(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_shapesim"))
+        .args(args)
+        .output()
+        .expect("run shapesim")
+}
+
+#[test]
+fn the_command_line_has_help_clear_errors_and_meaningful_exit_codes() {
+    for args in [&["--help"][..], &["run", "--help"], &["sweep", "--help"]] {
+        let out = shapesim(args);
+        assert!(out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{args:?}"
+        );
+    }
+    let bad = shapesim(&["run"]);
+    assert_eq!(bad.status.code(), Some(2), "missing --seed is bad usage");
+    let bad_range = shapesim(&["sweep", "--seeds", "5..2"]);
+    assert_eq!(bad_range.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad_range.stderr).contains("empty"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("typo.toml");
+    std::fs::write(&file, "shape_count = 2\nbatchcount = 3\n").unwrap();
+    let typo = shapesim(&["run", "--seed", "1", "--scenario", file.to_str().unwrap()]);
+    assert_eq!(typo.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&typo.stderr).contains("unknown field `batchcount`"));
+
+    let pass = shapesim(&[
+        "run",
+        "--seed",
+        "2",
+        "--scenario",
+        "../scenarios/smoke.toml",
+        "--json",
+    ]);
+    assert_eq!(
+        pass.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&pass.stderr)
+    );
+    let last = String::from_utf8_lossy(&pass.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    let json: serde_json::Value = serde_json::from_str(&last).unwrap();
+    for key in [
+        "seed",
+        "result",
+        "failure",
+        "trace_hash",
+        "events",
+        "restarts",
+        "sim_ms",
+        "wall_ms",
+    ] {
+        assert!(json.get(key).is_some(), "{key} missing from {last}");
+    }
+    assert_eq!(json["result"], "pass");
+    assert!(
+        String::from_utf8_lossy(&pass.stderr)
+            .contains("reproduce with: cargo run --release -p sim --bin shapesim -- run --seed 2")
+    );
+
+    let fail = shapesim(&[
+        "sweep",
+        "--seeds",
+        "0..3",
+        "--plant",
+        "skip-shape-dedup",
+        "--json",
+    ]);
+    assert_eq!(fail.status.code(), Some(1));
+    let last = String::from_utf8_lossy(&fail.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    let json: serde_json::Value = serde_json::from_str(&last).unwrap();
+    for key in [
+        "seeds",
+        "passed",
+        "failed",
+        "failing_seeds",
+        "seeds_per_sec",
+        "sim_to_wall",
+    ] {
+        assert!(json.get(key).is_some(), "{key} missing from {last}");
+    }
+    assert!(
+        String::from_utf8_lossy(&fail.stderr).contains("--plant skip-shape-dedup"),
+        "failures print their reproduction"
+    );
+}
