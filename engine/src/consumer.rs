@@ -206,7 +206,9 @@ impl Consumer {
         // backing off up to a second, until the snapshot timeout has passed.
         let give_up_ms = self.stack.now_ms() + self.stack.config.snapshot_timeout_ms;
         let mut backoff_ms = self.stack.config.retry_backoff_ms;
+        let mut attempts = 0;
         let result = loop {
+            attempts += 1;
             let postgres = self.stack.host.postgres.clone();
             let query = query.clone();
             match self
@@ -214,13 +216,15 @@ impl Consumer {
                 .await?
             {
                 Ok(result) => break result,
-                Err(e) if self.stack.now_ms() >= give_up_ms => {
+                Err(e) if self.stack.now_ms() >= give_up_ms || self.budget_spent(attempts) => {
                     return Err(Stop::Failed(format!("snapshot query: {e}")));
                 }
                 Err(_) => {
                     let backoff = self.stack.env().clock.sleep_ms(backoff_ms);
                     self.buffering(backoff).await?;
-                    backoff_ms = (backoff_ms * 2).min(1_000);
+                    if !self.stack.config.plants.snapshot_attempt_budget {
+                        backoff_ms = (backoff_ms * 2).min(1_000);
+                    }
                 }
             }
         };
@@ -252,6 +256,11 @@ impl Consumer {
         self.entry.changed.notify(usize::MAX);
         self.visibility = Some(visibility);
         Ok(())
+    }
+
+    /// Planted real bug: the old policy gave up after ten attempts.
+    fn budget_spent(&self, attempts: u32) -> bool {
+        self.stack.config.plants.snapshot_attempt_budget && attempts >= 10
     }
 
     async fn append(&mut self, txn: ShapeTxn) -> Result<(), Stop> {

@@ -129,7 +129,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(crate::proptest_config(1_000))]
+        #![proptest_config(crate::testing::proptest_config(1_000))]
 
         /// Against a model that remembers every unflushed transaction of every
         /// shape: the acknowledgement is never at or above one of them, never

@@ -21,21 +21,23 @@ pub mod shape;
 pub mod stack;
 pub mod wire;
 
-/// Shared by the engine's property tests: deterministic by default (a fixed
-/// seed, so CI runs the same cases on the same commit), explorable through
-/// `PROPTEST_RNG_SEED` and `PROPTEST_CASES`, and without regression files
-/// (a failure prints its minimal case and seed; corpus entries are the
-/// project's regression format).
-#[cfg(test)]
-pub(crate) fn proptest_config(default_cases: u32) -> proptest::test_runner::Config {
-    use proptest::test_runner::{Config, RngSeed};
-    let mut config = Config::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        config.cases = default_cases;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
+    /// The configuration of every property test in the workspace:
+    /// deterministic by default (a fixed seed, so CI runs the same cases on
+    /// the same commit), explorable through `PROPTEST_RNG_SEED` and
+    /// `PROPTEST_CASES`, and without regression files (a failure prints its
+    /// minimal case; minimized failures are kept as corpus entries).
+    pub fn proptest_config(default_cases: u32) -> proptest::test_runner::Config {
+        use proptest::test_runner::{Config, RngSeed};
+        let mut config = Config::default();
+        if std::env::var_os("PROPTEST_CASES").is_none() {
+            config.cases = default_cases;
+        }
+        if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+            config.rng_seed = RngSeed::Fixed(0x5eed_0001);
+        }
+        config.failure_persistence = None;
+        config
     }
-    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
-        config.rng_seed = RngSeed::Fixed(0x5eed_0001);
-    }
-    config.failure_persistence = None;
-    config
 }

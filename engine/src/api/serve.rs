@@ -128,7 +128,9 @@ async fn read(stack: &Arc<Inner>, entry: &Arc<ShapeEntry>, params: &Params) -> R
             // call its offset invalid; Electric answers 400 here (its open
             // bug 3, which this harness reproduces).
             let upstream = stack.upstream_lsn.load(std::sync::atomic::Ordering::SeqCst);
-            if offset.tx().is_some_and(|tx| tx <= upstream) {
+            if offset.tx().is_some_and(|tx| tx <= upstream)
+                && !stack.config.plants.out_of_bounds_400
+            {
                 return Response::unavailable(
                     "the shape is catching up with replication; retry",
                     1,

@@ -53,6 +53,9 @@ pub struct LogPlants {
     pub offset_before_fsync: bool,
     /// A reopened log keeps the unflushed tail past its durable offset.
     pub no_trim_on_open: bool,
+    /// Real bug (found here by the log crash property test, fixed): reopen
+    /// trusts metadata whose rename a crash left unsynced.
+    pub no_sync_on_open: bool,
 }
 
 impl Default for LogConfig {

@@ -66,10 +66,12 @@ pub(super) async fn open(
         .ok_or_else(|| LogError::Missing(dir.to_string()))?;
     // The metadata may come from a rename that a crash left unsynced: make it
     // durable before anything (an acknowledgement) relies on what it says.
-    storage
-        .sync_dir(dir)
-        .await
-        .map_err(LogError::io("sync_dir", dir))?;
+    if !config.plants.no_sync_on_open {
+        storage
+            .sync_dir(dir)
+            .await
+            .map_err(LogError::io("sync_dir", dir))?;
+    }
     let SnapshotState::Complete { last_chunk, .. } = meta.snapshot else {
         return Err(LogError::SnapshotIncomplete(dir.to_string()));
     };

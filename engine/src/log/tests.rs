@@ -526,7 +526,7 @@ fn config_strategy() -> impl Strategy<Value = LogConfig> {
 }
 
 proptest! {
-    #![proptest_config(crate::proptest_config(1_000))]
+    #![proptest_config(crate::testing::proptest_config(1_000))]
 
     /// Random appends, commits, flushes, timer ticks, process crashes (also at
     /// every flush crash point) and power losses (dropped or torn unsynced
@@ -552,7 +552,7 @@ fn the_crash_test_reaches_every_interesting_state() {
         prop::collection::vec(0usize..50, 0..12),
         prop::collection::vec(op_strategy(), 1..80),
     );
-    let mut runner = proptest::test_runner::TestRunner::new(crate::proptest_config(300));
+    let mut runner = proptest::test_runner::TestRunner::new(crate::testing::proptest_config(300));
     runner
         .run(&strategy, |(config, rows, ops)| {
             run_case(config, rows, ops);

@@ -324,7 +324,7 @@ fn a_cancelled_flush_poisons_the_writer() {
 }
 
 proptest! {
-    #![proptest_config(crate::proptest_config(300))]
+    #![proptest_config(crate::testing::proptest_config(300))]
 
     /// A kill anywhere in a snapshot (optionally followed by a power loss)
     /// leaves either no usable log or the complete snapshot, row for row.

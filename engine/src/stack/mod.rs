@@ -43,6 +43,12 @@ pub struct Plants {
     pub skip_shape_dedup: bool,
     /// The acknowledged LSN passes transactions some shape has not flushed (Electric #4731).
     pub ack_past_unflushed: bool,
+    /// Real bug (Electric's bug 3, found here by the harness, fixed): an
+    /// offset past a log still being replayed after a crash gets 400.
+    pub out_of_bounds_400: bool,
+    /// Real bug (found here by the harness, fixed): snapshot queries are
+    /// tried ten times, then the shape is dropped.
+    pub snapshot_attempt_budget: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
