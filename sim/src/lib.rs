@@ -4,6 +4,8 @@
 #[cfg(madsim)]
 pub mod cli;
 pub mod client;
+#[cfg(madsim)]
+pub mod corpus;
 pub mod disk;
 #[cfg(madsim)]
 pub mod harness;
@@ -12,4 +14,6 @@ pub mod host;
 pub mod oracle;
 pub mod pg;
 pub mod scenario;
+#[cfg(madsim)]
+pub mod shrink;
 pub mod standard;

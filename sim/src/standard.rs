@@ -14,7 +14,7 @@
 //! tags alpha, beta, gamma, delta.
 
 use crate::pg::{Mutation, PgModel};
-use crate::scenario::Op;
+use crate::scenario::{Level4Row, Op};
 use engine::schema::{Catalog, Column, ColumnType, TableName, TableSchema, Value};
 
 pub const TAGS: [&str; 4] = ["alpha", "beta", "gamma", "delta"];
@@ -69,8 +69,8 @@ pub fn catalog() -> Catalog {
     Catalog::new(tables)
 }
 
-/// A Postgres model holding the seed data.
-pub fn seeded_postgres(level4_rows: usize) -> PgModel {
+/// A Postgres model holding the seed data (`level4` rows as given).
+pub fn seeded_postgres(level4: &[Level4Row]) -> PgModel {
     let pg = PgModel::new(catalog());
     for n in 1..=3u8 {
         let rows = (0..LEVEL_IDS)
@@ -93,14 +93,9 @@ pub fn seeded_postgres(level4_rows: usize) -> PgModel {
             .collect();
         pg.load(&tags(n), tag_rows);
     }
-    let rows = (1..=level4_rows)
-        .map(|n| {
-            vec![
-                text(&format!("l4-{n}")),
-                text(&format!("l3-{}", (n - 1) % LEVEL_IDS + 1)),
-                text(&format!("v{}", n - 1)),
-            ]
-        })
+    let rows = level4
+        .iter()
+        .map(|r| vec![text(&r.id), text(&r.level_3_id), text(&r.value)])
         .collect();
     pg.load(&level(4), rows);
     pg
@@ -172,7 +167,9 @@ mod tests {
 
     #[test]
     fn seed_data_matches_electrics_oracle_schema() {
-        let pg = seeded_postgres(20);
+        let rows: Vec<Level4Row> =
+            crate::scenario::generate::expand(0, &crate::scenario::Knobs::default()).seed_rows;
+        let pg = seeded_postgres(&rows);
         let l1 = pg.rows(&level(1));
         assert_eq!(l1.len(), 5);
         assert_eq!(l1[0], vec![text("l1-1"), Value::Bool(true)]);
@@ -189,7 +186,9 @@ mod tests {
 
     #[test]
     fn ops_become_the_statements_they_name() {
-        let pg = seeded_postgres(20);
+        let rows: Vec<Level4Row> =
+            crate::scenario::generate::expand(0, &crate::scenario::Knobs::default()).seed_rows;
+        let pg = seeded_postgres(&rows);
         let toggle = mutation(
             &pg,
             &Op::ToggleActive {

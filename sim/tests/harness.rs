@@ -16,6 +16,7 @@ const CI_SEED_BUDGET: u64 = 60;
 
 #[test]
 fn every_planted_bug_is_found_within_the_ci_budget() {
+    harness::quiet_seed_panics();
     let knobs = Knobs::default();
     for plant in Plant::ALL {
         let found = (0..CI_SEED_BUDGET).find_map(|seed| {
@@ -71,7 +72,6 @@ fn a_nondeterministic_run_is_reported_with_its_first_divergent_event() {
     let options = RunOptions {
         keep_events: true,
         inject_nondeterminism: true,
-        ..RunOptions::default()
     };
     let first = harness::execute(&scenario, &options);
     let second = harness::execute(&scenario, &options);
@@ -230,4 +230,51 @@ fn the_command_line_has_help_clear_errors_and_meaningful_exit_codes() {
         String::from_utf8_lossy(&fail.stderr).contains("--plant skip-shape-dedup"),
         "failures print their reproduction"
     );
+}
+
+#[test]
+fn every_planted_bug_shrinks_to_a_tenth_of_its_statements_deterministically() {
+    harness::quiet_seed_panics();
+    let knobs = Knobs::default();
+    for plant in Plant::ALL {
+        let seed = (0..CI_SEED_BUDGET)
+            .find(|&s| !cli::run_seed(s, &knobs, &[plant], false).passed())
+            .expect("found");
+        let mut scenario = generate::expand(seed, &knobs);
+        scenario.plants = vec![plant];
+        let report =
+            sim::shrink::shrink(&scenario, 120.0, |_| {}).expect("it fails, so it shrinks");
+        assert!(
+            report.complete,
+            "{}: the shrink finished within its budget",
+            plant.name()
+        );
+        assert!(
+            report.minimized_mutations * 10 <= report.original_mutations,
+            "{}: {} of {} statements left",
+            plant.name(),
+            report.minimized_mutations,
+            report.original_mutations
+        );
+        // The minimized file replays to the same failure.
+        let reloaded = sim::scenario::Scenario::parse(&report.scenario.to_json()).unwrap();
+        let replayed = harness::execute(&reloaded, &RunOptions::default());
+        let signature = replayed
+            .failure
+            .as_ref()
+            .map(|f| sim::shrink::signature(&reloaded, f));
+        assert_eq!(
+            signature.as_deref(),
+            Some(report.signature.as_str()),
+            "{}",
+            plant.name()
+        );
+        if plant == Plant::AckPastUnflushed {
+            let again = sim::shrink::shrink(&scenario, 120.0, |_| {}).unwrap();
+            assert_eq!(
+                again.scenario, report.scenario,
+                "the same input shrinks to the same scenario"
+            );
+        }
+    }
 }

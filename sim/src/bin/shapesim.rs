@@ -6,13 +6,7 @@ compile_error!(
 );
 
 use clap::Parser;
-use sim::cli::{Cli, Command};
 
 fn main() {
-    let cli = Cli::parse();
-    let code = match &cli.command {
-        Command::Run(args) => sim::cli::run(args),
-        Command::Sweep(args) => sim::cli::sweep(args),
-    };
-    std::process::exit(code);
+    std::process::exit(sim::cli::main(sim::cli::Cli::parse()));
 }

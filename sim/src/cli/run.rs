@@ -1,148 +1,30 @@
-//! The `shapesim` command line. Exit codes: 0 everything passed, 1 a
-//! violation (or a determinism failure) was found, 2 bad usage or input.
+//! `run`, `replay` and `sweep`.
 
-use crate::harness::{self, Plant, RunOptions, RunOutcome, trace};
-use crate::scenario::{KnobArgs, Knobs, Scenario, ScenarioFile, generate};
-use clap::{Args, Parser, Subcommand};
+use super::{OutputArgs, ReplayArgs, RunArgs, SweepArgs, replay_command, repro_command};
+use crate::corpus;
+use crate::harness::{self, RunOptions, RunOutcome, trace};
+use crate::scenario::{Knobs, Plant, Scenario, generate};
+use crate::shrink;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "shapesim",
-    version,
-    about = "Deterministic simulation of the shape-sync engine: seeded restart scenarios checked against an oracle"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum Command {
-    /// Run one seed (and print how to reproduce it).
-    Run(RunArgs),
-    /// Run a range of seeds, in parallel, and summarise.
-    Sweep(SweepArgs),
-}
-
-#[derive(Args, Debug, Clone, Default)]
-pub struct ScenarioArgs {
-    /// Scenario file (TOML knobs); without one, the built-in defaults (= scenarios/default.toml).
-    #[arg(long)]
-    pub scenario: Option<PathBuf>,
-    /// Re-introduce a known bug (repeatable).
-    #[arg(long, value_enum)]
-    pub plant: Vec<Plant>,
-    #[command(flatten)]
-    pub knobs: KnobArgs,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct RunArgs {
-    #[arg(long)]
-    pub seed: u64,
-    #[command(flatten)]
-    pub scenario: ScenarioArgs,
-    /// Run the seed twice and compare every event; report the first that differs.
-    #[arg(long)]
-    pub check_determinism: bool,
-    /// Print every event of the run.
-    #[arg(long)]
-    pub trace: bool,
-    /// End with one JSON object on the last line.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct SweepArgs {
-    /// Seeds to run, `A..B` (B excluded).
-    #[arg(long, value_parser = parse_range)]
-    pub seeds: (u64, u64),
-    /// Parallel runs (default: the number of cores).
-    #[arg(long)]
-    pub jobs: Option<usize>,
-    #[command(flatten)]
-    pub scenario: ScenarioArgs,
-    /// Stop starting seeds after the first failure.
-    #[arg(long)]
-    pub stop_on_fail: bool,
-    /// Run every seed twice and compare the traces.
-    #[arg(long)]
-    pub check_determinism: bool,
-    /// End with one JSON object on the last line.
-    #[arg(long)]
-    pub json: bool,
-}
-
-fn parse_range(text: &str) -> Result<(u64, u64), String> {
-    let (a, b) = text
-        .split_once("..")
-        .ok_or_else(|| format!("{text:?} is not a range A..B"))?;
-    let a: u64 = a
-        .parse()
-        .map_err(|_| format!("{a:?} is not a seed number"))?;
-    let b: u64 = b
-        .parse()
-        .map_err(|_| format!("{b:?} is not a seed number"))?;
-    if a >= b {
-        return Err(format!("the range {text} is empty"));
-    }
-    Ok((a, b))
-}
-
-impl ScenarioArgs {
-    /// The knobs: the scenario file (or the defaults), then the overrides.
-    pub fn knobs(&self) -> Result<Knobs, String> {
-        let mut knobs = match &self.scenario {
-            Some(path) => ScenarioFile::load(path)?.knobs,
-            None => Knobs::default(),
-        };
-        self.knobs.apply(&mut knobs);
-        knobs.validate()?;
-        Ok(knobs)
-    }
-
-    /// The flags that select this scenario, for reproduction commands.
-    fn flags(&self) -> Vec<String> {
-        let mut flags = Vec::new();
-        if let Some(path) = &self.scenario {
-            flags.push("--scenario".to_string());
-            flags.push(path.display().to_string());
-        }
-        for plant in &self.plant {
-            flags.push("--plant".to_string());
-            flags.push(plant.name());
-        }
-        flags.extend(self.knobs.to_flags());
-        flags
-    }
-}
-
-/// The command that reproduces one seed exactly.
-pub fn repro_command(seed: u64, scenario: &ScenarioArgs) -> String {
-    let mut parts = vec![
-        "cargo run --release -p sim --bin shapesim -- run --seed".to_string(),
-        seed.to_string(),
-    ];
-    parts.extend(scenario.flags());
-    parts.join(" ")
+/// The scenario of a seed, with planted bugs.
+pub fn expand(seed: u64, knobs: &Knobs, plants: &[Plant]) -> Scenario {
+    let mut scenario = generate::expand(seed, knobs);
+    scenario.plants = plants.to_vec();
+    scenario
 }
 
 /// Expands and runs one seed.
 pub fn run_seed(seed: u64, knobs: &Knobs, plants: &[Plant], keep_events: bool) -> RunOutcome {
-    let scenario: Scenario = generate::expand(seed, knobs);
     harness::execute(
-        &scenario,
+        &expand(seed, knobs, plants),
         &RunOptions {
-            plants: plants.to_vec(),
             keep_events,
-            inject_nondeterminism: false,
+            ..RunOptions::default()
         },
     )
 }
@@ -153,8 +35,16 @@ pub fn check_determinism(
     knobs: &Knobs,
     plants: &[Plant],
 ) -> (RunOutcome, Result<(), String>) {
-    let first = run_seed(seed, knobs, plants, true);
-    let second = run_seed(seed, knobs, plants, true);
+    check_scenario_determinism(&expand(seed, knobs, plants))
+}
+
+fn check_scenario_determinism(scenario: &Scenario) -> (RunOutcome, Result<(), String>) {
+    let options = RunOptions {
+        keep_events: true,
+        ..RunOptions::default()
+    };
+    let first = harness::execute(scenario, &options);
+    let second = harness::execute(scenario, &options);
     let verdict = compare_runs(&first, &second);
     (first, verdict)
 }
@@ -177,13 +67,22 @@ pub fn compare_runs(first: &RunOutcome, second: &RunOutcome) -> Result<(), Strin
     ))
 }
 
-fn outcome_json(
+/// The JSON object `run --json` and `replay --json` end with.
+pub fn outcome_json(
     outcome: &RunOutcome,
+    scenario: &Scenario,
     repro: &str,
     determinism: Option<&Result<(), String>>,
 ) -> serde_json::Value {
     let mut value = serde_json::to_value(outcome).expect("outcome serializes");
     value["repro"] = json!(repro);
+    value["mutations"] = json!(scenario.mutation_count());
+    value["signature"] = json!(
+        outcome
+            .failure
+            .as_ref()
+            .map(|f| shrink::signature(scenario, f))
+    );
     if let Some(verdict) = determinism {
         value["deterministic"] = json!(verdict.is_ok());
     }
@@ -210,35 +109,30 @@ fn describe_failure(outcome: &RunOutcome, repro: &str) -> String {
     text
 }
 
-/// `shapesim run`: returns the exit code.
-pub fn run(args: &RunArgs) -> i32 {
-    let knobs = match args.scenario.knobs() {
-        Ok(knobs) => knobs,
-        Err(e) => {
-            eprintln!("shapesim: {e}");
-            return 2;
-        }
-    };
-    let repro = repro_command(args.seed, &args.scenario);
-    eprintln!("shapesim: seed {}; reproduce with: {repro}", args.seed);
-    let (outcome, determinism) = if args.check_determinism {
-        let (outcome, verdict) = check_determinism(args.seed, &knobs, &args.scenario.plant);
+/// Runs a scenario and reports it as `run` and `replay` do.
+fn execute_and_report(scenario: &Scenario, repro: &str, output: &OutputArgs) -> i32 {
+    eprintln!("shapesim: seed {}; reproduce with: {repro}", scenario.seed);
+    let (outcome, determinism) = if output.check_determinism {
+        let (outcome, verdict) = check_scenario_determinism(scenario);
         (outcome, Some(verdict))
     } else {
-        (
-            run_seed(args.seed, &knobs, &args.scenario.plant, args.trace),
-            None,
-        )
+        let options = RunOptions {
+            keep_events: output.trace,
+            ..RunOptions::default()
+        };
+        (harness::execute(scenario, &options), None)
     };
-    if args.trace {
-        for event in &outcome.event_log {
-            eprintln!("{event}");
-        }
+    if output.trace {
+        outcome
+            .event_log
+            .iter()
+            .for_each(|event| eprintln!("{event}"));
     }
     if outcome.passed() {
         eprintln!(
-            "PASS seed {}: {} events, {} restarts, {} 409s, trace {}, {:.1} s simulated in {} ms",
+            "PASS seed {}: {} statements, {} events, {} restarts, {} 409s, trace {}, {:.1} s simulated in {} ms",
             outcome.seed,
+            scenario.mutation_count(),
             outcome.events,
             outcome.restarts,
             outcome.conflicts,
@@ -247,15 +141,20 @@ pub fn run(args: &RunArgs) -> i32 {
             outcome.wall_ms
         );
     } else {
-        eprintln!("{}", describe_failure(&outcome, &repro));
+        eprintln!("{}", describe_failure(&outcome, repro));
     }
-    if let Some(Err(divergence)) = &determinism {
-        eprintln!("{divergence}\n  reproduce with: {repro} --check-determinism");
-    } else if determinism.is_some() {
-        eprintln!("deterministic: two runs gave trace {}", outcome.trace_hash);
+    match &determinism {
+        Some(Err(divergence)) => {
+            eprintln!("{divergence}\n  reproduce with: {repro} --check-determinism")
+        }
+        Some(Ok(())) => eprintln!("deterministic: two runs gave trace {}", outcome.trace_hash),
+        None => {}
     }
-    if args.json {
-        println!("{}", outcome_json(&outcome, &repro, determinism.as_ref()));
+    if output.json {
+        println!(
+            "{}",
+            outcome_json(&outcome, scenario, repro, determinism.as_ref())
+        );
     }
     let deterministic = determinism.as_ref().is_none_or(Result::is_ok);
     if outcome.passed() && deterministic {
@@ -265,7 +164,62 @@ pub fn run(args: &RunArgs) -> i32 {
     }
 }
 
-/// `shapesim sweep`: returns the exit code.
+/// `shapesim run`.
+pub fn run(args: &RunArgs) -> i32 {
+    let knobs = match args.scenario.knobs() {
+        Ok(knobs) => knobs,
+        Err(e) => {
+            eprintln!("shapesim: {e}");
+            return 2;
+        }
+    };
+    let scenario = expand(args.seed, &knobs, &args.scenario.plant);
+    if let Some(path) = &args.save {
+        if let Err(e) = std::fs::write(path, scenario.to_json()) {
+            eprintln!("shapesim: cannot write {}: {e}", path.display());
+            return 2;
+        }
+        eprintln!(
+            "shapesim: scenario saved to {}; replay with: {}",
+            path.display(),
+            replay_command(path)
+        );
+    }
+    execute_and_report(
+        &scenario,
+        &repro_command(args.seed, &args.scenario),
+        &args.output,
+    )
+}
+
+/// `shapesim replay`.
+pub fn replay(args: &ReplayArgs) -> i32 {
+    let mut scenario = match corpus::load_scenario(&args.file) {
+        Ok(scenario) => scenario,
+        Err(e) => {
+            eprintln!("shapesim: {e}");
+            return 2;
+        }
+    };
+    if args.without_plants {
+        scenario.plants.clear();
+    }
+    for plant in &args.plant {
+        if !scenario.plants.contains(plant) {
+            scenario.plants.push(*plant);
+        }
+    }
+    let mut repro = replay_command(&args.file);
+    if args.without_plants {
+        repro.push_str(" --without-plants");
+    }
+    args.plant
+        .iter()
+        .for_each(|p| repro.push_str(&format!(" --plant {}", p.name())));
+    execute_and_report(&scenario, &repro, &args.output)
+}
+
+/// `shapesim sweep`.
 #[allow(clippy::disallowed_types)] // wall time of the sweep, measured outside the simulations
 pub fn sweep(args: &SweepArgs) -> i32 {
     let knobs = match args.scenario.knobs() {
@@ -275,23 +229,28 @@ pub fn sweep(args: &SweepArgs) -> i32 {
             return 2;
         }
     };
+    if let Some(dir) = &args.save_failures
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        eprintln!("shapesim: cannot create {}: {e}", dir.display());
+        return 2;
+    }
     let (from, to) = args.seeds;
-    let total = to - from;
-    // Engine invariant violations are reported per seed below, with their
-    // message; the default hook's backtraces would bury them.
-    std::panic::set_hook(Box::new(|_| {}));
     let jobs = args
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
+    // Engine invariant violations are reported per seed below, with their
+    // message; the default hook's backtraces would bury them.
+    crate::harness::quiet_seed_panics();
     eprintln!(
         "shapesim: sweeping seeds {from}..{to} with {jobs} jobs; reproduce one with: {}",
         repro_command(from, &args.scenario)
     );
     let bar = if std::io::stderr().is_terminal() && !args.json {
-        let bar = ProgressBar::new(total);
+        let bar = ProgressBar::new(to - from);
         bar.set_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} seeds, {per_sec}, eta {eta} {msg}")
+            ProgressStyle::with_template("{bar:40} {pos}/{len} seeds, {per_sec}, eta {eta}")
                 .expect("template"),
         );
         bar
@@ -299,37 +258,39 @@ pub fn sweep(args: &SweepArgs) -> i32 {
         ProgressBar::hidden()
     };
     let started = std::time::Instant::now();
-    let next = AtomicU64::new(from);
-    let stop = AtomicBool::new(false);
-    let results: Mutex<Vec<(RunOutcome, Option<String>)>> = Mutex::new(Vec::new());
-    let shared = Arc::new((knobs, args.scenario.plant.clone()));
+    let (next, stop) = (AtomicU64::new(from), AtomicBool::new(false));
+    let results: Mutex<Vec<(RunOutcome, bool)>> = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..jobs {
             scope.spawn(|| {
-                loop {
-                    if stop.load(Ordering::SeqCst) {
-                        return;
-                    }
+                while !stop.load(Ordering::SeqCst) {
                     let seed = next.fetch_add(1, Ordering::SeqCst);
                     if seed >= to {
                         return;
                     }
-                    let (knobs, plants) = (&shared.0, &shared.1);
+                    let scenario = expand(seed, &knobs, &args.scenario.plant);
                     let (outcome, divergence) = if args.check_determinism {
-                        let (outcome, verdict) = check_determinism(seed, knobs, plants);
+                        let (outcome, verdict) = check_scenario_determinism(&scenario);
                         (outcome, verdict.err())
                     } else {
-                        (run_seed(seed, knobs, plants, false), None)
+                        (harness::execute(&scenario, &RunOptions::default()), None)
                     };
                     let failed = !outcome.passed() || divergence.is_some();
                     if failed {
+                        let repro = repro_command(seed, &args.scenario);
                         bar.suspend(|| {
-                            let repro = repro_command(seed, &args.scenario);
                             if let Some(d) = &divergence {
                                 eprintln!("seed {seed}: {d}\n  reproduce with: {repro} --check-determinism");
                             }
                             if !outcome.passed() {
                                 eprintln!("{}", describe_failure(&outcome, &repro));
+                            }
+                            if let Some(dir) = &args.save_failures {
+                                let path = dir.join(format!("seed-{seed}.json"));
+                                match std::fs::write(&path, scenario.to_json()) {
+                                    Ok(()) => eprintln!("  saved: {} (shrink with: shapesim shrink {} --out ...)", path.display(), path.display()),
+                                    Err(e) => eprintln!("  cannot save {}: {e}", path.display()),
+                                }
                             }
                         });
                         if args.stop_on_fail {
@@ -337,7 +298,7 @@ pub fn sweep(args: &SweepArgs) -> i32 {
                         }
                     }
                     bar.inc(1);
-                    results.lock().expect("results").push((outcome, divergence));
+                    results.lock().expect("results").push((outcome, failed));
                 }
             });
         }
@@ -348,24 +309,13 @@ pub fn sweep(args: &SweepArgs) -> i32 {
     results.sort_by_key(|(o, _)| o.seed);
     let failing: Vec<u64> = results
         .iter()
-        .filter(|(o, d)| !o.passed() || d.is_some())
+        .filter(|(_, failed)| *failed)
         .map(|(o, _)| o.seed)
         .collect();
     let ran = results.len();
     let sim_s: f64 = results.iter().map(|(o, _)| o.sim_ms as f64 / 1000.0).sum();
-    let summary = json!({
-        "seeds": ran,
-        "passed": ran - failing.len(),
-        "failed": failing.len(),
-        "failing_seeds": failing,
-        "seeds_per_sec": ran as f64 / wall_s,
-        "sim_to_wall": sim_s / wall_s,
-        "wall_secs": wall_s,
-        "jobs": jobs,
-    });
     eprintln!(
-        "{} seeds: {} passed, {} failed{} in {:.1} s ({:.1} seeds/s, {:.0}x simulated/wall)",
-        ran,
+        "{ran} seeds: {} passed, {} failed{} in {wall_s:.1} s ({:.1} seeds/s, {:.0}x simulated/wall)",
         ran - failing.len(),
         failing.len(),
         if failing.is_empty() {
@@ -373,11 +323,20 @@ pub fn sweep(args: &SweepArgs) -> i32 {
         } else {
             format!(" (seeds {failing:?})")
         },
-        wall_s,
         ran as f64 / wall_s,
         sim_s / wall_s
     );
     if args.json {
+        let summary = json!({
+            "seeds": ran,
+            "passed": ran - failing.len(),
+            "failed": failing.len(),
+            "failing_seeds": failing,
+            "seeds_per_sec": ran as f64 / wall_s,
+            "sim_to_wall": sim_s / wall_s,
+            "wall_secs": wall_s,
+            "jobs": jobs,
+        });
         println!("{summary}");
     }
     if failing.is_empty() { 0 } else { 1 }

@@ -19,54 +19,22 @@ use crate::host::{SimClock, SimSpawner, sqlite_in_memory};
 use crate::scenario::{Link, Restart, RestartKind, Scenario};
 use crate::standard;
 use checks::{CheckRules, Failure};
-use clap::ValueEnum;
 use engine::env::{CrashPoint, Env, MemStorage, PowerLoss};
 use engine::stack::{Host, Stack, StackConfig};
 use faults::{ArmedCrash, SlowStorage};
 use madsim::net::Endpoint;
 use madsim::rand::Rng as _;
 use madsim::runtime::{Handle, NodeHandle, Runtime};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use trace::{SharedTrace, Trace, record};
 
-/// The bugs the engine can re-introduce on purpose (`--plant`).
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ValueEnum,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum Plant {
-    /// A consumer does not skip replayed transactions at or below its log's end (Electric #4668).
-    SkipShapeDedup,
-    /// The acknowledged LSN passes transactions a shape has not flushed (Electric #4731).
-    AckPastUnflushed,
-    /// A flush records its durable offset before the data is synced.
-    OffsetBeforeFsync,
-    /// A reopened shape log keeps the unflushed tail past its durable offset.
-    NoTrimOnOpen,
-}
-
-impl Plant {
-    pub const ALL: [Plant; 4] = [
-        Plant::SkipShapeDedup,
-        Plant::AckPastUnflushed,
-        Plant::OffsetBeforeFsync,
-        Plant::NoTrimOnOpen,
-    ];
-
-    pub fn name(self) -> String {
-        self.to_possible_value()
-            .expect("named")
-            .get_name()
-            .to_string()
-    }
-}
+pub use crate::scenario::Plant;
 
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
-    pub plants: Vec<Plant>,
     /// Keep every event (for `--check-determinism`).
     pub keep_events: bool,
     /// Test hook: make the trace depend on process state, so that two runs
@@ -99,8 +67,8 @@ impl RunOutcome {
     }
 }
 
-pub fn stack_config(scenario: &Scenario, plants: &[Plant]) -> StackConfig {
-    let knobs = &scenario.knobs;
+pub fn stack_config(scenario: &Scenario) -> StackConfig {
+    let (knobs, plants) = (&scenario.timing, &scenario.plants);
     let mut config = StackConfig {
         long_poll_timeout_ms: knobs.long_poll_timeout_ms,
         ..StackConfig::default()
@@ -113,7 +81,25 @@ pub fn stack_config(scenario: &Scenario, plants: &[Plant]) -> StackConfig {
     config.plants.ack_past_unflushed = plants.contains(&Plant::AckPastUnflushed);
     config.log.plants.offset_before_fsync = plants.contains(&Plant::OffsetBeforeFsync);
     config.log.plants.no_trim_on_open = plants.contains(&Plant::NoTrimOnOpen);
+    config.plants.out_of_bounds_400 = plants.contains(&Plant::OutOfBounds400);
+    config.plants.snapshot_attempt_budget = plants.contains(&Plant::SnapshotAttemptBudget);
+    config.log.plants.no_sync_on_open = plants.contains(&Plant::NoSyncOnOpen);
     config
+}
+
+/// Silences the default panic output of simulation threads (an engine
+/// assertion there is reported as an `engine-invariant` failure, with its
+/// message); panics anywhere else still print as usual.
+pub fn quiet_seed_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !std::thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with("seed-"))
+        {
+            previous(info);
+        }
+    }));
 }
 
 /// Runs a scenario on a fresh thread (each seed gets pristine thread-local
@@ -127,14 +113,16 @@ pub fn execute(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
     let joined = std::thread::Builder::new()
         .name(format!("seed-{}", scenario.seed))
         .spawn(move || {
-            let knobs = &thread_scenario.knobs;
+            let knobs = &thread_scenario.timing;
             let mut config = madsim::Config::default();
             config.net.packet_loss_rate = knobs.packet_loss_rate;
             let (lo, hi) = (knobs.latency_min_ms, knobs.latency_max_ms);
             config.net.send_latency =
                 Duration::from_millis(lo)..Duration::from_millis(hi) + Duration::from_micros(1);
             let mut runtime = Runtime::with_seed_and_config(thread_scenario.sched_seed, config);
-            let budget_ms = (knobs.batch_count as u64 * 3 + 6) * (knobs.check_timeout_ms + 30_000);
+            let budget_ms = (thread_scenario.batches.len() as u64 * 3 + 6)
+                * 10
+                * (knobs.check_timeout_ms + 30_000);
             runtime.set_time_limit(Duration::from_millis(budget_ms));
             runtime.block_on(supervise(thread_scenario, thread_options, thread_trace))
         })
@@ -217,7 +205,7 @@ async fn supervise(
     options: RunOptions,
     trace: SharedTrace,
 ) -> Result<Stats, Box<(Failure, Stats)>> {
-    let mut world = World::new(scenario, &options, trace).await;
+    let mut world = World::new(scenario, trace).await;
     if options.inject_nondeterminism {
         let run = RUNS_IN_PROCESS.fetch_add(1, Ordering::SeqCst);
         record(&world.trace, format!("process-dependent event {run}"));
@@ -229,10 +217,10 @@ async fn supervise(
 }
 
 impl World {
-    async fn new(scenario: Scenario, options: &RunOptions, trace: SharedTrace) -> World {
+    async fn new(scenario: Scenario, trace: SharedTrace) -> World {
         let handle = Handle::current();
-        let knobs = scenario.knobs.clone();
-        let pg = standard::seeded_postgres(knobs.level4_rows);
+        let knobs = scenario.timing.clone();
+        let pg = standard::seeded_postgres(&scenario.seed_rows);
         let (storage, sqlite) = (MemStorage::new(), sqlite_in_memory());
         let crash = ArmedCrash::new(trace.clone());
         let stack: Arc<Mutex<Option<Stack>>> = Arc::default();
@@ -245,7 +233,7 @@ impl World {
             .init(move || net::serve_postgres(pg_node.clone(), pg_trace.clone()))
             .build();
 
-        let config = stack_config(&scenario, &options.plants);
+        let config = stack_config(&scenario);
         let (disk, db, points, slot, engine_trace) = (
             storage.clone(),
             sqlite.clone(),
@@ -360,7 +348,7 @@ impl World {
                 self.graceful_restart().await;
                 self.check(
                     &format!("graceful restart after batch {number}"),
-                    !self.scenario.knobs.strict_409,
+                    !self.scenario.timing.strict_409,
                 )
                 .await?;
                 let _ = r;
@@ -402,7 +390,7 @@ impl World {
     /// or after the drawn delay, then a restart.
     async fn kill(&mut self, restart: &Restart) {
         if restart.crash_point.is_some() {
-            let window = restart.kill_delay_ms + self.scenario.knobs.kill_window_ms + 1_000;
+            let window = restart.kill_delay_ms + self.scenario.timing.kill_window_ms + 1_000;
             if !self.crash.wait_fired(window).await {
                 self.record("the armed crash point was not reached: kill anyway".to_string());
             }
@@ -472,7 +460,7 @@ impl World {
 
     /// Every client, in parallel, must reach up-to-date with the oracle's rows.
     async fn check(&mut self, label: &str, allow_409: bool) -> Result<(), Failure> {
-        let knobs = &self.scenario.knobs;
+        let knobs = &self.scenario.timing;
         let rules = Arc::new(CheckRules {
             stop: Default::default(),
             timeout_ms: knobs.check_timeout_ms,

@@ -4,7 +4,10 @@
 //! restart schedule with kill times and crash points, client restarts and
 //! partitions. Pure: the same seed and knobs give the same scenario.
 
-use super::{Knobs, Link, Op, Partition, Restart, RestartKind, RestartType, Scenario, ShapeSpec};
+use super::{
+    FORMAT_VERSION, Knobs, Level4Row, Link, Op, Partition, Restart, RestartKind, RestartType,
+    STANDARD_SCHEMA, Scenario, ShapeSpec, Timing,
+};
 use crate::standard::{LEVEL_IDS, TAGS};
 use engine::env::CrashPoint;
 use rand::seq::IndexedRandom;
@@ -79,9 +82,20 @@ pub fn expand(seed: u64, knobs: &Knobs) -> Scenario {
         }
     }
     let sched_seed = rng.random();
+    let seed_rows = (1..=knobs.level4_rows)
+        .map(|n| Level4Row {
+            id: format!("l4-{n}"),
+            level_3_id: format!("l3-{}", (n - 1) % LEVEL_IDS + 1),
+            value: format!("v{}", n - 1),
+        })
+        .collect();
     Scenario {
+        format_version: FORMAT_VERSION,
         seed,
-        knobs: knobs.clone(),
+        schema: STANDARD_SCHEMA.to_string(),
+        plants: Vec::new(),
+        seed_rows,
+        timing: Timing::from_knobs(knobs),
         shapes,
         batches,
         restarts,
@@ -317,6 +331,56 @@ mod tests {
                 .keys()
                 .all(|b| b % knobs.restart_server_every == 0 && *b < knobs.batch_count)
         );
+    }
+
+    fn knobs_strategy() -> impl proptest::strategy::Strategy<Value = Knobs> {
+        use proptest::prelude::*;
+        (
+            1usize..6,
+            1usize..5,
+            1usize..4,
+            1usize..5,
+            0usize..3,
+            0usize..4,
+            0.0f64..1.0,
+            1usize..30,
+        )
+            .prop_map(
+                |(
+                    shape_count,
+                    batch_count,
+                    txns_per_batch,
+                    mutations_per_txn,
+                    every,
+                    clients,
+                    rate,
+                    rows,
+                )| Knobs {
+                    shape_count,
+                    batch_count,
+                    txns_per_batch,
+                    mutations_per_txn,
+                    restart_server_every: every,
+                    restart_client_every: clients,
+                    crash_point_rate: rate,
+                    partition_rate: rate / 2.0,
+                    level4_rows: rows,
+                    ..Knobs::default()
+                },
+            )
+    }
+
+    proptest::proptest! {
+        #![proptest_config(engine::testing::proptest_config(64))]
+
+        /// Whatever the knobs, the expanded scenario survives its file format
+        /// unchanged (shrinking and the corpus depend on it).
+        #[test]
+        fn scenarios_roundtrip_through_their_file_format(seed in proptest::prelude::any::<u64>(), knobs in knobs_strategy()) {
+            let scenario = expand(seed, &knobs);
+            let parsed = crate::scenario::Scenario::parse(&scenario.to_json()).unwrap();
+            proptest::prop_assert_eq!(parsed, scenario);
+        }
     }
 
     #[test]

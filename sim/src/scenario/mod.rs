@@ -108,13 +108,126 @@ pub struct Partition {
     pub duration_ms: u64,
 }
 
-/// Everything a run does, explicitly.
+/// The version of the scenario file format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// The only schema there is: Electric's oracle schema ([`crate::standard`]).
+pub const STANDARD_SCHEMA: &str = "electric-standard";
+
+/// The bugs the engine can re-introduce on purpose (`--plant`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Plant {
+    /// A consumer does not skip replayed transactions at or below its log's end (Electric #4668).
+    SkipShapeDedup,
+    /// The acknowledged LSN passes transactions a shape has not flushed (Electric #4731).
+    AckPastUnflushed,
+    /// A flush records its durable offset before the data is synced.
+    OffsetBeforeFsync,
+    /// A reopened shape log keeps the unflushed tail past its durable offset.
+    NoTrimOnOpen,
+    /// Real bug, fixed (Electric's bug 3): 400 for an offset a crashed log has not replayed yet.
+    #[value(name = "out-of-bounds-400")]
+    #[serde(rename = "out-of-bounds-400")]
+    OutOfBounds400,
+    /// Real bug, fixed: snapshot queries tried ten times, then the shape dropped.
+    SnapshotAttemptBudget,
+    /// Real bug, fixed: reopening a log trusts a metadata rename a crash left unsynced.
+    NoSyncOnOpen,
+}
+
+impl Plant {
+    /// The planted bug classes the harness must always find.
+    pub const ALL: [Plant; 4] = [
+        Plant::SkipShapeDedup,
+        Plant::AckPastUnflushed,
+        Plant::OffsetBeforeFsync,
+        Plant::NoTrimOnOpen,
+    ];
+    /// Real bugs this project's harness found, re-introduced on demand so that
+    /// their corpus entries keep proving something.
+    pub const REAL_BUGS: [Plant; 3] = [
+        Plant::OutOfBounds400,
+        Plant::SnapshotAttemptBudget,
+        Plant::NoSyncOnOpen,
+    ];
+
+    pub fn name(self) -> String {
+        use clap::ValueEnum;
+        self.to_possible_value()
+            .expect("named")
+            .get_name()
+            .to_string()
+    }
+}
+
+/// The knobs a run needs (the others only shape the generated workload).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timing {
+    pub long_poll_timeout_ms: u64,
+    pub chunk_bytes: u64,
+    pub flush_period_ms: u64,
+    pub check_timeout_ms: u64,
+    pub kill_window_ms: u64,
+    pub packet_loss_rate: f64,
+    pub latency_min_ms: u64,
+    pub latency_max_ms: u64,
+    pub disk_latency_us: u64,
+    pub strict_409: bool,
+}
+
+impl Timing {
+    pub fn from_knobs(knobs: &Knobs) -> Timing {
+        Timing {
+            long_poll_timeout_ms: knobs.long_poll_timeout_ms,
+            chunk_bytes: knobs.chunk_bytes,
+            flush_period_ms: knobs.flush_period_ms,
+            check_timeout_ms: knobs.check_timeout_ms,
+            kill_window_ms: knobs.kill_window_ms,
+            packet_loss_rate: knobs.packet_loss_rate,
+            latency_min_ms: knobs.latency_min_ms,
+            latency_max_ms: knobs.latency_max_ms,
+            disk_latency_us: knobs.disk_latency_us,
+            strict_409: knobs.strict_409,
+        }
+    }
+}
+
+/// A `level_4` row of the seed data (levels 1-3 and the tags are fixed by the schema).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Level4Row {
+    pub id: String,
+    pub level_3_id: String,
+    pub value: String,
+}
+
+/// Everything a run does, explicitly: what `run --seed N --save FILE`
+/// writes, what `replay FILE` runs, what shrinking reduces.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
+    pub format_version: u32,
     /// The seed this scenario was expanded from.
     pub seed: u64,
-    pub knobs: Knobs,
+    pub schema: String,
+    /// Planted bugs the engine runs with.
+    #[serde(default)]
+    pub plants: Vec<Plant>,
+    pub seed_rows: Vec<Level4Row>,
+    pub timing: Timing,
     pub shapes: Vec<ShapeSpec>,
     /// Batch -> transaction -> statements.
     pub batches: Vec<Vec<Vec<Op>>>,
@@ -131,5 +244,40 @@ pub struct Scenario {
 impl Scenario {
     pub fn mutation_count(&self) -> usize {
         self.batches.iter().flatten().map(Vec::len).sum()
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("scenarios serialize")
+    }
+
+    /// Reads a scenario file. An unknown format version, an unknown field or
+    /// statement kind, or a value of the wrong type is an error that names it:
+    /// an old file must fail loudly rather than test nothing.
+    pub fn parse(text: &str) -> Result<Scenario, String> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+        check_version(&value)?;
+        let scenario: Scenario = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        if scenario.schema != STANDARD_SCHEMA {
+            return Err(format!(
+                "unknown schema {:?} (this shapesim knows {STANDARD_SCHEMA:?})",
+                scenario.schema
+            ));
+        }
+        if scenario.timing.latency_min_ms > scenario.timing.latency_max_ms {
+            return Err("timing.latency_min_ms exceeds timing.latency_max_ms".to_string());
+        }
+        Ok(scenario)
+    }
+}
+
+/// `format_version` must be present and one this build reads.
+pub fn check_version(value: &serde_json::Value) -> Result<(), String> {
+    match value.get("format_version") {
+        None => Err("missing field `format_version`".to_string()),
+        Some(v) if v.as_u64() == Some(u64::from(FORMAT_VERSION)) => Ok(()),
+        Some(v) => Err(format!(
+            "unknown format_version {v} (this shapesim reads version {FORMAT_VERSION})"
+        )),
     }
 }

@@ -1,0 +1,229 @@
+//! The `shapesim` command line. Exit codes: 0 everything passed, 1 a
+//! violation (or a determinism failure) was found, 2 bad usage or input.
+
+mod run;
+mod shrink;
+
+pub use run::{check_determinism, compare_runs, replay, run, run_seed, sweep};
+pub use shrink::{corpus_add, shrink};
+
+use crate::scenario::{KnobArgs, Knobs, Plant, ScenarioFile};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "shapesim",
+    version,
+    about = "Deterministic simulation of the shape-sync engine: seeded restart scenarios checked against an oracle",
+    after_help = "The loop: `sweep` finds a failing seed, `run --seed N` reproduces it, `shrink` minimizes it, `corpus add` keeps it."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run one seed (and print how to reproduce it).
+    Run(RunArgs),
+    /// Run a scenario file (from `run --save`, `shrink`, `sweep --save-failures` or the corpus).
+    Replay(ReplayArgs),
+    /// Run a range of seeds, in parallel, and summarise.
+    Sweep(SweepArgs),
+    /// Minimize a failing seed or scenario file to a small scenario with the same failure.
+    Shrink(ShrinkArgs),
+    /// Manage the regression corpus.
+    #[command(subcommand)]
+    Corpus(CorpusCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CorpusCommand {
+    /// Minimize a failing scenario file (if not yet minimal) and store it in the corpus.
+    Add(CorpusAddArgs),
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct ScenarioArgs {
+    /// Scenario file (TOML knobs); without one, the built-in defaults (= scenarios/default.toml).
+    #[arg(long)]
+    pub scenario: Option<PathBuf>,
+    /// Re-introduce a known bug (repeatable).
+    #[arg(long, value_enum)]
+    pub plant: Vec<Plant>,
+    #[command(flatten)]
+    pub knobs: KnobArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct OutputArgs {
+    /// Run twice and compare every event; report the first that differs.
+    #[arg(long)]
+    pub check_determinism: bool,
+    /// Print every event of the run.
+    #[arg(long)]
+    pub trace: bool,
+    /// End with one JSON object on the last line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    #[arg(long)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub scenario: ScenarioArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Write the expanded scenario (JSON) to this file.
+    #[arg(long)]
+    pub save: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ReplayArgs {
+    /// A scenario file or a corpus entry.
+    pub file: PathBuf,
+    /// Also plant these bugs (on top of the file's own).
+    #[arg(long, value_enum)]
+    pub plant: Vec<Plant>,
+    /// Run without the file's planted bugs.
+    #[arg(long)]
+    pub without_plants: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SweepArgs {
+    /// Seeds to run, `A..B` (B excluded).
+    #[arg(long, value_parser = parse_range)]
+    pub seeds: (u64, u64),
+    /// Parallel runs (default: the number of cores).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    #[command(flatten)]
+    pub scenario: ScenarioArgs,
+    /// Stop starting seeds after the first failure.
+    #[arg(long)]
+    pub stop_on_fail: bool,
+    /// Run every seed twice and compare the traces.
+    #[arg(long)]
+    pub check_determinism: bool,
+    /// Write the scenario of every failing seed into this directory.
+    #[arg(long)]
+    pub save_failures: Option<PathBuf>,
+    /// End with one JSON object on the last line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ShrinkArgs {
+    /// A failing scenario file (or use --seed).
+    #[arg(conflicts_with = "seed")]
+    pub file: Option<PathBuf>,
+    /// A failing seed (with the scenario options below).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub scenario: ScenarioArgs,
+    /// Where to write the minimized scenario.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Time budget; past it the best scenario so far is written.
+    #[arg(long, default_value_t = 60.0)]
+    pub max_secs: f64,
+    /// End with one JSON object on the last line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CorpusAddArgs {
+    /// A failing scenario file.
+    pub file: PathBuf,
+    /// The entry's name (lower-case letters, digits, dashes); default: from the failure.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// One line saying what the failure is; default: from the failure.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// The corpus directory.
+    #[arg(long, default_value = "corpus")]
+    pub dir: PathBuf,
+    /// Time budget for minimizing.
+    #[arg(long, default_value_t = 60.0)]
+    pub max_secs: f64,
+}
+
+fn parse_range(text: &str) -> Result<(u64, u64), String> {
+    let (a, b) = text
+        .split_once("..")
+        .ok_or_else(|| format!("{text:?} is not a range A..B"))?;
+    let a: u64 = a
+        .parse()
+        .map_err(|_| format!("{a:?} is not a seed number"))?;
+    let b: u64 = b
+        .parse()
+        .map_err(|_| format!("{b:?} is not a seed number"))?;
+    if a >= b {
+        return Err(format!("the range {text} is empty"));
+    }
+    Ok((a, b))
+}
+
+impl ScenarioArgs {
+    /// The knobs: the scenario file (or the defaults), then the overrides.
+    pub fn knobs(&self) -> Result<Knobs, String> {
+        let mut knobs = match &self.scenario {
+            Some(path) => ScenarioFile::load(path)?.knobs,
+            None => Knobs::default(),
+        };
+        self.knobs.apply(&mut knobs);
+        knobs.validate()?;
+        Ok(knobs)
+    }
+
+    /// The flags that select this scenario, for reproduction commands.
+    fn flags(&self) -> Vec<String> {
+        let mut flags = Vec::new();
+        if let Some(path) = &self.scenario {
+            flags.push("--scenario".to_string());
+            flags.push(path.display().to_string());
+        }
+        for plant in &self.plant {
+            flags.push("--plant".to_string());
+            flags.push(plant.name());
+        }
+        flags.extend(self.knobs.to_flags());
+        flags
+    }
+}
+
+const SHAPESIM: &str = "cargo run --release -p sim --bin shapesim --";
+
+/// The command that reproduces one seed exactly.
+pub fn repro_command(seed: u64, scenario: &ScenarioArgs) -> String {
+    let mut parts = vec![format!("{SHAPESIM} run --seed {seed}")];
+    parts.extend(scenario.flags());
+    parts.join(" ")
+}
+
+/// The command that replays a scenario file.
+pub fn replay_command(file: &std::path::Path) -> String {
+    format!("{SHAPESIM} replay {}", file.display())
+}
+
+/// Runs `shapesim` with the given arguments; returns the exit code.
+pub fn main(cli: Cli) -> i32 {
+    match &cli.command {
+        Command::Run(args) => run(args),
+        Command::Replay(args) => replay(args),
+        Command::Sweep(args) => sweep(args),
+        Command::Shrink(args) => shrink(args),
+        Command::Corpus(CorpusCommand::Add(args)) => corpus_add(args),
+    }
+}
