@@ -36,12 +36,21 @@ pub struct ShapeTxn {
     pub entries: Vec<LogEntry>,
 }
 
+/// The other side of a split key change.
+enum KeyChange {
+    /// On the delete: the key the row moves to.
+    To(String),
+    /// On the insert: the key the row came from.
+    From(String),
+}
+
 struct Draft {
     op: Operation,
     offset: LogOffset,
     key: String,
     value: Map<String, Json>,
-    extra: Map<String, Json>,
+    old_value: Option<Map<String, Json>>,
+    key_change: Option<KeyChange>,
 }
 
 /// The records `shape` must append for `txn`, or `None` if there are none.
@@ -72,7 +81,20 @@ pub fn route(shape: &Shape, txn: &Transaction) -> Option<ShapeTxn> {
                 op_position,
                 last: i == last,
             };
-            let json = wire::change(&shape.table, d.op, &d.key, d.value, &source, d.extra);
+            let key_change = match &d.key_change {
+                Some(KeyChange::To(k)) => Some(wire::KeyChange::To(k)),
+                Some(KeyChange::From(k)) => Some(wire::KeyChange::From(k)),
+                None => None,
+            };
+            let json = wire::change(
+                &shape.table,
+                d.op,
+                &d.key,
+                &d.value,
+                d.old_value.as_ref(),
+                key_change,
+                &source,
+            );
             LogEntry {
                 offset: d.offset,
                 operation: d.op,
@@ -93,14 +115,15 @@ fn convert(shape: &Shape, change: &Change, offset: LogOffset, out: &mut Vec<Draf
     let key = |row: &[Value]| wire::row_key(table, row);
     let pk_values = |row: &[Value]| wire::values(table, row, table.primary_key.iter().copied());
     let selected = |row: &[Value]| wire::values(table, row, shape.selected.iter().copied());
-    let insert = |row: &[Value], offset, extra| Draft {
+    let insert = |row: &[Value], offset, key_change| Draft {
         op: Operation::Insert,
         offset,
         key: key(row),
         value: selected(row),
-        extra,
+        old_value: None,
+        key_change,
     };
-    let delete = |row: &[Value], offset, extra| {
+    let delete = |row: &[Value], offset, key_change| {
         let value = match shape.replica {
             Replica::Default => pk_values(row),
             Replica::Full => selected(row),
@@ -110,30 +133,33 @@ fn convert(shape: &Shape, change: &Change, offset: LogOffset, out: &mut Vec<Draf
             offset,
             key: key(row),
             value,
-            extra,
+            old_value: None,
+            key_change,
         }
     };
     match change {
         Change::Insert { new, .. } => {
             if shape.includes(new) {
-                out.push(insert(new, offset, Map::new()));
+                out.push(insert(new, offset, None));
             }
         }
         Change::Delete { old, .. } => {
             if shape.includes(old) {
-                out.push(delete(old, offset, Map::new()));
+                out.push(delete(old, offset, None));
             }
         }
         Change::Update { old, new, .. } => match (shape.includes(old), shape.includes(new)) {
             (false, false) => {}
-            (false, true) => out.push(insert(new, offset, Map::new())),
-            (true, false) => out.push(delete(old, offset, Map::new())),
+            (false, true) => out.push(insert(new, offset, None)),
+            (true, false) => out.push(delete(old, offset, None)),
             (true, true) if table.primary_key.iter().any(|&i| old[i] != new[i]) => {
                 let (old_key, new_key) = (key(old), key(new));
-                let to = Map::from_iter([("key_change_to".to_string(), Json::String(new_key))]);
-                let from = Map::from_iter([("key_change_from".to_string(), Json::String(old_key))]);
-                out.push(delete(old, offset, to));
-                out.push(insert(new, offset.increment(), from));
+                out.push(delete(old, offset, Some(KeyChange::To(new_key))));
+                out.push(insert(
+                    new,
+                    offset.increment(),
+                    Some(KeyChange::From(old_key)),
+                ));
             }
             (true, true) => {
                 let changed: Vec<usize> = shape
@@ -145,26 +171,21 @@ fn convert(shape: &Shape, change: &Change, offset: LogOffset, out: &mut Vec<Draf
                 if changed.is_empty() {
                     return;
                 }
-                let (value, extra) = match shape.replica {
+                let (value, old_value) = match shape.replica {
                     Replica::Default => {
                         let mut value = pk_values(new);
                         value.extend(wire::values(table, new, changed));
-                        (value, Map::new())
+                        (value, None)
                     }
-                    Replica::Full => {
-                        let old_value = Json::Object(wire::values(table, old, changed));
-                        (
-                            selected(new),
-                            Map::from_iter([("old_value".to_string(), old_value)]),
-                        )
-                    }
+                    Replica::Full => (selected(new), Some(wire::values(table, old, changed))),
                 };
                 out.push(Draft {
                     op: Operation::Update,
                     offset,
                     key: key(new),
                     value,
-                    extra,
+                    old_value,
+                    key_change: None,
                 });
             }
         },

@@ -69,34 +69,70 @@ pub struct ChangeSource {
     pub last: bool,
 }
 
-/// A change message written to a shape log. `extra` carries `old_value`,
-/// `key_change_to` / `key_change_from` where they apply.
+#[derive(serde::Serialize)]
+struct ChangeHeaders<'a> {
+    operation: &'static str,
+    relation: [&'a str; 2],
+    txids: [Xid; 1],
+    lsn: String,
+    op_position: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    last: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_change_to: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_change_from: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct ChangeMessage<'a> {
+    headers: ChangeHeaders<'a>,
+    key: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    old_value: Option<&'a Map<String, Json>>,
+    value: &'a Map<String, Json>,
+}
+
+/// A key change's other side (`key_change_to` on the delete,
+/// `key_change_from` on the insert).
+pub enum KeyChange<'a> {
+    To(&'a str),
+    From(&'a str),
+}
+
+/// A change message written to a shape log (serialised directly: this is on
+/// the replication path for every change of every shape it touches).
 pub fn change(
     table: &TableSchema,
     op: Operation,
     key: &str,
-    value: Map<String, Json>,
+    value: &Map<String, Json>,
+    old_value: Option<&Map<String, Json>>,
+    key_change: Option<KeyChange<'_>>,
     source: &ChangeSource,
-    extra: Map<String, Json>,
 ) -> String {
-    let mut headers = json!({
-        "operation": operation_name(op),
-        "relation": relation(&table.name),
-        "txids": [source.xid],
-        "lsn": source.lsn.to_string(),
-        "op_position": source.op_position,
-    });
-    if source.last {
-        headers["last"] = Json::Bool(true);
-    }
-    let mut message = json!({"key": key, "value": value, "headers": headers});
-    for (name, v) in extra {
-        match name.as_str() {
-            "old_value" => message["old_value"] = v,
-            _ => message["headers"][name] = v,
-        }
-    }
-    message.to_string()
+    let message = ChangeMessage {
+        headers: ChangeHeaders {
+            operation: operation_name(op),
+            relation: [&table.name.schema, &table.name.name],
+            txids: [source.xid],
+            lsn: source.lsn.to_string(),
+            op_position: source.op_position,
+            last: source.last,
+            key_change_to: match key_change {
+                Some(KeyChange::To(k)) => Some(k),
+                _ => None,
+            },
+            key_change_from: match key_change {
+                Some(KeyChange::From(k)) => Some(k),
+                _ => None,
+            },
+        },
+        key,
+        old_value,
+        value,
+    };
+    serde_json::to_string(&message).expect("change messages serialize")
 }
 
 pub fn up_to_date(global_last_seen_lsn: Lsn) -> String {
@@ -190,17 +226,18 @@ mod tests {
             op_position: 4,
             last: true,
         };
-        let mut extra = Map::new();
-        extra.insert("old_value".into(), json!({"n": "3"}));
-        let msg: Json = serde_json::from_str(&change(
+        let old = json!({"n": "3"}).as_object().unwrap().clone();
+        let value = values(&t, &row, [0, 1, 2]);
+        let text = change(
             &t,
             Operation::Update,
             "K",
-            values(&t, &row, [0, 1, 2]),
+            &value,
+            Some(&old),
+            None,
             &source,
-            extra,
-        ))
-        .unwrap();
+        );
+        let msg: Json = serde_json::from_str(&text).unwrap();
         assert_eq!(msg["value"], json!({"id": "k", "n": "-4", "flag": null}));
         assert_eq!(msg["old_value"], json!({"n": "3"}));
         assert_eq!(

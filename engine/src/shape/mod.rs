@@ -94,6 +94,9 @@ pub struct Shape {
     pub selected: Vec<usize>,
     pub where_clause: Option<WhereClause>,
     pub replica: Replica,
+    /// Identity, computed once: requests compare it on every poll.
+    comparable: String,
+    hash: String,
 }
 
 impl Shape {
@@ -117,16 +120,26 @@ impl Shape {
                 })
             }
         };
-        Ok(Shape {
+        let mut shape = Shape {
             table: table.clone(),
             selected,
             where_clause,
             replica: request.replica,
-        })
+            comparable: String::new(),
+            hash: String::new(),
+        };
+        shape.comparable = shape.comparable_form();
+        let digest = Sha256::digest(shape.comparable.as_bytes());
+        shape.hash = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        Ok(shape)
     }
 
     /// The canonical comparable form: equal for equal shapes, however spelled.
     pub fn comparable(&self) -> String {
+        self.comparable.clone()
+    }
+
+    fn comparable_form(&self) -> String {
         let columns: Vec<String> = self
             .selected
             .iter()
@@ -148,8 +161,7 @@ impl Shape {
 
     /// A stable digest of the comparable form: 16 hex digits of its SHA-256.
     pub fn hash(&self) -> String {
-        let digest = Sha256::digest(self.comparable().as_bytes());
-        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+        self.hash.clone()
     }
 
     /// Whether the row (all table columns, table order) is in the shape.
