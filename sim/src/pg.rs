@@ -334,11 +334,41 @@ impl State {
     }
 }
 
+/// Where one replication connection is: the last LSN delivered, and how
+/// many table definitions of the connect-time dump it has received.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamCursor {
+    pub after: Lsn,
+    pub relations_seen: usize,
+}
+
+impl StreamCursor {
+    pub fn at(confirmed_lsn: Lsn) -> StreamCursor {
+        StreamCursor {
+            after: confirmed_lsn,
+            relations_seen: 0,
+        }
+    }
+
+    /// Moves past `item`; returns the message it carries.
+    pub fn advance(&mut self, item: StreamItem) -> ReplicationMessage {
+        match item {
+            StreamItem::Relation(table) => {
+                self.relations_seen += 1;
+                ReplicationMessage::Relation(table)
+            }
+            StreamItem::Wal(lsn, message) => {
+                self.after = lsn;
+                message
+            }
+        }
+    }
+}
+
 /// One in-process connection's view of the slot.
 struct PgStream {
     model: PgModel,
-    /// (the last LSN delivered, table definitions delivered)
-    cursor: Mutex<(Lsn, usize)>,
+    cursor: Mutex<StreamCursor>,
 }
 
 #[async_trait]
@@ -347,7 +377,7 @@ impl ReplicationSource for PgModel {
         let (confirmed_lsn, wal_end_lsn) = (self.slot_confirmed(), self.last_lsn());
         let stream = Arc::new(PgStream {
             model: self.clone(),
-            cursor: Mutex::new((confirmed_lsn, 0)),
+            cursor: Mutex::new(StreamCursor::at(confirmed_lsn)),
         });
         Ok(Connection {
             confirmed_lsn,
@@ -362,16 +392,12 @@ impl ReplicationStream for PgStream {
     async fn next(&self) -> Result<ReplicationMessage, SourceError> {
         loop {
             let committed = self.model.commits();
-            let (after, seen) = *self.cursor.lock().expect("cursor");
-            match self.model.message_after(after, seen) {
-                Some(StreamItem::Relation(table)) => {
-                    self.cursor.lock().expect("cursor").1 += 1;
-                    return Ok(ReplicationMessage::Relation(table));
-                }
-                Some(StreamItem::Wal(lsn, message)) => {
-                    self.cursor.lock().expect("cursor").0 = lsn;
-                    return Ok(message);
-                }
+            let cursor = *self.cursor.lock().expect("cursor");
+            match self
+                .model
+                .message_after(cursor.after, cursor.relations_seen)
+            {
+                Some(item) => return Ok(self.cursor.lock().expect("cursor").advance(item)),
                 None => committed.await,
             }
         }
@@ -390,15 +416,6 @@ impl PostgresQueries for PgModel {
     }
 
     async fn snapshot(&self, query: SnapshotQuery) -> Result<SnapshotResult, SourceError> {
-        let next_xid = self.lock().next_xid;
-        let rows = self.query(&query.table, query.where_sql.as_deref());
-        Ok(SnapshotResult {
-            visibility: Visibility {
-                xmin: next_xid,
-                xmax: next_xid,
-                xip_list: Vec::new(),
-            },
-            rows,
-        })
+        Ok(self.snapshot_now(&query))
     }
 }

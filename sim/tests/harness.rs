@@ -133,6 +133,12 @@ fn the_printed_reproduction_command_reproduces_the_failure_exactly() {
     assert_eq!(original.trace_hash, again.trace_hash);
 }
 
+/// The JSON object on the last line of stdout.
+fn last_json(out: &std::process::Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().expect("a last line")).expect("a JSON object")
+}
+
 fn shapesim(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_shapesim"))
         .args(args)
@@ -177,12 +183,7 @@ fn the_command_line_has_help_clear_errors_and_meaningful_exit_codes() {
         "{}",
         String::from_utf8_lossy(&pass.stderr)
     );
-    let last = String::from_utf8_lossy(&pass.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .to_string();
-    let json: serde_json::Value = serde_json::from_str(&last).unwrap();
+    let json = last_json(&pass);
     for key in [
         "seed",
         "result",
@@ -193,7 +194,7 @@ fn the_command_line_has_help_clear_errors_and_meaningful_exit_codes() {
         "sim_ms",
         "wall_ms",
     ] {
-        assert!(json.get(key).is_some(), "{key} missing from {last}");
+        assert!(json.get(key).is_some(), "{key} missing from {json}");
     }
     assert_eq!(json["result"], "pass");
     assert!(
@@ -210,12 +211,7 @@ fn the_command_line_has_help_clear_errors_and_meaningful_exit_codes() {
         "--json",
     ]);
     assert_eq!(fail.status.code(), Some(1));
-    let last = String::from_utf8_lossy(&fail.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .to_string();
-    let json: serde_json::Value = serde_json::from_str(&last).unwrap();
+    let json = last_json(&fail);
     for key in [
         "seeds",
         "passed",
@@ -224,7 +220,7 @@ fn the_command_line_has_help_clear_errors_and_meaningful_exit_codes() {
         "seeds_per_sec",
         "sim_to_wall",
     ] {
-        assert!(json.get(key).is_some(), "{key} missing from {last}");
+        assert!(json.get(key).is_some(), "{key} missing from {json}");
     }
     assert!(
         String::from_utf8_lossy(&fail.stderr).contains("--plant skip-shape-dedup"),

@@ -6,23 +6,39 @@ use crate::scenario::Scenario;
 use crate::shrink::{self, ShrinkReport};
 use serde_json::json;
 
+/// Bad input is exit code 2, with the message.
+fn exit_code(result: Result<i32, String>) -> i32 {
+    result.unwrap_or_else(|e| {
+        eprintln!("shapesim: {e}");
+        2
+    })
+}
+
 /// The scenario to shrink: a file, or a seed with scenario options.
-fn input(args: &ShrinkArgs) -> Result<(Scenario, String), String> {
+fn input(args: &ShrinkArgs) -> Result<Scenario, String> {
     match (&args.file, args.seed) {
-        (Some(file), _) => Ok((corpus::load_scenario(file)?, file.display().to_string())),
-        (None, Some(seed)) => {
-            let knobs = args.scenario.knobs()?;
-            let source = match &args.scenario.scenario {
-                Some(path) => format!("seed {seed} of {}", path.display()),
-                None => format!("seed {seed} of the default scenario"),
-            };
-            Ok((
-                super::run::expand(seed, &knobs, &args.scenario.plant),
-                source,
-            ))
-        }
+        (Some(file), _) => corpus::load_scenario(file),
+        (None, Some(seed)) => Ok(super::run::expand(
+            seed,
+            &args.scenario.knobs()?,
+            &args.scenario.plant,
+        )),
         (None, None) => Err("give a scenario file or --seed".to_string()),
     }
+}
+
+/// Shrinks with progress on stderr.
+fn minimize(scenario: &Scenario, max_secs: f64) -> Result<ShrinkReport, String> {
+    crate::harness::quiet_seed_panics();
+    shrink::shrink(scenario, max_secs, |line| eprintln!("shapesim: {line}"))
+}
+
+fn write(path: &std::path::Path, text: &str) -> Result<(), String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 fn print_report(report: &ShrinkReport, out: &std::path::Path) {
@@ -50,108 +66,67 @@ fn print_report(report: &ShrinkReport, out: &std::path::Path) {
 
 /// `shapesim shrink`.
 pub fn shrink(args: &ShrinkArgs) -> i32 {
-    let (scenario, _) = match input(args) {
-        Ok(input) => input,
-        Err(e) => {
-            eprintln!("shapesim: {e}");
-            return 2;
+    exit_code((|| {
+        let report = minimize(&input(args)?, args.max_secs)?;
+        write(&args.out, &report.scenario.to_json())?;
+        print_report(&report, &args.out);
+        if args.json {
+            let mut value = serde_json::to_value(&report).expect("report serializes");
+            value["out"] = json!(args.out.display().to_string());
+            value["replay"] = json!(replay_command(&args.out));
+            println!("{value}");
         }
-    };
-    crate::harness::quiet_seed_panics();
-    let report = match shrink::shrink(&scenario, args.max_secs, |line| {
-        eprintln!("shapesim: {line}")
-    }) {
-        Ok(report) => report,
-        Err(e) => {
-            eprintln!("shapesim: {e}");
-            return 2;
-        }
-    };
-    if let Err(e) = std::fs::write(&args.out, report.scenario.to_json()) {
-        eprintln!("shapesim: cannot write {}: {e}", args.out.display());
-        return 2;
-    }
-    print_report(&report, &args.out);
-    if args.json {
-        let mut value = serde_json::to_value(&report).expect("report serializes");
-        value["out"] = json!(args.out.display().to_string());
-        value["replay"] = json!(replay_command(&args.out));
-        println!("{value}");
-    }
-    0
+        Ok(0)
+    })())
 }
 
-/// `shapesim corpus add`.
+/// `shapesim corpus add`: minimizes (an already minimal scenario is only
+/// confirmed) and stores the entry.
 pub fn corpus_add(args: &CorpusAddArgs) -> i32 {
-    let scenario = match corpus::load_scenario(&args.file) {
-        Ok(scenario) => scenario,
-        Err(e) => {
-            eprintln!("shapesim: {e}");
-            return 2;
-        }
-    };
-    crate::harness::quiet_seed_panics();
-    // Shrinking an already minimal scenario only confirms it.
-    let report = match shrink::shrink(&scenario, args.max_secs, |line| {
-        eprintln!("shapesim: {line}")
-    }) {
-        Ok(report) => report,
-        Err(e) => {
-            eprintln!("shapesim: {e}");
-            return 2;
-        }
-    };
-    let failure = report
-        .outcome
-        .failure
-        .as_ref()
-        .expect("a shrunk scenario fails");
-    let plants: Vec<String> = report.scenario.plants.iter().map(|p| p.name()).collect();
-    let name = args.name.clone().unwrap_or_else(|| {
-        let base = if plants.is_empty() {
-            failure.check.clone()
-        } else {
-            plants.join("-")
+    exit_code((|| {
+        let scenario = corpus::load_scenario(&args.file)?;
+        let report = minimize(&scenario, args.max_secs)?;
+        let failure = report
+            .outcome
+            .failure
+            .as_ref()
+            .expect("a shrunk scenario fails");
+        let plants: Vec<String> = report.scenario.plants.iter().map(|p| p.name()).collect();
+        let name = args.name.clone().unwrap_or_else(|| {
+            let base = if plants.is_empty() {
+                failure.check.clone()
+            } else {
+                plants.join("-")
+            };
+            format!("{base}-seed-{}", report.scenario.seed)
+        });
+        let file = args.dir.join(corpus::file_name(&name)?);
+        let description = args.description.clone().unwrap_or_else(|| {
+            let what = if plants.is_empty() {
+                "found by the harness".to_string()
+            } else {
+                format!("planted {}", plants.join(", "))
+            };
+            let message: String = failure.message.chars().take(120).collect();
+            format!("{what}: {message}")
+        });
+        let origin = Origin {
+            seed: scenario.seed,
+            plants: scenario.plants.clone(),
+            source: args.file.display().to_string(),
         };
-        format!("{base}-seed-{}", report.scenario.seed)
-    });
-    let file = match corpus::file_name(&name) {
-        Ok(file) => args.dir.join(file),
-        Err(e) => {
-            eprintln!("shapesim: {e}");
-            return 2;
-        }
-    };
-    let description = args.description.clone().unwrap_or_else(|| {
-        let what = if plants.is_empty() {
-            "found by the harness".to_string()
-        } else {
-            format!("planted {}", plants.join(", "))
-        };
-        let message: String = failure.message.chars().take(120).collect();
-        format!("{what}: {message}")
-    });
-    let origin = Origin {
-        seed: scenario.seed,
-        plants: scenario.plants.clone(),
-        source: args.file.display().to_string(),
-    };
-    let entry = CorpusEntry::new(
-        &name,
-        description,
-        origin,
-        report.signature.clone(),
-        report.scenario.clone(),
-    );
-    if let Err(e) =
-        std::fs::create_dir_all(&args.dir).and_then(|()| std::fs::write(&file, entry.to_json()))
-    {
-        eprintln!("shapesim: cannot write {}: {e}", file.display());
-        return 2;
-    }
-    print_report(&report, &file);
-    eprintln!(
-        "corpus entry {name}: `cargo test -p sim --test corpus` replays it (accept its snapshot with INSTA_UPDATE=always)"
-    );
-    0
+        let entry = CorpusEntry::new(
+            &name,
+            description,
+            origin,
+            report.signature.clone(),
+            report.scenario.clone(),
+        );
+        write(&file, &entry.to_json())?;
+        print_report(&report, &file);
+        eprintln!(
+            "corpus entry {name}: `cargo test -p sim --test corpus` replays it (accept its snapshot with INSTA_UPDATE=always)"
+        );
+        Ok(0)
+    })())
 }

@@ -9,7 +9,7 @@
 //! slot's confirmed LSN as Postgres would.
 
 use super::trace::{SharedTrace, record};
-use crate::pg::{PgModel, StreamItem};
+use crate::pg::{PgModel, StreamCursor, StreamItem};
 use async_trait::async_trait;
 use engine::api;
 use engine::replication::{
@@ -193,7 +193,7 @@ impl RemotePg {
 
 struct RemoteStream {
     ep: Endpoint,
-    cursor: Mutex<(Lsn, usize)>,
+    cursor: Mutex<StreamCursor>,
 }
 
 #[async_trait]
@@ -202,7 +202,7 @@ impl ReplicationSource for RemotePg {
         let (confirmed_lsn, wal_end_lsn) = self.call(PgStart).await?;
         let stream = Arc::new(RemoteStream {
             ep: self.ep.clone(),
-            cursor: Mutex::new((confirmed_lsn, 0)),
+            cursor: Mutex::new(StreamCursor::at(confirmed_lsn)),
         });
         Ok(Connection {
             confirmed_lsn,
@@ -217,27 +217,13 @@ impl ReplicationStream for RemoteStream {
     async fn next(&self) -> Result<ReplicationMessage, SourceError> {
         let mut failures = 0;
         loop {
-            let (after, relations_seen) = *self.cursor.lock().expect("cursor");
-            let pulled = self
-                .ep
-                .call_timeout(
-                    pg_addr(),
-                    PgNext {
-                        after,
-                        relations_seen,
-                    },
-                    RPC_TIMEOUT,
-                )
-                .await;
-            match pulled {
-                Ok(Some(StreamItem::Relation(table))) => {
-                    self.cursor.lock().expect("cursor").1 += 1;
-                    return Ok(ReplicationMessage::Relation(table));
-                }
-                Ok(Some(StreamItem::Wal(lsn, message))) => {
-                    self.cursor.lock().expect("cursor").0 = lsn;
-                    return Ok(message);
-                }
+            let cursor = *self.cursor.lock().expect("cursor");
+            let request = PgNext {
+                after: cursor.after,
+                relations_seen: cursor.relations_seen,
+            };
+            match self.ep.call_timeout(pg_addr(), request, RPC_TIMEOUT).await {
+                Ok(Some(item)) => return Ok(self.cursor.lock().expect("cursor").advance(item)),
                 Ok(None) => failures = 0,
                 Err(e) => {
                     failures += 1;
