@@ -125,10 +125,11 @@ impl ShapeClient {
             .ok_or("200 without electric-offset")?;
         self.handle = Some(handle.to_string());
         self.offset = offset.to_string();
-        if up_to_date {
-            self.up_to_date = true;
-            self.live = true;
-        }
+        // Up to date means: the last answer said so. Once live, a client
+        // stays live, but a catch-up answer that does not end in
+        // up-to-date leaves it behind again.
+        self.up_to_date = up_to_date;
+        self.live |= up_to_date;
         Ok(Outcome::Data {
             messages: messages.len(),
             up_to_date,
@@ -166,13 +167,6 @@ impl ShapeClient {
             other => return Err(format!("unknown operation {other:?} for {key}")),
         }
         Ok(())
-    }
-
-    /// The materialised rows, without their keys (what the oracle compares).
-    pub fn row_set(&self) -> Vec<ClientRow> {
-        let mut rows: Vec<ClientRow> = self.rows.values().cloned().collect();
-        rows.sort();
-        rows
     }
 }
 

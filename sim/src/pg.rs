@@ -225,13 +225,13 @@ impl PgModel {
         state.slot_confirmed = state.slot_confirmed.max(lsn);
     }
 
-    /// A remote connection received the transaction at `lsn`.
+    /// The engine has received everything up to `lsn` (it asked for what follows).
     pub fn note_delivered(&self, lsn: Lsn) {
         let mut state = self.lock();
         state.delivered = state.delivered.max(lsn);
     }
 
-    /// Whether every committed transaction has been sent to the engine.
+    /// Whether the engine has received every committed transaction.
     pub fn all_delivered(&self) -> bool {
         let state = self.lock();
         let last_txn =

@@ -25,6 +25,21 @@ fn every_planted_bug_is_found_within_the_ci_budget() {
         });
         let (seed, failure) =
             found.unwrap_or_else(|| panic!("{} survived {CI_SEED_BUDGET} seeds", plant.name()));
+        assert_ne!(
+            failure.check,
+            "harness-error",
+            "{}: the harness itself broke at seed {seed}: {}",
+            plant.name(),
+            failure.message
+        );
+        // The failure is the plant's doing: the same seed passes without it.
+        let fixed = cli::run_seed(seed, &knobs, &[], false);
+        assert!(
+            fixed.passed(),
+            "{}: seed {seed} fails without the plant too: {:?}",
+            plant.name(),
+            fixed.failure
+        );
         eprintln!(
             "{}: found at seed {seed} by `{}`: {}",
             plant.name(),
@@ -64,6 +79,28 @@ fn the_same_seed_gives_the_same_trace_event_for_event() {
     // A failing run is just as deterministic.
     let (_, verdict) = cli::check_determinism(0, &knobs, &[Plant::SkipShapeDedup]);
     assert!(verdict.is_ok(), "{verdict:?}");
+}
+
+/// Determinism across processes (a fresh address space, fresh hasher
+/// seeds, a fresh thread counter), not only across runs in one process.
+#[test]
+fn two_processes_running_one_seed_print_the_same_trace_hash() {
+    let run = |plant: Option<&str>| {
+        let mut args = vec!["run", "--seed", "7", "--json"];
+        args.extend(plant.map(|p| ["--plant", p]).into_iter().flatten());
+        let out = shapesim(&args);
+        let json = last_json(&out);
+        (
+            json["trace_hash"].as_str().unwrap().to_string(),
+            json["events"].as_u64().unwrap(),
+        )
+    };
+    let (first, events) = run(None);
+    assert!(events > 100, "a run records its events");
+    assert_eq!(first, run(None).0);
+    let planted = run(Some("ack-past-unflushed"));
+    assert_eq!(planted, run(Some("ack-past-unflushed")));
+    assert_ne!(planted.0, first, "the hash covers what the run did");
 }
 
 #[test]
@@ -226,6 +263,25 @@ fn the_command_line_has_help_clear_errors_and_meaningful_exit_codes() {
         String::from_utf8_lossy(&fail.stderr).contains("--plant skip-shape-dedup"),
         "failures print their reproduction"
     );
+
+    // A scenario file holds its whole scenario: options that would shape a
+    // seed's scenario are refused, not silently ignored.
+    let saved = dir.path().join("seed 1.json");
+    let save = shapesim(&["run", "--seed", "1", "--save", saved.to_str().unwrap()]);
+    assert_eq!(save.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&save.stderr).contains("replay '"),
+        "a path with a space is quoted in the printed command"
+    );
+    let out = dir.path().join("min.json");
+    let (saved, out) = (saved.to_str().unwrap(), out.to_str().unwrap());
+    let mixed = shapesim(&["shrink", saved, "--plant", "skip-shape-dedup", "--out", out]);
+    assert_eq!(mixed.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&mixed.stderr).contains("only apply with --seed"));
+    // A passing scenario has nothing to shrink: bad input.
+    let passing = shapesim(&["shrink", saved, "--out", out]);
+    assert_eq!(passing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&passing.stderr).contains("there is no failure to shrink"));
 }
 
 #[test]

@@ -10,8 +10,9 @@ use engine::env::{MemStorage, NoCrashPoints, Storage};
 use engine::schema::{Catalog, Column, ColumnType, Row, TableName, TableSchema, Value};
 use engine::stack::{Stack, StackConfig, Status};
 use madsim::runtime::{Handle, NodeHandle, Runtime};
-use sim::client::{ClientRow, Outcome, ShapeClient};
+use sim::client::{Outcome, ShapeClient};
 use sim::host::{Durable, SimClock, sqlite_in_memory};
+use sim::oracle::rows::{self, KeyedRows};
 use sim::pg::{Mutation, PgModel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -166,32 +167,14 @@ impl World {
     }
 
     /// What a client of `(where, columns)` must hold: the oracle's rows,
-    /// projected, as text.
-    fn oracle(&self, client: &ShapeClient) -> Vec<ClientRow> {
-        let schema = self.durable.pg.table(&items());
-        let mut rows: Vec<ClientRow> = self
-            .durable
-            .pg
-            .query(&items(), client.where_clause.as_deref())
-            .iter()
-            .map(|row| {
-                let selected = |name: &str| {
-                    client
-                        .columns
-                        .as_ref()
-                        .is_none_or(|c| c.split(',').any(|x| x == name))
-                };
-                schema
-                    .columns
-                    .iter()
-                    .zip(row)
-                    .filter(|(c, _)| selected(&c.name))
-                    .map(|(c, v)| (c.name.clone(), v.to_text()))
-                    .collect()
-            })
-            .collect();
-        rows.sort();
-        rows
+    /// projected, as text, by key.
+    fn oracle(&self, client: &ShapeClient) -> KeyedRows {
+        rows::expected_rows(
+            &self.durable.pg,
+            &items(),
+            client.where_clause.as_deref(),
+            client.columns.as_deref(),
+        )
     }
 
     /// Polls until the client is up to date and equal to the oracle.
@@ -204,7 +187,7 @@ impl World {
             match outcome {
                 Outcome::Data {
                     up_to_date: true, ..
-                } if client.row_set() == self.oracle(client) => return,
+                } if client.rows == self.oracle(client) => return,
                 Outcome::Data { .. } | Outcome::Refetch { .. } => {}
                 Outcome::Retry { .. } => madsim::time::sleep(Duration::from_millis(50)).await,
                 Outcome::Unexpected { status, body } => panic!("unexpected {status}: {body}"),
@@ -334,7 +317,7 @@ fn the_stack_serves_snapshots_changes_and_long_polls_across_restarts() {
         // A fresh client sees the same as the continuing ones.
         let mut fresh = ShapeClient::new("items", Some("n > 10"), false);
         world.converge(&mut fresh).await;
-        assert_eq!(fresh.row_set(), clients[0].row_set());
+        assert_eq!(fresh.rows, clients[0].rows);
     });
 }
 

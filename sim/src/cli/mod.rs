@@ -192,7 +192,7 @@ impl ScenarioArgs {
         let mut flags = Vec::new();
         if let Some(path) = &self.scenario {
             flags.push("--scenario".to_string());
-            flags.push(path.display().to_string());
+            flags.push(shell_quote(&path.display().to_string()));
         }
         for plant in &self.plant {
             flags.push("--plant".to_string());
@@ -214,7 +214,30 @@ pub fn repro_command(seed: u64, scenario: &ScenarioArgs) -> String {
 
 /// The command that replays a scenario file.
 pub fn replay_command(file: &std::path::Path) -> String {
-    format!("{SHAPESIM} replay {}", file.display())
+    format!(
+        "{SHAPESIM} replay {}",
+        shell_quote(&file.display().to_string())
+    )
+}
+
+/// The command that shrinks a saved failing scenario next to itself.
+pub fn shrink_command(file: &std::path::Path) -> String {
+    let out = file.with_extension("min.json");
+    format!(
+        "{SHAPESIM} shrink {} --out {}",
+        shell_quote(&file.display().to_string()),
+        shell_quote(&out.display().to_string())
+    )
+}
+
+/// `text` as one shell word: as is when that is safe, else single-quoted.
+pub fn shell_quote(text: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_-./=:,+@%".contains(c);
+    if !text.is_empty() && text.chars().all(safe) {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
 }
 
 /// Runs `shapesim` with the given arguments; returns the exit code.
@@ -225,5 +248,23 @@ pub fn main(cli: Cli) -> i32 {
         Command::Sweep(args) => sweep(args),
         Command::Shrink(args) => shrink(args),
         Command::Corpus(CorpusCommand::Add(args)) => corpus_add(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_quote_paths_a_shell_would_split() {
+        assert_eq!(shell_quote("corpus/a-b.json"), "corpus/a-b.json");
+        assert_eq!(shell_quote("my runs/x.json"), "'my runs/x.json'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+        assert!(replay_command(std::path::Path::new("a b.json")).ends_with(" replay 'a b.json'"));
+        assert!(
+            shrink_command(std::path::Path::new("f/seed-3.json"))
+                .ends_with(" shrink f/seed-3.json --out f/seed-3.min.json")
+        );
     }
 }

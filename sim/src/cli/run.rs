@@ -1,6 +1,8 @@
 //! `run`, `replay` and `sweep`.
 
-use super::{OutputArgs, ReplayArgs, RunArgs, SweepArgs, replay_command, repro_command};
+use super::{
+    OutputArgs, ReplayArgs, RunArgs, SweepArgs, replay_command, repro_command, shrink_command,
+};
 use crate::corpus;
 use crate::harness::{self, RunOptions, RunOutcome, trace};
 use crate::scenario::{Knobs, Plant, Scenario, generate};
@@ -288,7 +290,7 @@ pub fn sweep(args: &SweepArgs) -> i32 {
                             if let Some(dir) = &args.save_failures {
                                 let path = dir.join(format!("seed-{seed}.json"));
                                 match std::fs::write(&path, scenario.to_json()) {
-                                    Ok(()) => eprintln!("  saved: {} (shrink with: shapesim shrink {} --out ...)", path.display(), path.display()),
+                                    Ok(()) => eprintln!("  saved: {}; shrink with: {}", path.display(), shrink_command(&path)),
                                     Err(e) => eprintln!("  cannot save {}: {e}", path.display()),
                                 }
                             }

@@ -3,21 +3,48 @@
 use super::{CorpusAddArgs, ShrinkArgs, replay_command};
 use crate::corpus::{self, CorpusEntry, Origin};
 use crate::scenario::Scenario;
-use crate::shrink::{self, ShrinkReport};
+use crate::shrink::{self, ShrinkError, ShrinkReport};
 use serde_json::json;
 
-/// Bad input is exit code 2, with the message.
-fn exit_code(result: Result<i32, String>) -> i32 {
-    result.unwrap_or_else(|e| {
-        eprintln!("shapesim: {e}");
-        2
+/// A failure to shrink, with its exit code: 1 for non-determinism (a
+/// finding), 2 for bad input.
+struct Stop(i32, String);
+
+impl From<String> for Stop {
+    fn from(message: String) -> Stop {
+        Stop(2, message)
+    }
+}
+
+impl From<ShrinkError> for Stop {
+    fn from(error: ShrinkError) -> Stop {
+        let code = match error {
+            ShrinkError::Passes => 2,
+            ShrinkError::NonDeterminism(_) => 1,
+        };
+        Stop(code, error.to_string())
+    }
+}
+
+fn exit_code(result: Result<i32, Stop>) -> i32 {
+    result.unwrap_or_else(|Stop(code, message)| {
+        eprintln!("shapesim: {message}");
+        code
     })
 }
 
 /// The scenario to shrink: a file, or a seed with scenario options.
 fn input(args: &ShrinkArgs) -> Result<Scenario, String> {
     match (&args.file, args.seed) {
-        (Some(file), _) => corpus::load_scenario(file),
+        (Some(file), _) => {
+            if !args.scenario.flags().is_empty() {
+                return Err(format!(
+                    "{} holds its whole scenario: --scenario, --plant and knob options only apply with --seed (to add a plant, edit the file's `plants`)",
+                    file.display()
+                ));
+            }
+            corpus::load_scenario(file)
+        }
         (None, Some(seed)) => Ok(super::run::expand(
             seed,
             &args.scenario.knobs()?,
@@ -28,17 +55,18 @@ fn input(args: &ShrinkArgs) -> Result<Scenario, String> {
 }
 
 /// Shrinks with progress on stderr.
-fn minimize(scenario: &Scenario, max_secs: f64) -> Result<ShrinkReport, String> {
+fn minimize(scenario: &Scenario, max_secs: f64) -> Result<ShrinkReport, ShrinkError> {
     crate::harness::quiet_seed_panics();
     shrink::shrink(scenario, max_secs, |line| eprintln!("shapesim: {line}"))
 }
 
-fn write(path: &std::path::Path, text: &str) -> Result<(), String> {
+fn write(path: &std::path::Path, text: &str) -> Result<(), Stop> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    std::fs::write(path, text)
+        .map_err(|e| Stop::from(format!("cannot write {}: {e}", path.display())))
 }
 
 fn print_report(report: &ShrinkReport, out: &std::path::Path) {

@@ -5,7 +5,8 @@
 
 use super::net;
 use super::trace::{SharedTrace, record};
-use crate::client::{ClientRow, Outcome, ShapeClient};
+use crate::client::{Outcome, ShapeClient};
+use crate::oracle::rows::{self, KeyedRows};
 use crate::pg::PgModel;
 use crate::standard;
 use engine::offset::LogOffset;
@@ -17,9 +18,15 @@ use std::time::Duration;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Failure {
     /// Which check: `strict-materialization`, `mismatch`, `liveness`,
-    /// `unexpected-409`, `unexpected-status` or `engine-invariant`.
+    /// `unexpected-409`, `unexpected-status`, `graceful-shutdown`,
+    /// `engine-invariant` (a panic in the engine crate) or `harness-error`
+    /// (a panic in the harness itself).
     pub check: String,
     pub message: String,
+    /// For a panic: its message with numbers and handles masked, the part
+    /// of the signature that tells one assertion from another.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     /// The shape (its index in the scenario), where one is at fault.
     pub shape: Option<usize>,
     /// The client (its index; a client restart makes new ones).
@@ -38,42 +45,18 @@ impl Failure {
         Failure {
             check: check.to_string(),
             message,
+            detail: None,
             shape,
             client: shape,
             sim_ms,
             last_events,
         }
     }
-
-    /// What shrinking preserves: the kind of failure and, where relevant, the shape.
-    pub fn signature(&self) -> String {
-        match self.shape {
-            Some(shape) if self.check != "engine-invariant" => {
-                format!("{}@shape{shape}", self.check)
-            }
-            _ => self.check.clone(),
-        }
-    }
 }
 
-/// The rows a client of `where_clause` on level_4 must hold.
-pub fn oracle_rows(pg: &PgModel, where_clause: Option<&str>) -> Vec<ClientRow> {
-    let table = standard::level(4);
-    let schema = pg.table(&table);
-    let mut rows: Vec<ClientRow> = pg
-        .query(&table, where_clause)
-        .iter()
-        .map(|row| {
-            schema
-                .columns
-                .iter()
-                .zip(row)
-                .map(|(c, v)| (c.name.clone(), v.to_text()))
-                .collect()
-        })
-        .collect();
-    rows.sort();
-    rows
+/// The rows a client of `where_clause` on level_4 must hold, by key.
+pub fn oracle_rows(pg: &PgModel, where_clause: Option<&str>) -> KeyedRows {
+    rows::expected_rows(pg, &standard::level(4), where_clause, None)
 }
 
 /// A check may run this many times its timeout while the client progresses.
@@ -97,7 +80,7 @@ pub struct CheckRules {
 pub async fn converge(
     index: usize,
     client: &mut ShapeClient,
-    oracle: &[ClientRow],
+    oracle: &KeyedRows,
     pg: &PgModel,
     ep: &Endpoint,
     rules: &CheckRules,
@@ -113,6 +96,8 @@ pub async fn converge(
     let mut deadline_ms = started_ms + rules.timeout_ms;
     let mut furthest: Option<LogOffset> = None;
     let mut furthest_handle = client.handle.clone();
+    // Only an answer given during this check counts as up to date.
+    client.up_to_date = false;
     let result = loop {
         if rules.stop.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(conflicts); // another client failed: this check is over
@@ -150,7 +135,7 @@ pub async fn converge(
                         "up to date with {} rows, the oracle has {}: {}",
                         client.rows.len(),
                         oracle.len(),
-                        diff(&client.row_set(), oracle)
+                        rows::diff(&client.rows, oracle)
                     ),
                 )
             } else {
@@ -205,7 +190,7 @@ pub async fn converge(
                 ));
             }
             Ok(Outcome::Data { .. }) => {
-                if client.up_to_date && client.row_set() == oracle {
+                if client.up_to_date && client.rows == *oracle {
                     break Ok(conflicts);
                 }
             }
@@ -229,11 +214,4 @@ pub async fn converge(
         rules.stop.store(true, std::sync::atomic::Ordering::SeqCst);
     }
     result
-}
-
-/// A short description of how two row sets differ.
-fn diff(got: &[ClientRow], want: &[ClientRow]) -> String {
-    let missing: Vec<_> = want.iter().filter(|r| !got.contains(r)).take(3).collect();
-    let extra: Vec<_> = got.iter().filter(|r| !want.contains(r)).take(3).collect();
-    format!("missing {missing:?}, unexpected {extra:?}")
 }

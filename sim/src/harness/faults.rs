@@ -1,9 +1,10 @@
 //! Faults the harness injects into the engine's environment.
 //!
 //! - [`ArmedCrash`]: the engine's crash points. The scenario arms one (a name
-//!   and which visit); when the engine reaches it, the engine parks there
-//!   forever and the supervisor, woken, kills the node: a kill exactly at
-//!   that point.
+//!   and which visit); when the engine reaches it, the task parks there, the
+//!   whole engine node is paused on the spot (no other engine task runs
+//!   another step) and the supervisor, woken, kills the node: a kill exactly
+//!   at that point.
 //! - [`SlowStorage`]: the simulated disk with latency on every write and sync,
 //!   so that a kill drawn at a random time can land between any two of them
 //!   (between a flush's write and its fsync, say).
@@ -22,6 +23,9 @@ use std::time::Duration;
 struct ArmState {
     armed: Option<(CrashPoint, u32)>,
     fired: Option<CrashPoint>,
+    /// The node to freeze when the point fires (the engine's; its id
+    /// survives restarts).
+    node: Option<madsim::task::NodeId>,
 }
 
 #[derive(Clone)]
@@ -40,15 +44,18 @@ impl ArmedCrash {
         }
     }
 
+    pub fn set_node(&self, node: madsim::task::NodeId) {
+        self.state.lock().expect("crash state").node = Some(node);
+    }
+
     pub fn arm(&self, point: CrashPoint, nth: u32) {
-        *self.state.lock().expect("crash state") = ArmState {
-            armed: Some((point, nth)),
-            fired: None,
-        };
+        let mut state = self.state.lock().expect("crash state");
+        (state.armed, state.fired) = (Some((point, nth)), None);
     }
 
     pub fn disarm(&self) {
-        *self.state.lock().expect("crash state") = ArmState::default();
+        let mut state = self.state.lock().expect("crash state");
+        (state.armed, state.fired) = (None, None);
     }
 
     pub fn fired(&self) -> Option<CrashPoint> {
@@ -75,7 +82,9 @@ impl CrashPoints for ArmedCrash {
             Some((armed, 0)) if *armed == point => {
                 state.armed = None;
                 state.fired = Some(point);
+                let node = state.node.expect("the crash points know the engine's node");
                 drop(state);
+                madsim::runtime::Handle::current().pause(node);
                 record(
                     &self.trace,
                     format!("crash point {point} reached: the engine parks for its kill"),

@@ -12,6 +12,7 @@
 pub mod checks;
 mod faults;
 pub mod net;
+pub mod panics;
 pub mod trace;
 
 use crate::client::ShapeClient;
@@ -87,19 +88,10 @@ pub fn stack_config(scenario: &Scenario) -> StackConfig {
     config
 }
 
-/// Silences the default panic output of simulation threads (an engine
-/// assertion there is reported as an `engine-invariant` failure, with its
-/// message); panics anywhere else still print as usual.
+/// Silences the default panic output of simulation threads (the failure
+/// report carries the panic's message); panics anywhere else still print.
 pub fn quiet_seed_panics() {
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if !std::thread::current()
-            .name()
-            .is_some_and(|n| n.starts_with("seed-"))
-        {
-            previous(info);
-        }
-    }));
+    panics::quiet();
 }
 
 /// Runs a scenario on a fresh thread (each seed gets pristine thread-local
@@ -108,10 +100,16 @@ pub fn quiet_seed_panics() {
 pub fn execute(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
     let started = std::time::Instant::now();
     let trace: SharedTrace = Arc::new(Mutex::new(Trace::new(options.keep_events)));
-    let (thread_scenario, thread_options, thread_trace) =
-        (scenario.clone(), options.clone(), trace.clone());
+    let stats: Arc<Mutex<Stats>> = Arc::default();
+    let (thread_scenario, thread_options, thread_trace, thread_stats) = (
+        scenario.clone(),
+        options.clone(),
+        trace.clone(),
+        stats.clone(),
+    );
+    let thread_name = panics::thread_name(scenario.seed);
     let joined = std::thread::Builder::new()
-        .name(format!("seed-{}", scenario.seed))
+        .name(thread_name.clone())
         .spawn(move || {
             let knobs = &thread_scenario.timing;
             let mut config = madsim::Config::default();
@@ -124,37 +122,45 @@ pub fn execute(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
                 * 10
                 * (knobs.check_timeout_ms + 30_000);
             runtime.set_time_limit(Duration::from_millis(budget_ms));
-            runtime.block_on(supervise(thread_scenario, thread_options, thread_trace))
+            runtime.block_on(supervise(
+                thread_scenario,
+                thread_options,
+                thread_trace,
+                thread_stats,
+            ))
         })
         .expect("spawn the seed's thread")
         .join();
-    let (result, restarts, conflicts) = match joined {
-        Ok(Ok(stats)) => (None, stats.restarts, stats.conflicts),
-        Ok(Err(failed)) => {
-            let (failure, stats) = *failed;
-            (Some(failure), stats.restarts, stats.conflicts)
-        }
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "a task panicked".to_string());
+    // A panic's record is taken even after a clean run, so none is left behind.
+    let panicked = panics::take(&thread_name);
+    let result = match joined {
+        Ok(Ok(())) => None,
+        Ok(Err(failure)) => Some(*failure),
+        Err(payload) => {
+            let record = panicked.unwrap_or_else(|| panics::PanicRecord {
+                file: String::new(),
+                line: 0,
+                message: panic_payload(&*payload),
+            });
             let (sim_ms, last_events) = {
                 let trace = trace.lock().expect("trace");
                 (trace.last_ms(), trace.recent())
             };
-            let failure = Failure {
-                check: "engine-invariant".into(),
-                message,
+            Some(Failure {
+                check: record.check().to_string(),
+                message: format!("{} (at {}:{})", record.message, record.file, record.line),
+                detail: Some(record.normalized_message()),
                 shape: None,
                 client: None,
                 sim_ms,
                 last_events,
-            };
-            (Some(failure), 0, 0)
+            })
         }
     };
+    let Stats {
+        restarts,
+        conflicts,
+    } = *stats.lock().expect("stats");
     let mut trace = trace.lock().expect("trace");
     let result_events = result
         .as_ref()
@@ -176,7 +182,7 @@ pub fn execute(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
     }
 }
 
-#[derive(Default)]
+#[derive(Clone, Copy, Default)]
 struct Stats {
     restarts: usize,
     conflicts: u64,
@@ -195,7 +201,10 @@ struct World {
     pg: crate::pg::PgModel,
     clients: Vec<ShapeClient>,
     endpoint: Endpoint,
-    stats: Stats,
+    /// Partitions in force, per link.
+    link_cuts: Arc<Mutex<std::collections::BTreeMap<Link, u32>>>,
+    /// Shared with [`execute`], so the counts survive a panic.
+    stats: Arc<Mutex<Stats>>,
 }
 
 static RUNS_IN_PROCESS: AtomicU64 = AtomicU64::new(0);
@@ -204,20 +213,26 @@ async fn supervise(
     scenario: Scenario,
     options: RunOptions,
     trace: SharedTrace,
-) -> Result<Stats, Box<(Failure, Stats)>> {
-    let mut world = World::new(scenario, trace).await;
+    stats: Arc<Mutex<Stats>>,
+) -> Result<(), Box<Failure>> {
+    let mut world = World::new(scenario, trace, stats).await;
     if options.inject_nondeterminism {
         let run = RUNS_IN_PROCESS.fetch_add(1, Ordering::SeqCst);
         record(&world.trace, format!("process-dependent event {run}"));
     }
-    match world.run().await {
-        Ok(()) => Ok(world.stats),
-        Err(failure) => Err(Box::new((failure, world.stats))),
-    }
+    world.run().await.map_err(Box::new)
+}
+
+fn panic_payload(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a task panicked".to_string())
 }
 
 impl World {
-    async fn new(scenario: Scenario, trace: SharedTrace) -> World {
+    async fn new(scenario: Scenario, trace: SharedTrace, stats: Arc<Mutex<Stats>>) -> World {
         let handle = Handle::current();
         let knobs = scenario.timing.clone();
         let pg = standard::seeded_postgres(&scenario.seed_rows);
@@ -295,6 +310,7 @@ impl World {
             })
             .await
             .expect("bind task");
+        crash.set_node(engine.id());
         let clients = fresh_clients(&scenario);
         World {
             scenario,
@@ -308,7 +324,8 @@ impl World {
             pg,
             clients,
             endpoint,
-            stats: Stats::default(),
+            link_cuts: Arc::default(),
+            stats,
         }
     }
 
@@ -328,7 +345,8 @@ impl World {
             if let Some(partition) = self.scenario.partitions.get(&number).cloned() {
                 self.partition(partition);
             }
-            if let Some((name, nth)) = restart.as_ref().and_then(|r| r.crash_point.clone()) {
+            let kill = restart.as_ref().filter(|r| r.kind != RestartKind::Graceful);
+            if let Some((name, nth)) = kill.and_then(|r| r.crash_point.clone()) {
                 let point: CrashPoint = name
                     .parse()
                     .unwrap_or_else(|e| panic!("scenario names a crash point: {e}"));
@@ -336,22 +354,21 @@ impl World {
                 self.record(format!("armed crash point {point} (visit {nth})"));
             }
             self.commit_batch(number).await;
-            let killed = match &restart {
-                Some(r) if r.kind != RestartKind::Graceful => {
-                    self.kill(r).await;
+            let killed = match kill.cloned() {
+                Some(r) => {
+                    self.kill(&r).await;
                     true
                 }
-                _ => false,
+                None => false,
             };
             self.check(&format!("batch {number}"), killed).await?;
-            if let Some(r) = restart.filter(|r| r.kind == RestartKind::Graceful) {
-                self.graceful_restart().await;
+            if restart.is_some_and(|r| r.kind == RestartKind::Graceful) {
+                self.graceful_restart().await?;
                 self.check(
                     &format!("graceful restart after batch {number}"),
                     !self.scenario.timing.strict_409,
                 )
                 .await?;
-                let _ = r;
             }
             if self.scenario.client_restarts.contains(&number) {
                 self.clients = fresh_clients(&self.scenario);
@@ -407,54 +424,90 @@ impl World {
             });
         }
         self.record(format!("{:?} kill of the engine", restart.kind));
-        self.stats.restarts += 1;
+        self.stats.lock().expect("stats").restarts += 1;
         handle.restart(self.engine.id());
         self.engine = handle.get_node(self.engine.id()).expect("engine node");
     }
 
-    async fn graceful_restart(&mut self) {
+    /// Shuts the engine down through its coordinator and restarts it. An
+    /// engine that was ready must stop cleanly (everything flushed, marker
+    /// written) within its shutdown timeout.
+    async fn graceful_restart(&mut self) -> Result<(), Failure> {
         let stack = self
             .stack
             .lock()
             .expect("stack slot")
             .clone()
             .expect("engine running");
-        let clean = self
+        let (was_ready, clean) = self
             .engine
-            .spawn(async move { stack.shutdown().await })
+            .spawn(async move {
+                let ready = stack.status() == engine::stack::Status::Ready;
+                (ready, stack.shutdown().await)
+            })
             .await
             .expect("shutdown task");
-        self.record(format!("graceful shutdown, clean: {clean}"));
+        self.record(format!(
+            "graceful shutdown, ready before: {was_ready}, clean: {clean}"
+        ));
+        if was_ready && !clean {
+            return Err(Failure::new(
+                "graceful-shutdown",
+                "a ready engine did not shut down cleanly within its shutdown timeout".to_string(),
+                None,
+                &self.trace,
+            ));
+        }
         let handle = Handle::current();
         handle.kill(self.engine.id());
         *self.stack.lock().expect("stack slot") = None;
         handle.restart(self.engine.id());
         self.engine = handle.get_node(self.engine.id()).expect("engine node");
-        self.stats.restarts += 1;
+        self.stats.lock().expect("stats").restarts += 1;
+        Ok(())
     }
 
+    /// Cuts a link for a while. Partitions of one link may overlap: the link
+    /// heals when the last of them ends.
     fn partition(&self, partition: crate::scenario::Partition) {
         let (a, b) = match partition.link {
             Link::EnginePostgres => (self.engine.id(), self.postgres_id),
             Link::ClientsEngine => (self.clients_node.id(), self.engine.id()),
         };
-        let trace = self.trace.clone();
+        let (trace, cuts) = (self.trace.clone(), self.link_cuts.clone());
         drop(madsim::task::spawn(async move {
             madsim::time::sleep(Duration::from_millis(partition.start_ms)).await;
             let net = madsim::net::NetSim::current();
-            net.clog_link(a, b);
-            net.clog_link(b, a);
+            let cut = {
+                let mut cuts = cuts.lock().expect("link cuts");
+                let count = cuts.entry(partition.link).or_insert(0);
+                *count += 1;
+                *count
+            };
+            if cut == 1 {
+                net.clog_link(a, b);
+                net.clog_link(b, a);
+            }
             record(
                 &trace,
                 format!(
-                    "partition {:?} for {} ms",
+                    "partition {:?} for {} ms ({cut} active)",
                     partition.link, partition.duration_ms
                 ),
             );
             madsim::time::sleep(Duration::from_millis(partition.duration_ms)).await;
-            net.unclog_link(a, b);
-            net.unclog_link(b, a);
-            record(&trace, format!("partition {:?} healed", partition.link));
+            let left = {
+                let mut cuts = cuts.lock().expect("link cuts");
+                let count = cuts.get_mut(&partition.link).expect("counted when cut");
+                assert!(*count > 0, "a link healed more often than it was cut");
+                *count -= 1;
+                *count
+            };
+            if left == 0 {
+                net.unclog_link(a, b);
+                net.unclog_link(b, a);
+                record(&trace, format!("partition {:?} healed", partition.link));
+            }
         }));
     }
 
@@ -487,7 +540,7 @@ impl World {
             let (client, result) = task.await.expect("check task");
             self.clients.push(client);
             match result {
-                Ok(conflicts) => self.stats.conflicts += conflicts,
+                Ok(conflicts) => self.stats.lock().expect("stats").conflicts += conflicts,
                 Err(failure) => {
                     first_failure.get_or_insert(failure);
                 }

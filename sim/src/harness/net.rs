@@ -98,6 +98,9 @@ pub async fn serve_postgres(pg: PgModel, trace: SharedTrace) {
     ep.add_rpc_handler(move |req: PgNext| {
         let (model, trace) = (model.clone(), t.clone());
         async move {
+            // Asking for what follows `after` proves the engine received
+            // everything up to it (a sent answer may still be lost).
+            model.note_delivered(req.after);
             let committed = model.commits();
             let item = match model.message_after(req.after, req.relations_seen) {
                 Some(item) => Some(item),
@@ -109,7 +112,6 @@ pub async fn serve_postgres(pg: PgModel, trace: SharedTrace) {
             };
             match &item {
                 Some(StreamItem::Wal(lsn, ReplicationMessage::Transaction(_))) => {
-                    model.note_delivered(*lsn);
                     record(&trace, format!("postgres delivers lsn {lsn}"));
                 }
                 Some(StreamItem::Wal(lsn, ReplicationMessage::Relation(t))) => {

@@ -1,4 +1,5 @@
 //! The checking side of the harness: nothing here reuses engine routing,
 //! evaluation or storage code.
 
+pub mod rows;
 pub mod where_eval;

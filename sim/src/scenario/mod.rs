@@ -92,7 +92,7 @@ pub struct Restart {
     pub power_seed: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Link {
     EnginePostgres,
@@ -266,6 +266,34 @@ impl Scenario {
         }
         if scenario.timing.latency_min_ms > scenario.timing.latency_max_ms {
             return Err("timing.latency_min_ms exceeds timing.latency_max_ms".to_string());
+        }
+        let batches = scenario.batches.len();
+        let out_of_range = |what: &str, batch: usize| {
+            format!("{what}.{batch}: there is no batch {batch} (batches are 1..={batches})")
+        };
+        for (&batch, restart) in &scenario.restarts {
+            if !(1..=batches).contains(&batch) {
+                return Err(out_of_range("restarts", batch));
+            }
+            if let Some((name, _)) = &restart.crash_point {
+                if restart.kind == RestartKind::Graceful {
+                    return Err(format!(
+                        "restarts.{batch}.crash_point: a graceful restart cannot kill at a crash point"
+                    ));
+                }
+                name.parse::<engine::env::CrashPoint>()
+                    .map_err(|e| format!("restarts.{batch}.crash_point: {e}"))?;
+            }
+        }
+        for &batch in scenario.client_restarts.iter() {
+            if !(1..=batches).contains(&batch) {
+                return Err(out_of_range("client_restarts", batch));
+            }
+        }
+        for &batch in scenario.partitions.keys() {
+            if !(1..=batches).contains(&batch) {
+                return Err(out_of_range("partitions", batch));
+            }
         }
         Ok(scenario)
     }

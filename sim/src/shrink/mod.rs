@@ -19,15 +19,14 @@ use ddmin::ddmin;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// What a failure is, for shrinking and for the corpus: the check, and the
-/// shape (by its definition, which survives the removal of other shapes)
-/// where one is at fault.
+/// What a failure is, for shrinking and for the corpus: the check, and
+/// either the panic (its masked message) or the shape at fault (by its
+/// definition, which survives the removal of other shapes).
 pub fn signature(scenario: &Scenario, failure: &Failure) -> String {
-    match failure
-        .shape
-        .and_then(|i| scenario.shapes.get(i))
-        .filter(|_| failure.check != "engine-invariant")
-    {
+    if let Some(detail) = &failure.detail {
+        return format!("{}: {detail}", failure.check);
+    }
+    match failure.shape.and_then(|i| scenario.shapes.get(i)) {
         Some(shape) => format!(
             "{} on level_4 where {} (replica {})",
             failure.check,
@@ -104,16 +103,34 @@ impl Shrinker {
     }
 }
 
+/// Why shrinking could not produce a scenario.
+#[derive(Debug)]
+pub enum ShrinkError {
+    /// The input does not fail: nothing to shrink (bad input).
+    Passes,
+    /// The same scenario failed differently on two runs: a finding in itself.
+    NonDeterminism(String),
+}
+
+impl std::fmt::Display for ShrinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShrinkError::Passes => write!(f, "the scenario passes: there is no failure to shrink"),
+            ShrinkError::NonDeterminism(why) => write!(f, "{why}"),
+        }
+    }
+}
+
 /// Shrinks `scenario`, which must fail; `progress` hears about each pass.
 pub fn shrink(
     scenario: &Scenario,
     max_secs: f64,
     mut progress: impl FnMut(&str),
-) -> Result<ShrinkReport, String> {
+) -> Result<ShrinkReport, ShrinkError> {
     let started = Clock::now();
     let original = harness::execute(scenario, &RunOptions::default());
     let Some(failure) = &original.failure else {
-        return Err("the scenario passes: there is no failure to shrink".to_string());
+        return Err(ShrinkError::Passes);
     };
     let target = signature(scenario, failure);
     progress(&format!(
@@ -153,9 +170,9 @@ pub fn shrink(
     if still.as_deref() != Some(target.as_str()) {
         // Every kept candidate failed with the target signature; a different
         // outcome now means the harness is not deterministic.
-        return Err(format!(
+        return Err(ShrinkError::NonDeterminism(format!(
             "the minimized scenario no longer fails as `{target}` (got {still:?}): non-determinism; check with replay --check-determinism"
-        ));
+        )));
     }
     Ok(ShrinkReport {
         signature: target,
@@ -354,6 +371,9 @@ impl Shrinker {
                     RestartKind::Graceful => return false,
                 };
                 restart.kind = milder;
+                if milder == RestartKind::Graceful {
+                    restart.crash_point = None; // a graceful restart kills nothing
+                }
                 true
             }));
             tries.push(Box::new(move |c| {

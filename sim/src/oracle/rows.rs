@@ -1,0 +1,127 @@
+//! What a client must hold: the oracle's rows, keyed and rendered as text
+//! with the oracle's own code (not the engine's `to_text` or `row_key`), so
+//! that a wrong key or a wrong rendering in the engine is a mismatch rather
+//! than a bug both sides share.
+
+use crate::client::ClientRow;
+use crate::pg::PgModel;
+use engine::schema::{TableName, TableSchema, Value};
+use std::collections::BTreeMap;
+
+/// Rows by their Electric key.
+pub type KeyedRows = BTreeMap<String, ClientRow>;
+
+/// Postgres' text output (what `col::text` gives) of a value; NULL is `None`.
+pub fn pg_text(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::Bool(true) => Some("true".to_string()),
+        Value::Bool(false) => Some("false".to_string()),
+        Value::Int(i) => Some(format!("{i}")),
+        Value::Text(s) => Some(s.clone()),
+    }
+}
+
+/// Electric's row key: `"schema"."table"/"pk"`, with `/` doubled in every
+/// part and `.` doubled in the relation parts; a NULL key part is `_`.
+pub fn electric_key(table: &TableSchema, row: &[Value]) -> String {
+    let quote = |part: &str, doubled: &[char]| {
+        let mut out = String::from("\"");
+        for c in part.chars() {
+            out.push(c);
+            if doubled.contains(&c) {
+                out.push(c);
+            }
+        }
+        out.push('"');
+        out
+    };
+    let mut key = format!(
+        "{}.{}",
+        quote(&table.name.schema, &['/', '.']),
+        quote(&table.name.name, &['/', '.'])
+    );
+    for &column in &table.primary_key {
+        key.push('/');
+        match pg_text(&row[column]) {
+            None => key.push('_'),
+            Some(text) => key.push_str(&quote(&text, &['/'])),
+        }
+    }
+    key
+}
+
+/// The rows of `table` a client of `where_clause` (and, if given, only
+/// these comma-separated `columns`) must hold.
+pub fn expected_rows(
+    pg: &PgModel,
+    table: &TableName,
+    where_clause: Option<&str>,
+    columns: Option<&str>,
+) -> KeyedRows {
+    let schema = pg.table(table);
+    let selected = |name: &str| columns.is_none_or(|c| c.split(',').any(|x| x.trim() == name));
+    pg.query(table, where_clause)
+        .iter()
+        .map(|row| {
+            let values = schema
+                .columns
+                .iter()
+                .zip(row)
+                .filter(|(c, _)| selected(&c.name))
+                .map(|(c, v)| (c.name.clone(), pg_text(v)))
+                .collect();
+            (electric_key(&schema, row), values)
+        })
+        .collect()
+}
+
+/// A short description of how two keyed row sets differ.
+pub fn diff(got: &KeyedRows, want: &KeyedRows) -> String {
+    let missing: Vec<_> = want
+        .keys()
+        .filter(|k| !got.contains_key(*k))
+        .take(3)
+        .collect();
+    let extra: Vec<_> = got
+        .keys()
+        .filter(|k| !want.contains_key(*k))
+        .take(3)
+        .collect();
+    let changed: Vec<_> = want
+        .iter()
+        .filter_map(|(k, w)| got.get(k).filter(|g| *g != w).map(|g| (k, g, w)))
+        .take(3)
+        .map(|(k, g, w)| format!("{k}: got {g:?}, want {w:?}"))
+        .collect();
+    format!("missing {missing:?}, unexpected {extra:?}, different {changed:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engine::schema::{Column, ColumnType};
+
+    #[test]
+    fn keys_follow_electric_escaping() {
+        let table = TableSchema {
+            name: TableName {
+                schema: "my.schema".into(),
+                name: "a/b".into(),
+            },
+            oid: 1,
+            columns: vec![Column {
+                name: "id".into(),
+                ty: ColumnType::Text,
+                not_null: true,
+            }],
+            primary_key: vec![0],
+        };
+        let key = electric_key(&table, &[Value::Text("x/y".into())]);
+        assert_eq!(key, r#""my..schema"."a//b"/"x//y""#);
+        assert_eq!(
+            electric_key(&table, &[Value::Null]),
+            r#""my..schema"."a//b"/_"#
+        );
+    }
+}
