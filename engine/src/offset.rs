@@ -259,6 +259,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(crate::testing::proptest_config(256))]
+
         #[test]
         fn parse_inverts_format(o in arb_offset()) {
             prop_assert_eq!(o.to_string().parse::<LogOffset>(), Ok(o));

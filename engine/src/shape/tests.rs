@@ -375,6 +375,8 @@ fn like_reference(tokens: &[super::expr::LikeToken], text: &[char]) -> bool {
 }
 
 proptest! {
+    #![proptest_config(crate::testing::proptest_config(256))]
+
     #[test]
     fn like_matcher_agrees_with_the_reference(pattern in "[ab%_\\\\]{0,8}", text in "[abAB]{0,8}", ci in any::<bool>()) {
         if let Ok(tokens) = compile_like(&pattern, Some('\\'), ci) {
