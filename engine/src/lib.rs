@@ -14,12 +14,34 @@ pub mod handle;
 pub mod log;
 pub mod metadata;
 pub mod offset;
+#[cfg(feature = "plants")]
+pub mod plants;
 pub mod replication;
 pub mod router;
 pub mod schema;
 pub mod shape;
 pub mod stack;
 pub mod wire;
+
+/// `planted!(config, switch)`: whether `config.plants.switch` is on; the
+/// constant `false` (and `config` unevaluated) without the `plants` feature.
+#[cfg(feature = "plants")]
+#[macro_export]
+macro_rules! planted {
+    ($config:expr, $switch:ident) => {
+        $config.plants.$switch
+    };
+}
+
+/// `planted!(config, switch)`: whether `config.plants.switch` is on; the
+/// constant `false` (and `config` unevaluated) without the `plants` feature.
+#[cfg(not(feature = "plants"))]
+#[macro_export]
+macro_rules! planted {
+    ($config:expr, $switch:ident) => {
+        false
+    };
+}
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing {
@@ -28,6 +50,7 @@ pub mod testing {
     /// the same commit), explorable through `PROPTEST_RNG_SEED` and
     /// `PROPTEST_CASES`, and without regression files (a failure prints its
     /// minimal case; minimized failures are kept as corpus entries).
+    #[allow(clippy::disallowed_methods)] // test support only: proptest's own knobs
     pub fn proptest_config(default_cases: u32) -> proptest::test_runner::Config {
         use proptest::test_runner::{Config, RngSeed};
         let mut config = Config::default();

@@ -97,6 +97,10 @@ pub struct Visibility {
     pub xmax: Xid,
     /// Transactions in progress when the snapshot was taken.
     pub xip_list: Vec<Xid>,
+    /// The WAL position when the snapshot was taken (`pg_current_wal_lsn()`):
+    /// every transaction the snapshot reflects committed at or below it.
+    #[serde(default)]
+    pub wal_lsn: Lsn,
 }
 
 impl Visibility {
@@ -137,6 +141,7 @@ mod tests {
             xmin: 10,
             xmax: 15,
             xip_list: vec![10, 12],
+            wal_lsn: 0,
         };
         assert!(v.is_visible(9), "committed before the snapshot");
         assert!(!v.is_visible(10) && !v.is_visible(12), "in progress");

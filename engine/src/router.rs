@@ -55,13 +55,27 @@ struct Draft {
 
 /// The records `shape` must append for `txn`, or `None` if there are none.
 pub fn route(shape: &Shape, txn: &Transaction) -> Option<ShapeTxn> {
+    route_inner(shape, txn, false)
+}
+
+/// [`route`] with the planted bug `wrong-old-value` switchable.
+#[cfg(feature = "plants")]
+pub fn route_planted(
+    shape: &Shape,
+    txn: &Transaction,
+    plants: &crate::plants::Plants,
+) -> Option<ShapeTxn> {
+    route_inner(shape, txn, plants.wrong_old_value)
+}
+
+fn route_inner(shape: &Shape, txn: &Transaction, wrong_old_value: bool) -> Option<ShapeTxn> {
     let mut drafts = Vec::new();
     for (k, change) in txn.changes.iter().enumerate() {
         if change.table() != &shape.table.name {
             continue;
         }
         let offset = LogOffset::new(txn.commit_lsn, 2 * k as u64);
-        convert(shape, change, offset, &mut drafts);
+        convert(shape, change, offset, wrong_old_value, &mut drafts);
     }
     let last = drafts.len().checked_sub(1)?;
     let entries = drafts
@@ -110,7 +124,13 @@ pub fn route(shape: &Shape, txn: &Transaction) -> Option<ShapeTxn> {
     })
 }
 
-fn convert(shape: &Shape, change: &Change, offset: LogOffset, out: &mut Vec<Draft>) {
+fn convert(
+    shape: &Shape,
+    change: &Change,
+    offset: LogOffset,
+    wrong_old_value: bool,
+    out: &mut Vec<Draft>,
+) {
     let table = &shape.table;
     let key = |row: &[Value]| wire::row_key(table, row);
     let pk_values = |row: &[Value]| wire::values(table, row, table.primary_key.iter().copied());
@@ -177,7 +197,11 @@ fn convert(shape: &Shape, change: &Change, offset: LogOffset, out: &mut Vec<Draf
                         value.extend(wire::values(table, new, changed));
                         (value, None)
                     }
-                    Replica::Full => (selected(new), Some(wire::values(table, old, changed))),
+                    Replica::Full => {
+                        // Planted `wrong-old-value`: the new values instead.
+                        let source = if wrong_old_value { new } else { old };
+                        (selected(new), Some(wire::values(table, source, changed)))
+                    }
                 };
                 out.push(Draft {
                     op: Operation::Update,

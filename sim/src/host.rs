@@ -4,7 +4,7 @@
 //! that it survives the node's kills exactly as a disk and a database server
 //! survive a process kill.
 
-use engine::env::{Clock, CrashPoints, Env, MemStorage, Spawner};
+use engine::env::{Clock, CrashPoints, Env, EventSink, MemStorage, Spawner};
 use engine::metadata::SqliteConn;
 use engine::stack::Host;
 use futures::future::BoxFuture;
@@ -27,11 +27,14 @@ impl Clock for SimClock {
 }
 
 /// Spawns on the node of the calling task: a kill of that node drops them all.
+/// Only the engine spawns through it, so its tasks are marked as the engine
+/// node's (for classifying panics).
 pub struct SimSpawner;
 
 impl Spawner for SimSpawner {
     fn spawn(&self, _name: &'static str, task: BoxFuture<'static, ()>) {
-        drop(madsim::task::spawn(task)); // a dropped JoinHandle detaches
+        // A dropped JoinHandle detaches.
+        drop(madsim::task::spawn(crate::harness::panics::on_engine(task)));
     }
 }
 
@@ -53,12 +56,13 @@ pub struct Durable {
 
 impl Durable {
     /// The engine's host, for a (re)start of the node.
-    pub fn host(&self, crash_points: Arc<dyn CrashPoints>) -> Host {
+    pub fn host(&self, crash_points: Arc<dyn CrashPoints>, events: Arc<dyn EventSink>) -> Host {
         let env = Env {
             clock: Arc::new(SimClock),
             storage: Arc::new(self.storage.clone()),
             spawner: Arc::new(SimSpawner),
             crash_points,
+            events,
         };
         // A kill may have dropped the engine between statements; never inside
         // a transaction (the engine does not await in one), but be sure.

@@ -7,6 +7,15 @@
 //! `xmin == xmax` (the next xid) and no transaction in progress. Snapshot
 //! queries evaluate the WHERE clause with the oracle's evaluator, never the
 //! engine's.
+//!
+//! Tables are versioned: every WAL entry keeps the state it left (tables are
+//! shared copy-on-write), so the model answers "these rows as of LSN x" for
+//! the checker's consistent-prefix check.
+//!
+//! The slot's side of the replication contract is checked, not assumed: an
+//! acknowledgement below the confirmed LSN or past what was sent is an
+//! [`ContractViolation`] (the engine broke the boundary), reported by the
+//! harness as `engine-contract`.
 
 use crate::oracle::where_eval;
 use async_trait::async_trait;
@@ -48,16 +57,38 @@ pub enum Mutation {
     },
 }
 
+type TableRows = Arc<BTreeMap<Vec<Value>, Row>>;
+
+/// The database as one WAL entry left it (cheap: tables are shared).
+#[derive(Clone)]
+struct Version {
+    catalog: Arc<Catalog>,
+    tables: BTreeMap<TableName, TableRows>,
+}
+
+/// The engine broke the slot's side of the replication contract.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContractViolation(pub String);
+
 struct State {
-    catalog: Catalog,
-    tables: BTreeMap<TableName, BTreeMap<Vec<Value>, Row>>,
+    catalog: Arc<Catalog>,
+    tables: BTreeMap<TableName, TableRows>,
     next_xid: Xid,
     last_lsn: Lsn,
     /// Every committed transaction and schema change, by LSN.
     wal: Vec<(Lsn, ReplicationMessage)>,
+    /// The state before the first WAL entry, then after each one.
+    history: Vec<(Lsn, Version)>,
     slot_confirmed: Lsn,
-    /// The highest commit LSN a replication connection has been sent.
+    /// The highest commit LSN the engine has proven it received (it asked
+    /// for what follows).
     delivered: Lsn,
+    /// The highest WAL LSN sent to a replication connection.
+    sent: Lsn,
+    /// Replication connections so far; acknowledgements carry theirs.
+    connections: u64,
+    /// Tables whose definition changed after the slot was created.
+    altered: Vec<TableName>,
     /// WHERE clauses already parsed by the oracle's evaluator.
     parsed: BTreeMap<String, sqlparser::ast::Expr>,
 }
@@ -73,17 +104,21 @@ impl PgModel {
     pub fn new(catalog: Catalog) -> PgModel {
         let tables = catalog
             .tables()
-            .map(|t| (t.name.clone(), BTreeMap::new()))
+            .map(|t| (t.name.clone(), Arc::new(BTreeMap::new())))
             .collect();
         let state = State {
-            catalog,
+            catalog: Arc::new(catalog),
             tables,
             next_xid: 500,
             last_lsn: 1_000,
             wal: Vec::new(),
+            history: Vec::new(),
             slot_confirmed: 1_000,
             parsed: BTreeMap::new(),
             delivered: 0,
+            sent: 0,
+            connections: 0,
+            altered: Vec::new(),
         };
         PgModel {
             state: Arc::new(Mutex::new(state)),
@@ -103,7 +138,11 @@ impl PgModel {
             .table(table)
             .expect("seeded table exists")
             .clone();
-        let data = state.tables.get_mut(table).expect("table");
+        assert!(
+            state.wal.is_empty(),
+            "seed rows exist before the slot: load them before any commit"
+        );
+        let data = Arc::make_mut(state.tables.get_mut(table).expect("table"));
         for row in rows {
             schema.check_row(&row).expect("seed rows fit the schema");
             data.insert(pk(&schema, &row), row);
@@ -114,6 +153,7 @@ impl PgModel {
     /// in SQL); a transaction with no change commits nothing to the WAL.
     pub fn commit(&self, mutations: &[Mutation]) -> Option<Transaction> {
         let mut state = self.lock();
+        state.remember_base();
         let mut changes = Vec::new();
         for mutation in mutations {
             if let Some(change) = state.apply(mutation) {
@@ -134,6 +174,7 @@ impl PgModel {
         state
             .wal
             .push((txn.commit_lsn, ReplicationMessage::Transaction(txn.clone())));
+        state.remember(txn.commit_lsn);
         drop(state);
         self.committed.notify(usize::MAX);
         Some(txn)
@@ -143,19 +184,23 @@ impl PgModel {
     /// a relation message in the WAL, as logical replication sends one.
     pub fn add_column(&self, table: &TableName, column: &str) {
         let mut state = self.lock();
+        state.remember_base();
         let mut schema = state.catalog.table(table).expect("table").clone();
         schema.columns.push(engine::schema::Column {
             name: column.to_string(),
             ty: engine::schema::ColumnType::Text,
             not_null: false,
         });
-        state.catalog.upsert(schema.clone());
-        for row in state.tables.get_mut(table).expect("table").values_mut() {
+        Arc::make_mut(&mut state.catalog).upsert(schema.clone());
+        let rows = Arc::make_mut(state.tables.get_mut(table).expect("table"));
+        for row in rows.values_mut() {
             row.push(Value::Null);
         }
+        state.altered.push(table.clone());
         state.last_lsn += 1;
         let lsn = state.last_lsn;
         state.wal.push((lsn, ReplicationMessage::Relation(schema)));
+        state.remember(lsn);
         drop(state);
         self.committed.notify(usize::MAX);
     }
@@ -165,7 +210,12 @@ impl PgModel {
     }
 
     pub fn catalog(&self) -> Catalog {
-        self.lock().catalog.clone()
+        (*self.lock().catalog).clone()
+    }
+
+    /// Tables whose definition changed since the slot was created.
+    pub fn altered_tables(&self) -> Vec<TableName> {
+        self.lock().altered.clone()
     }
 
     /// Every row of `table`, in key order.
@@ -178,12 +228,14 @@ impl PgModel {
     pub fn snapshot_now(&self, query: &SnapshotQuery) -> SnapshotResult {
         let mut state = self.lock();
         let xid = state.next_xid;
-        let rows = state.query(&query.table, query.where_sql.as_deref());
+        let version = state.version_now();
+        let rows = state.query(&version, &query.table, query.where_sql.as_deref());
         SnapshotResult {
             visibility: Visibility {
                 xmin: xid,
                 xmax: xid,
                 xip_list: Vec::new(),
+                wal_lsn: state.last_lsn,
             },
             rows,
         }
@@ -191,22 +243,90 @@ impl PgModel {
 
     /// `SELECT * FROM table WHERE where_sql`, with the oracle's evaluator.
     pub fn query(&self, table: &TableName, where_sql: Option<&str>) -> Vec<Row> {
-        self.lock().query(table, where_sql)
+        let mut state = self.lock();
+        let version = state.version_now();
+        state.query(&version, table, where_sql)
+    }
+
+    /// The same query as of `lsn`: over the state the last WAL entry at or
+    /// below it left (the seed data if there is none).
+    pub fn query_at(&self, table: &TableName, where_sql: Option<&str>, lsn: Lsn) -> Vec<Row> {
+        let mut state = self.lock();
+        let version = state.version_at(lsn);
+        state.query(&version, table, where_sql)
+    }
+
+    /// The table's definition as of `lsn`.
+    pub fn table_at(&self, name: &TableName, lsn: Lsn) -> TableSchema {
+        let state = self.lock();
+        let version = state.version_at(lsn);
+        version.catalog.table(name).expect("table").clone()
+    }
+
+    /// Whether `row` of `table` (as defined at `lsn`) satisfies `where_sql`,
+    /// by the oracle's evaluator.
+    pub fn row_matches(
+        &self,
+        table: &TableName,
+        where_sql: Option<&str>,
+        row: &[Value],
+        lsn: Lsn,
+    ) -> bool {
+        let mut state = self.lock();
+        let filter = state.filter(where_sql);
+        let version = state.version_at(lsn);
+        matches(
+            version.catalog.table(table).expect("table"),
+            filter.as_ref(),
+            row,
+        )
+    }
+
+    /// The committed transaction with this commit LSN, if there is one.
+    pub fn transaction(&self, lsn: Lsn) -> Option<Transaction> {
+        let state = self.lock();
+        let i = state.wal.partition_point(|(l, _)| *l < lsn);
+        match state.wal.get(i) {
+            Some((l, ReplicationMessage::Transaction(txn))) if *l == lsn => Some(txn.clone()),
+            _ => None,
+        }
+    }
+
+    /// The commit LSN of the last transaction (not schema change), if any.
+    pub fn last_txn_lsn(&self) -> Option<Lsn> {
+        let state = self.lock();
+        state
+            .wal
+            .iter()
+            .rev()
+            .find_map(|(lsn, m)| matches!(m, ReplicationMessage::Transaction(_)).then_some(*lsn))
     }
 
     /// What a replication connection sends next: the `relations_seen`-th table
     /// definition (sent at every connect), then the first WAL entry after
     /// `after`. `None` when there is nothing yet.
     pub fn message_after(&self, after: Lsn, relations_seen: usize) -> Option<StreamItem> {
-        let state = self.lock();
+        let mut state = self.lock();
         if let Some(table) = state.catalog.tables().nth(relations_seen) {
             return Some(StreamItem::Relation(table.clone()));
         }
         let next = state.wal.partition_point(|(lsn, _)| *lsn <= after);
-        state
+        let item = state
             .wal
             .get(next)
-            .map(|(lsn, message)| StreamItem::Wal(*lsn, message.clone()))
+            .map(|(lsn, message)| StreamItem::Wal(*lsn, message.clone()));
+        if let Some(StreamItem::Wal(lsn, _)) = &item {
+            state.sent = state.sent.max(*lsn);
+        }
+        item
+    }
+
+    /// A new replication connection: its number (acknowledgements name it),
+    /// the slot's confirmed LSN and the WAL's end.
+    pub fn connect(&self) -> (u64, Lsn, Lsn) {
+        let mut state = self.lock();
+        state.connections += 1;
+        (state.connections, state.slot_confirmed, state.last_lsn)
     }
 
     /// Notified at every commit and schema change.
@@ -214,15 +334,29 @@ impl PgModel {
         self.committed.listen()
     }
 
-    /// The slot's side of an acknowledgement.
-    pub fn acknowledge(&self, lsn: Lsn) {
+    /// The slot's side of an acknowledgement on connection `connection`.
+    /// One from an older connection is ignored (its walsender is gone, as in
+    /// Postgres). The engine may never acknowledge below the confirmed LSN
+    /// nor past what the slot has sent.
+    pub fn acknowledge(&self, connection: u64, lsn: Lsn) -> Result<(), ContractViolation> {
         let mut state = self.lock();
-        assert!(
-            lsn <= state.last_lsn,
-            "acknowledged {lsn}, but the last commit is {}",
-            state.last_lsn
-        );
-        state.slot_confirmed = state.slot_confirmed.max(lsn);
+        if connection != state.connections {
+            return Ok(());
+        }
+        if lsn < state.slot_confirmed {
+            return Err(ContractViolation(format!(
+                "acknowledged lsn {lsn}, below the slot's confirmed lsn {} (backwards)",
+                state.slot_confirmed
+            )));
+        }
+        if lsn > state.sent.max(state.slot_confirmed) {
+            return Err(ContractViolation(format!(
+                "acknowledged lsn {lsn}, past everything sent ({})",
+                state.sent
+            )));
+        }
+        state.slot_confirmed = lsn;
+        Ok(())
     }
 
     /// The engine has received everything up to `lsn` (it asked for what follows).
@@ -250,32 +384,67 @@ impl PgModel {
     }
 }
 
+/// Whether `row` satisfies `filter` (no filter: every row does).
+fn matches(schema: &TableSchema, filter: Option<&sqlparser::ast::Expr>, row: &[Value]) -> bool {
+    filter.is_none_or(|expr| {
+        where_eval::holds(expr, &|name| {
+            row[schema.column_index(name).expect("known column")].clone()
+        })
+    })
+}
+
 fn pk(schema: &TableSchema, row: &[Value]) -> Vec<Value> {
     schema.primary_key.iter().map(|&i| row[i].clone()).collect()
 }
 
 impl State {
-    fn query(&mut self, table: &TableName, where_sql: Option<&str>) -> Vec<Row> {
-        let filter = where_sql.map(|sql| {
+    /// Keeps the state before the first WAL entry (the seed data).
+    fn remember_base(&mut self) {
+        if self.history.is_empty() {
+            let lsn = self.last_lsn;
+            self.remember(lsn);
+        }
+    }
+
+    /// Keeps the current state as the one WAL entry `lsn` left.
+    fn remember(&mut self, lsn: Lsn) {
+        let version = self.version_now();
+        self.history.push((lsn, version));
+    }
+
+    fn version_now(&self) -> Version {
+        Version {
+            catalog: self.catalog.clone(),
+            tables: self.tables.clone(),
+        }
+    }
+
+    fn version_at(&self, lsn: Lsn) -> Version {
+        let i = self.history.partition_point(|(l, _)| *l <= lsn);
+        match i.checked_sub(1).and_then(|i| self.history.get(i)) {
+            Some((_, version)) => version.clone(),
+            None => self.version_now(),
+        }
+    }
+
+    fn filter(&mut self, where_sql: Option<&str>) -> Option<sqlparser::ast::Expr> {
+        where_sql.map(|sql| {
             self.parsed
                 .entry(sql.to_string())
                 .or_insert_with(|| {
                     where_eval::parse(sql).expect("the oracle parses every WHERE it is given")
                 })
                 .clone()
-        });
-        let state = &*self;
-        let schema = state.catalog.table(table).expect("table");
-        let rows = state.tables[table].values();
-        rows.filter(|row| {
-            filter.as_ref().is_none_or(|expr| {
-                where_eval::holds(expr, &|name| {
-                    row[schema.column_index(name).expect("known column")].clone()
-                })
-            })
         })
-        .cloned()
-        .collect()
+    }
+
+    fn query(&mut self, version: &Version, table: &TableName, where_sql: Option<&str>) -> Vec<Row> {
+        let filter = self.filter(where_sql);
+        let schema = version.catalog.table(table).expect("table");
+        let rows = version.tables[table].values();
+        rows.filter(|row| matches(schema, filter.as_ref(), row))
+            .cloned()
+            .collect()
     }
 
     fn apply(&mut self, mutation: &Mutation) -> Option<Change> {
@@ -287,7 +456,7 @@ impl State {
                 row.resize(schema.columns.len(), Value::Null);
                 let row = &row;
                 schema.check_row(row).expect("inserted rows fit the schema");
-                let data = self.tables.get_mut(table).expect("table");
+                let data = Arc::make_mut(self.tables.get_mut(table).expect("table"));
                 let key = pk(&schema, row);
                 if data.contains_key(&key) {
                     return None; // ON CONFLICT DO NOTHING
@@ -304,8 +473,8 @@ impl State {
                 set,
             } => {
                 let schema = self.catalog.table(table).expect("table").clone();
-                let data = self.tables.get_mut(table).expect("table");
-                let old = data.get(key)?.clone();
+                let old = self.tables[table].get(key)?.clone();
+                let data = Arc::make_mut(self.tables.get_mut(table).expect("table"));
                 let mut new = old.clone();
                 for (column, value) in set {
                     new[schema.column_index(column).expect("known column")] = value.clone();
@@ -324,7 +493,8 @@ impl State {
                 })
             }
             Mutation::Delete { table, pk: key } => {
-                let old = self.tables.get_mut(table).expect("table").remove(key)?;
+                self.tables[table].get(key)?;
+                let old = Arc::make_mut(self.tables.get_mut(table).expect("table")).remove(key)?;
                 Some(Change::Delete {
                     table: table.clone(),
                     old,
@@ -368,15 +538,17 @@ impl StreamCursor {
 /// One in-process connection's view of the slot.
 struct PgStream {
     model: PgModel,
+    connection: u64,
     cursor: Mutex<StreamCursor>,
 }
 
 #[async_trait]
 impl ReplicationSource for PgModel {
     async fn start(&self) -> Result<Connection, SourceError> {
-        let (confirmed_lsn, wal_end_lsn) = (self.slot_confirmed(), self.last_lsn());
+        let (connection, confirmed_lsn, wal_end_lsn) = self.connect();
         let stream = Arc::new(PgStream {
             model: self.clone(),
+            connection,
             cursor: Mutex::new(StreamCursor::at(confirmed_lsn)),
         });
         Ok(Connection {
@@ -404,7 +576,9 @@ impl ReplicationStream for PgStream {
     }
 
     async fn acknowledge(&self, lsn: Lsn) -> Result<(), SourceError> {
-        self.model.acknowledge(lsn);
+        self.model
+            .acknowledge(self.connection, lsn)
+            .unwrap_or_else(|ContractViolation(why)| panic!("engine-contract: {why}"));
         Ok(())
     }
 }

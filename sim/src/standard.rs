@@ -175,7 +175,7 @@ mod tests {
         assert_eq!(l1[0], vec![text("l1-1"), Value::Bool(true)]);
         assert_eq!(l1[1][1], Value::Bool(false));
         let l4 = pg.rows(&level(4));
-        assert_eq!(l4.len(), 20);
+        assert_eq!(l4.len(), 40);
         let l4_6 = l4.iter().find(|r| r[0] == text("l4-6")).unwrap();
         assert_eq!(l4_6, &vec![text("l4-6"), text("l3-1"), text("v5")]);
         // Entity index 3 (l1-4) has alpha..delta, index 0 only alpha.

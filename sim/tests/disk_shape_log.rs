@@ -25,6 +25,7 @@ fn shape_log_on_disk_reopens_with_its_durable_transactions() {
         storage: Arc::new(DiskStorage::new(dir.path()).expect("root")),
         spawner: Arc::new(NoSpawner),
         crash_points: Arc::new(NoCrashPoints),
+        events: Arc::new(engine::env::NoEvents),
     };
     let config = LogConfig {
         chunk_bytes: 64,
@@ -38,6 +39,7 @@ fn shape_log_on_disk_reopens_with_its_durable_transactions() {
                 xmin: 5,
                 xmax: 9,
                 xip_list: vec![6, 7],
+                wal_lsn: 0,
             })
             .await
             .unwrap();

@@ -14,21 +14,41 @@ use std::path::Path;
 /// leaves room without making CI slow.
 const CI_SEED_BUDGET: u64 = 60;
 
+/// Which check catches each planted bug: the state checker's and the
+/// client's checks catch their plants themselves, not an engine assertion.
+const CAUGHT_BY: [(Plant, &str); 10] = [
+    (Plant::SkipShapeDedup, "engine-invariant"),
+    (Plant::AckPastUnflushed, "ack-contract"),
+    (Plant::OffsetBeforeFsync, "engine-invariant"),
+    (Plant::NoTrimOnOpen, "engine-invariant"),
+    (Plant::NeverAck, "ack-liveness"),
+    (Plant::DropAllOnDirtyBoot, "lost-shape"),
+    (Plant::EarlyGlobalLsn, "prefix-mismatch"),
+    (Plant::WrongOldValue, "wire"),
+    (Plant::SilentHandleSwitch, "continuity"),
+    (Plant::LostWakeup, "latency"),
+];
+
 #[test]
-fn every_planted_bug_is_found_within_the_ci_budget() {
+fn every_planted_bug_is_found_by_its_check_within_the_ci_budget() {
     harness::quiet_seed_panics();
     let knobs = Knobs::default();
-    for plant in Plant::ALL {
+    assert_eq!(
+        CAUGHT_BY.map(|(p, _)| p),
+        Plant::ALL,
+        "every plant names its check"
+    );
+    for (plant, check) in CAUGHT_BY {
         let found = (0..CI_SEED_BUDGET).find_map(|seed| {
             let outcome = cli::run_seed(seed, &knobs, &[plant], false);
             outcome.failure.map(|f| (seed, f))
         });
         let (seed, failure) =
             found.unwrap_or_else(|| panic!("{} survived {CI_SEED_BUDGET} seeds", plant.name()));
-        assert_ne!(
+        assert_eq!(
             failure.check,
-            "harness-error",
-            "{}: the harness itself broke at seed {seed}: {}",
+            check,
+            "{}: caught at seed {seed} by the wrong check: {}",
             plant.name(),
             failure.message
         );
@@ -230,6 +250,7 @@ fn the_command_line_has_help_clear_errors_and_meaningful_exit_codes() {
         "restarts",
         "sim_ms",
         "wall_ms",
+        "coverage",
     ] {
         assert!(json.get(key).is_some(), "{key} missing from {json}");
     }
@@ -256,8 +277,51 @@ fn the_command_line_has_help_clear_errors_and_meaningful_exit_codes() {
         "failing_seeds",
         "seeds_per_sec",
         "sim_to_wall",
+        "coverage",
     ] {
         assert!(json.get(key).is_some(), "{key} missing from {json}");
+    }
+    let coverage = &json["coverage"];
+    for key in [
+        "restarts",
+        "crash_points",
+        "power_losses",
+        "io_errors_injected",
+        "conflicts",
+        "checks",
+    ] {
+        assert!(
+            coverage.get(key).is_some(),
+            "coverage.{key} missing from {coverage}"
+        );
+    }
+    for kind in [
+        "graceful",
+        "crash",
+        "power",
+        "rolling",
+        "interrupted-graceful",
+    ] {
+        assert!(coverage["restarts"].get(kind).is_some(), "restarts.{kind}");
+    }
+    for point in engine::env::CrashPoint::ALL {
+        let counts = &coverage["crash_points"][point.name()];
+        assert!(
+            counts.get("armed").is_some() && counts.get("fired").is_some(),
+            "{point}"
+        );
+    }
+    for key in ["total", "changed_nothing", "bytes_dropped", "files_torn"] {
+        assert!(
+            coverage["power_losses"].get(key).is_some(),
+            "power_losses.{key}"
+        );
+    }
+    for key in ["total", "non_empty", "rows_compared"] {
+        assert!(
+            coverage["checks"][key].as_u64().unwrap() > 0,
+            "checks.{key} counts"
+        );
     }
     assert!(
         String::from_utf8_lossy(&fail.stderr).contains("--plant skip-shape-dedup"),

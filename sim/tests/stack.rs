@@ -6,7 +6,8 @@
 
 use engine::api::{Request, Response};
 use engine::env::Clock;
-use engine::env::{MemStorage, NoCrashPoints, Storage};
+use engine::env::events::RemovalReason;
+use engine::env::{Event, MemStorage, NoCrashPoints, RecordedEvents, Storage};
 use engine::schema::{Catalog, Column, ColumnType, Row, TableName, TableSchema, Value};
 use engine::stack::{Stack, StackConfig, Status};
 use madsim::runtime::{Handle, NodeHandle, Runtime};
@@ -60,6 +61,8 @@ struct World {
     durable: Durable,
     node_id: madsim::task::NodeId,
     stack: Arc<Mutex<Option<Stack>>>,
+    /// Every event of every run of the engine.
+    events: RecordedEvents,
 }
 
 impl World {
@@ -77,15 +80,16 @@ impl World {
             pg,
         };
         let stack: Arc<Mutex<Option<Stack>>> = Arc::new(Mutex::new(None));
-        let (d, s) = (durable.clone(), stack.clone());
+        let events = RecordedEvents::default();
+        let (d, s, e) = (durable.clone(), stack.clone(), events.clone());
         let node = Handle::current()
             .create_node()
             .name("engine")
             .init(move || {
-                let (d, s) = (d.clone(), s.clone());
+                let (d, s, e) = (d.clone(), s.clone(), e.clone());
                 async move {
-                    *s.lock().unwrap() =
-                        Some(Stack::start(d.host(Arc::new(NoCrashPoints)), config));
+                    let host = d.host(Arc::new(NoCrashPoints), Arc::new(e));
+                    *s.lock().unwrap() = Some(Stack::start(host, config));
                     futures::future::pending::<()>().await;
                 }
             })
@@ -94,6 +98,7 @@ impl World {
             durable,
             node_id: node.id(),
             stack,
+            events,
         }
     }
 
@@ -180,10 +185,12 @@ impl World {
     /// Polls until the client is up to date and equal to the oracle.
     async fn converge(&self, client: &mut ShapeClient) {
         for _ in 0..200 {
-            let response = self.serve(client.request()).await;
+            let request = client.request();
+            let response = self.serve(request.clone()).await;
             let outcome = client
-                .apply(&response)
-                .unwrap_or_else(|v| panic!("violation: {v}"));
+                .apply(&request, &response)
+                .unwrap_or_else(|v| panic!("violation: {v}"))
+                .outcome;
             match outcome {
                 Outcome::Data {
                     up_to_date: true, ..
@@ -266,9 +273,10 @@ fn the_stack_serves_snapshots_changes_and_long_polls_across_restarts() {
         let stack = world.stack();
         let request = clients[1].request();
         let started_ms = SimClock.now_ms();
-        let parked = world
-            .node()
-            .spawn(async move { stack.serve(request).await });
+        let parked = world.node().spawn({
+            let request = request.clone();
+            async move { stack.serve(request).await }
+        });
         madsim::time::sleep(Duration::from_millis(300)).await;
         world.commit(50);
         let response = parked.await.unwrap();
@@ -277,7 +285,7 @@ fn the_stack_serves_snapshots_changes_and_long_polls_across_restarts() {
             waited >= Duration::from_millis(300) && waited < Duration::from_millis(1_000),
             "woke after {waited:?}"
         );
-        let outcome = clients[1].apply(&response);
+        let outcome = clients[1].apply(&request, &response).map(|a| a.outcome);
         assert!(
             matches!(outcome, Ok(Outcome::Data { messages, .. }) if messages >= 1),
             "{outcome:?} {response:?}"
@@ -339,11 +347,20 @@ fn metadata_lost_in_a_kill_gives_409_then_convergence_and_orphans_are_removed() 
             !world.durable.storage.exists(&dir).await.unwrap(),
             "the orphaned shape directory is removed at boot"
         );
+        let lost_handle = engine::handle::ShapeHandle::parse(&lost).unwrap();
+        assert!(
+            world.events.all().contains(&Event::BootDropped {
+                handle: lost_handle,
+                reason: RemovalReason::MetadataLost,
+            }),
+            "boot says why it dropped the shape"
+        );
         world.commit(1);
-        let response = world.serve(client.request()).await;
+        let request = client.request();
+        let response = world.serve(request.clone()).await;
         assert_eq!(response.status, 409, "{}", response.body);
         assert_eq!(response.body, r#"[{"headers":{"control":"must-refetch"}}]"#);
-        let outcome = client.apply(&response).unwrap();
+        let outcome = client.apply(&request, &response).unwrap().outcome;
         let Outcome::Refetch {
             new_handle: Some(new_handle),
         } = outcome
@@ -534,8 +551,9 @@ fn a_shape_requested_during_a_graceful_shutdown_never_gets_a_409_after_it() {
             let stack = world.stack();
             let shutdown = world.node().spawn(async move { stack.shutdown().await });
             let mut late = ShapeClient::new("items", Some("note IS NOT NULL"), false);
-            let response = world.serve(late.request()).await;
-            let outcome = late.apply(&response).unwrap();
+            let request = late.request();
+            let response = world.serve(request.clone()).await;
+            let outcome = late.apply(&request, &response).unwrap().outcome;
             assert!(shutdown.await.unwrap(), "the drain must be clean");
             world.kill_and_restart().await;
             // A client that got a handle keeps it across the graceful restart.

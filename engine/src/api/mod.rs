@@ -2,8 +2,9 @@
 //! host's business) with Electric's `GET /v1/shape` semantics. A request is a
 //! map of query parameters; a response is a status, headers and a JSON body.
 //!
-//! Status codes: 200 data; 400 invalid request (the body names each bad
-//! parameter); 409 the handle is unknown or no longer matches the shape (the
+//! Status codes: 200 data; 202 a shape removed on request; 400 invalid
+//! request (the body names each bad parameter); 404 no such shape to
+//! remove; 409 the handle is unknown or no longer matches the shape (the
 //! `electric-handle` header carries the current one, the body is
 //! `must-refetch`); 503 the stack is not ready (or the snapshot is late).
 
@@ -69,6 +70,15 @@ impl Response {
         Response::json(503, body.to_string())
             .with("retry-after", retry_after_s.to_string())
             .with("cache-control", "no-store")
+    }
+
+    pub(crate) fn accepted() -> Response {
+        Response::json(202, "{}".to_string()).with("cache-control", "no-store")
+    }
+
+    pub(crate) fn not_found(message: &str) -> Response {
+        let body = serde_json::json!({"message": message});
+        Response::json(404, body.to_string()).with("cache-control", "no-store")
     }
 
     pub(crate) fn must_refetch(handle: &str) -> Response {

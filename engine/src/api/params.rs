@@ -8,7 +8,7 @@ use crate::offset::LogOffset;
 use crate::shape::{Replica, ShapeRequest};
 use std::collections::BTreeMap;
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Params {
     pub shape: ShapeRequest,
     pub offset: LogOffset,

@@ -16,8 +16,11 @@
 
 use super::params::{self, Params};
 use super::{Request, Response};
+use crate::env::events::RemovalReason;
+use crate::handle::ShapeHandle;
 use crate::log::{LogError, Stream};
 use crate::offset::LogOffset;
+use crate::replication::Lsn;
 use crate::stack::{Inner, ShapeEntry, Stack, Status};
 use crate::wire;
 use std::collections::BTreeMap;
@@ -26,6 +29,31 @@ use std::sync::Arc;
 impl Stack {
     pub async fn serve(&self, request: Request) -> Response {
         serve(&self.inner, request).await
+    }
+
+    /// Electric's `DELETE /v1/shape?handle=H`: removes the shape (its
+    /// clients get 409). 202 when removed, 404 if no live shape has the
+    /// handle, 400 naming `handle` if it is missing or malformed, 503 if
+    /// the stack is not serving.
+    pub async fn delete(&self, request: Request) -> Response {
+        if self.status() != Status::Ready {
+            return Response::unavailable("Stack not ready", 5);
+        }
+        let handle = match request.params.get("handle").map(|h| ShapeHandle::parse(h)) {
+            Some(Ok(handle)) => handle,
+            Some(Err(why)) => {
+                return Response::bad_request(&BTreeMap::from([("handle", vec![why])]));
+            }
+            None => {
+                let why = "can't be blank".to_string();
+                return Response::bad_request(&BTreeMap::from([("handle", vec![why])]));
+            }
+        };
+        if self.remove_shape(&handle) {
+            Response::accepted()
+        } else {
+            Response::not_found("no live shape has this handle")
+        }
     }
 }
 
@@ -65,7 +93,8 @@ async fn serve(stack: &Arc<Inner>, request: Request) -> Response {
                     return Response::unavailable(&format!("could not create the shape: {why}"), 1);
                 }
             };
-            if offset != LogOffset::BEFORE_ALL {
+            let switch = crate::planted!(stack.config, silent_handle_switch);
+            if offset != LogOffset::BEFORE_ALL && !switch {
                 return Response::must_refetch(handle.as_str());
             }
             match stack.entry(&handle) {
@@ -75,6 +104,18 @@ async fn serve(stack: &Arc<Inner>, request: Request) -> Response {
         }
     };
     stack.db.touch(&entry.handle, stack.now_ms());
+    if crate::planted!(stack.config, silent_handle_switch)
+        && Some(&entry.handle) != params.handle.as_ref()
+        && params.offset != LogOffset::BEFORE_ALL
+    {
+        // Planted `silent-handle-switch`: the new log from its start, no 409.
+        let restart = Params {
+            offset: LogOffset::BEFORE_ALL,
+            live: false,
+            ..params.clone()
+        };
+        return read(stack, &entry, &restart).await;
+    }
     read(stack, &entry, &params).await
 }
 
@@ -102,26 +143,25 @@ async fn refetch(stack: &Arc<Inner>, entry: &ShapeEntry) -> Response {
     }
 }
 
-async fn read(stack: &Arc<Inner>, entry: &Arc<ShapeEntry>, params: &Params) -> Response {
+/// An offset past the end of the log: replay may not have caught up yet
+/// (after a crash the log is cut to its durable offset). Waits up to half
+/// the long-poll timeout; `Some` answer if the offset is still out of bounds.
+async fn wait_in_bounds(
+    stack: &Arc<Inner>,
+    entry: &ShapeEntry,
+    offset: LogOffset,
+) -> Option<Response> {
     let reader = &entry.reader;
-    let offset = params.offset;
-
-    // An offset past the end: maybe replay has not caught up yet.
-    let out_of_bounds_deadline_ms = stack.now_ms() + stack.config.long_poll_timeout_ms / 2;
+    let deadline_ms = stack.now_ms() + stack.config.long_poll_timeout_ms / 2;
     loop {
         let changed = entry.changed.listen();
-        if entry.is_removed() {
-            return refetch(stack, entry).await;
+        if entry.is_removed() || offset <= reader.latest_offset() {
+            return None;
         }
-        if offset <= reader.latest_offset() {
-            break;
-        }
-        let left_ms = out_of_bounds_deadline_ms.saturating_sub(stack.now_ms());
-        if left_ms == 0
-            || !stack.wait(changed, left_ms).await && stack.now_ms() >= out_of_bounds_deadline_ms
-        {
+        let left_ms = deadline_ms.saturating_sub(stack.now_ms());
+        if left_ms == 0 || !stack.wait(changed, left_ms).await && stack.now_ms() >= deadline_ms {
             if offset <= reader.latest_offset() {
-                break;
+                return None;
             }
             // Upstream has this transaction: the log is still catching up
             // (replay after a crash). Tell the client to retry rather than
@@ -129,35 +169,54 @@ async fn read(stack: &Arc<Inner>, entry: &Arc<ShapeEntry>, params: &Params) -> R
             // bug 3, which this harness reproduces).
             let upstream = stack.upstream_lsn.load(std::sync::atomic::Ordering::SeqCst);
             if offset.tx().is_some_and(|tx| tx <= upstream)
-                && !stack.config.plants.out_of_bounds_400
+                && !crate::planted!(stack.config, out_of_bounds_400)
             {
-                return Response::unavailable(
-                    "the shape is catching up with replication; retry",
-                    1,
-                );
+                let why = "the shape is catching up with replication; retry";
+                return Some(Response::unavailable(why, 1));
             }
             let errors =
                 BTreeMap::from([("offset", vec!["out of bounds for this shape".to_string()])]);
-            return Response::bad_request(&errors);
+            return Some(Response::bad_request(&errors));
         }
     }
+}
 
+/// The LSN every shape has applied (what an up-to-date may claim), read
+/// *before* the log: every transaction at or below it is in what is read
+/// after. With the planted `early-global-lsn`, the last LSN received.
+fn seen_lsn(stack: &Inner) -> Lsn {
+    let seen = stack.tracker.with(|t| {
+        if crate::planted!(stack.config, early_global_lsn) {
+            t.last_seen()
+        } else {
+            t.visible_lsn()
+        }
+    });
+    seen.unwrap_or(0)
+}
+
+async fn read(stack: &Arc<Inner>, entry: &Arc<ShapeEntry>, params: &Params) -> Response {
+    let (reader, offset) = (&entry.reader, params.offset);
+    if let Some(response) = wait_in_bounds(stack, entry, offset).await {
+        return response;
+    }
     let started_ms = stack.now_ms();
+    let long_poll_ms = stack.config.long_poll_timeout_ms;
     loop {
         let changed = entry.changed.listen();
         if entry.is_removed() {
             return refetch(stack, entry).await;
         }
+        let seen = seen_lsn(stack);
         let latest = reader.latest_offset();
         let chunk_end = reader.chunk_end(offset).unwrap_or(latest);
         let entries = match reader.log_stream(offset, chunk_end).await {
             Ok(Stream::Entries(entries)) => entries,
             Ok(Stream::SnapshotChunkPending(_)) => {
-                let left_ms =
-                    (started_ms + stack.config.snapshot_timeout_ms).saturating_sub(stack.now_ms());
+                let deadline_ms = started_ms + stack.config.snapshot_timeout_ms;
+                let left_ms = deadline_ms.saturating_sub(stack.now_ms());
                 if left_ms == 0
-                    || (!stack.wait(changed, left_ms).await
-                        && stack.now_ms() >= started_ms + stack.config.snapshot_timeout_ms)
+                    || (!stack.wait(changed, left_ms).await && stack.now_ms() >= deadline_ms)
                 {
                     return Response::unavailable("the shape's snapshot is not ready yet", 1);
                 }
@@ -166,15 +225,23 @@ async fn read(stack: &Arc<Inner>, entry: &Arc<ShapeEntry>, params: &Params) -> R
             Err(LogError::Corrupt(why)) if stack.config.strict_recovery => {
                 panic!("invariant violated: reading shape {}: {why}", entry.handle)
             }
-            Err(_) => {
-                stack.remove_shape(&entry.handle, "its log could not be read");
+            Err(e) => {
+                stack.remove_shape(&entry.handle, RemovalReason::ReadFailed(e.failure()));
                 return refetch(stack, entry).await;
             }
         };
-        let up_to_date = chunk_end >= latest.max(offset) && offset != LogOffset::BEFORE_ALL;
+        let mut up_to_date = chunk_end >= latest.max(offset) && offset != LogOffset::BEFORE_ALL;
+        if up_to_date && seen < entry.snapshot_lsn() {
+            // The snapshot is ahead of replication: it reflects transactions
+            // not every shape has applied yet. Wait for them (bounded).
+            if stack.now_ms() < started_ms + long_poll_ms / 2 {
+                stack.env().clock.sleep_ms(SNAPSHOT_CATCH_UP_POLL_MS).await;
+                continue;
+            }
+            up_to_date = false;
+        }
         if params.live && entries.is_empty() && up_to_date {
-            let left_ms =
-                (started_ms + stack.config.long_poll_timeout_ms).saturating_sub(stack.now_ms());
+            let left_ms = (started_ms + long_poll_ms).saturating_sub(stack.now_ms());
             if left_ms > 0 && stack.wait(changed, left_ms).await {
                 continue;
             }
@@ -183,39 +250,45 @@ async fn read(stack: &Arc<Inner>, entry: &Arc<ShapeEntry>, params: &Params) -> R
                 continue;
             }
         }
-        return respond(
-            stack,
-            entry,
-            params,
-            chunk_end,
-            up_to_date,
-            entries.iter().map(|e| e.json.as_str()),
-        );
+        let seen = up_to_date.then(|| global_last_seen_lsn(entry, seen, chunk_end, params.live));
+        let messages = entries.iter().map(|e| e.json.as_str());
+        return respond(stack, entry, params, chunk_end, seen, messages);
     }
 }
 
+/// How often a read waiting for replication to reach its shape's snapshot
+/// looks again.
+const SNAPSHOT_CATCH_UP_POLL_MS: u64 = 5;
+
+/// The `global_last_seen_lsn` of an up-to-date: an LSN as of which the
+/// client's rows are exactly the shape's. Live, as Electric: the transaction
+/// of the chunk end (not below the snapshot's WAL position). Otherwise, or
+/// for a log holding only its snapshot, `seen`: the LSN every shape has
+/// applied (at or above the snapshot's position), never merely received
+/// (Electric bug 8 published the last LSN received).
+fn global_last_seen_lsn(entry: &ShapeEntry, seen: Lsn, chunk_end: LogOffset, live: bool) -> Lsn {
+    let end_lsn = chunk_end.tx().filter(|&tx| tx > 0);
+    match (live, end_lsn) {
+        (true, Some(end_lsn)) => end_lsn.max(entry.snapshot_lsn()),
+        (_, end_lsn) => seen.max(end_lsn.unwrap_or(0)),
+    }
+}
+
+/// A 200: the messages, then an up-to-date if `up_to_date` names its LSN.
 fn respond<'a>(
     stack: &Inner,
     entry: &ShapeEntry,
     params: &Params,
     chunk_end: LogOffset,
-    up_to_date: bool,
+    up_to_date: Option<Lsn>,
     messages: impl Iterator<Item = &'a str>,
 ) -> Response {
     let mut body: Vec<String> = messages.map(str::to_string).collect();
     let has_data = !body.is_empty();
-    if up_to_date {
-        let end_lsn = chunk_end.tx().unwrap_or(0);
-        let seen = if params.live {
-            end_lsn
-        } else {
-            stack
-                .tracker()
-                .as_ref()
-                .map_or(end_lsn, |t| t.last_seen().max(end_lsn))
-        };
-        body.push(wire::up_to_date(seen));
+    if let Some(lsn) = up_to_date {
+        body.push(wire::up_to_date(lsn));
     }
+    let up_to_date = up_to_date.is_some();
     let mut response = Response::json(200, wire::array(body.iter().map(String::as_str)))
         .with("electric-handle", entry.handle.as_str())
         .with("electric-offset", chunk_end.to_string())

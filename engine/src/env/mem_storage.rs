@@ -41,6 +41,25 @@ pub enum PowerLoss {
     Torn { seed: u64 },
 }
 
+/// What one power loss did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PowerLossReport {
+    /// Unsynced bytes that did not survive.
+    pub bytes_dropped: u64,
+    /// Files that kept part, not all, of their unsynced bytes.
+    pub files_torn: u64,
+    /// Files that lost unsynced bytes or had an unsynced truncate undone.
+    pub files_changed: u64,
+    /// Directories whose unsynced entries were reverted.
+    pub dirs_reverted: u64,
+}
+
+impl PowerLossReport {
+    pub fn changed_anything(&self) -> bool {
+        self.files_changed > 0 || self.dirs_reverted > 0
+    }
+}
+
 /// Counters of what the storage was asked to do.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemStats {
@@ -129,8 +148,15 @@ impl FileNode {
         self.durable_tail.clear();
     }
 
-    fn lose_power(&mut self, policy: PowerLoss, rng: &mut ChaCha8Rng) {
+    /// Reverts to the durable bytes (or a torn prefix); reports what changed.
+    fn lose_power(
+        &mut self,
+        policy: PowerLoss,
+        rng: &mut ChaCha8Rng,
+        report: &mut PowerLossReport,
+    ) {
         let unsynced = self.data.len() - self.synced_len;
+        let tail_pending = !self.durable_tail.is_empty();
         let keep_unsynced = match policy {
             PowerLoss::DropUnsynced => None,
             PowerLoss::KeepWritten => Some(unsynced),
@@ -140,6 +166,10 @@ impl FileNode {
                 keep_some.then(|| (rng.next_u64() % (unsynced as u64 + 1)) as usize)
             }
         };
+        let dropped = unsynced - keep_unsynced.unwrap_or(0);
+        report.bytes_dropped += dropped as u64;
+        report.files_torn += u64::from(keep_unsynced.is_some_and(|k| k > 0 && k < unsynced));
+        report.files_changed += u64::from(dropped > 0 || (tail_pending && keep_unsynced.is_none()));
         match keep_unsynced {
             // The truncate (if any) reached the disk, and a prefix of the new bytes.
             Some(keep) => self.data.truncate(self.synced_len + keep),
@@ -234,7 +264,8 @@ impl MemStorage {
     }
 
     /// A power loss: unsynced data and directory entries revert as `policy` says.
-    pub fn power_loss(&self, policy: PowerLoss) {
+    pub fn power_loss(&self, policy: PowerLoss) -> PowerLossReport {
+        let mut report = PowerLossReport::default();
         let mut state = self.lock();
         state.stats.power_losses += 1;
         let seed = match policy {
@@ -244,7 +275,7 @@ impl MemStorage {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         for inode in state.inodes.values_mut() {
             match inode {
-                Inode::File(file) => file.lose_power(policy, &mut rng),
+                Inode::File(file) => file.lose_power(policy, &mut rng, &mut report),
                 Inode::Dir(dir) => {
                     let keep = match policy {
                         PowerLoss::DropUnsynced => false,
@@ -256,12 +287,14 @@ impl MemStorage {
                     if keep {
                         dir.durable_entries = dir.entries.clone();
                     } else {
+                        report.dirs_reverted += u64::from(dir.entries != dir.durable_entries);
                         dir.entries = dir.durable_entries.clone();
                     }
                 }
             }
         }
         state.collect_garbage();
+        report
     }
 
     /// Bytes of `path` that would survive a power loss that drops all unsynced data.

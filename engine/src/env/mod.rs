@@ -7,12 +7,14 @@
 //! - [`Spawner`]: starts engine tasks on the host's executor;
 //! - [`Storage`]: files and directories with an explicit durability contract;
 //! - [`CrashPoints`]: named places where a kill is most interesting; the host
-//!   may never return from one, which is how a simulator kills "mid-flush".
+//!   may never return from one, which is how a simulator kills "mid-flush";
+//! - [`EventSink`]: where the engine reports what it does ([`events`]).
 //!
 //! The network boundaries (replication source, snapshot queries, client API)
 //! are added next to these by the stack.
 
 mod crash_points;
+pub mod events;
 mod manual_clock;
 mod mem_storage;
 mod path;
@@ -21,8 +23,9 @@ mod storage;
 pub mod conformance;
 
 pub use crash_points::{ArmedCrashPoints, CrashPoint, CrashPoints, NoCrashPoints};
+pub use events::{Event, EventSink, NoEvents, RecordedEvents};
 pub use manual_clock::ManualClock;
-pub use mem_storage::{MemStorage, PowerLoss};
+pub use mem_storage::{MemStorage, PowerLoss, PowerLossReport};
 pub use path::{check_path, join, parent};
 pub use storage::Storage;
 
@@ -51,11 +54,19 @@ pub struct Env {
     pub storage: Arc<dyn Storage>,
     pub spawner: Arc<dyn Spawner>,
     pub crash_points: Arc<dyn CrashPoints>,
+    pub events: Arc<dyn EventSink>,
 }
 
 impl Env {
-    /// Awaits the host at a named crash point (see [`CrashPoints`]).
+    /// Awaits the host at a named crash point (see [`CrashPoints`]); the
+    /// visit is reported first.
     pub async fn crash_point(&self, point: CrashPoint) {
+        self.emit(Event::CrashPointVisited { point });
         self.crash_points.reached(point).await;
+    }
+
+    /// Reports an event to the host's sink.
+    pub fn emit(&self, event: Event) {
+        self.events.emit(event);
     }
 }

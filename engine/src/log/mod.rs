@@ -23,8 +23,10 @@ mod tests;
 
 pub use meta::{LogMeta, SnapshotState, Visibility};
 pub use reader::{ShapeLogReader, Stream};
+pub use recover::Trimmed;
 pub use writer::ShapeLogWriter;
 
+use crate::env::events::{StorageFailure, StorageFailureKind};
 use crate::env::{Env, join, parent};
 use crate::offset::LogOffset;
 use std::io;
@@ -42,20 +44,10 @@ pub struct LogConfig {
     pub buffer_bytes: u64,
     /// Buffered data is flushed at most this long after it was appended.
     pub flush_period_ms: u64,
-    /// Planted bugs, off by default; the simulator switches them on to prove it catches them.
-    pub plants: LogPlants,
-}
-
-/// Bugs the shape log can re-introduce on purpose.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LogPlants {
-    /// A flush records its durable offset before the data is synced.
-    pub offset_before_fsync: bool,
-    /// A reopened log keeps the unflushed tail past its durable offset.
-    pub no_trim_on_open: bool,
-    /// Real bug (found here by the log crash property test, fixed): reopen
-    /// trusts metadata whose rename a crash left unsynced.
-    pub no_sync_on_open: bool,
+    /// Planted bugs (the `plants` feature only): `offset_before_fsync`,
+    /// `no_trim_on_open`, `no_sync_on_open` apply here.
+    #[cfg(feature = "plants")]
+    pub plants: crate::plants::Plants,
 }
 
 impl Default for LogConfig {
@@ -64,7 +56,8 @@ impl Default for LogConfig {
             chunk_bytes: 10 * 1024 * 1024,
             buffer_bytes: 64 * 1024,
             flush_period_ms: 1000,
-            plants: LogPlants::default(),
+            #[cfg(feature = "plants")]
+            plants: crate::plants::Plants::default(),
         }
     }
 }
@@ -138,6 +131,23 @@ pub enum LogError {
 }
 
 impl LogError {
+    /// The error as an event carries it.
+    pub fn failure(&self) -> StorageFailure {
+        let kind = match self {
+            LogError::Io { source, .. } => StorageFailureKind::Io(source.kind()),
+            LogError::Missing(_) => StorageFailureKind::Missing,
+            LogError::Incompatible { .. } => StorageFailureKind::Incompatible,
+            LogError::SnapshotIncomplete(_) => StorageFailureKind::SnapshotIncomplete,
+            LogError::AlreadyExists(_) => StorageFailureKind::AlreadyExists,
+            LogError::Corrupt(_) => StorageFailureKind::Corrupt,
+            LogError::Poisoned(_) => StorageFailureKind::Poisoned,
+        };
+        StorageFailure {
+            kind,
+            message: self.to_string(),
+        }
+    }
+
     fn io(op: &'static str, path: &str) -> impl FnOnce(io::Error) -> LogError {
         let path = path.to_string();
         move |source| LogError::Io { op, path, source }

@@ -28,6 +28,15 @@ pub(super) struct Recovered {
     pub chunks: Vec<ChunkEntry>,
     pub open_chunk: OpenChunk,
     pub end_pos: u64,
+    /// What the trim cut: bytes of the log and of the chunk index.
+    pub trimmed: Trimmed,
+}
+
+/// Bytes a reopened log lost to its trim (past the durable offset, torn).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Trimmed {
+    pub log_bytes: u64,
+    pub index_bytes: u64,
 }
 
 impl Recovered {
@@ -40,6 +49,7 @@ impl Recovered {
                 json_bytes: 0,
             },
             end_pos: 0,
+            trimmed: Trimmed::default(),
         }
     }
 }
@@ -66,7 +76,7 @@ pub(super) async fn open(
         .ok_or_else(|| LogError::Missing(dir.to_string()))?;
     // The metadata may come from a rename that a crash left unsynced: make it
     // durable before anything (an acknowledgement) relies on what it says.
-    if !config.plants.no_sync_on_open {
+    if !crate::planted!(config, no_sync_on_open) {
         storage
             .sync_dir(dir)
             .await
@@ -87,7 +97,13 @@ pub(super) async fn open(
             )));
         }
     }
-    let recovered = trim(env, dir, meta.durable_offset, config.plants.no_trim_on_open).await?;
+    let recovered = trim(
+        env,
+        dir,
+        meta.durable_offset,
+        crate::planted!(config, no_trim_on_open),
+    )
+    .await?;
     Ok(ShapeLogWriter::new(
         env.clone(),
         dir.to_string(),
@@ -174,6 +190,7 @@ async fn trim(
             chunks,
             open_chunk,
             end_pos: log_len,
+            trimmed: Trimmed::default(),
         });
     }
     if end_pos < log_len {
@@ -200,6 +217,10 @@ async fn trim(
         chunks,
         open_chunk,
         end_pos,
+        trimmed: Trimmed {
+            log_bytes: log_len - end_pos,
+            index_bytes: index.len() as u64 - kept_index_len,
+        },
     })
 }
 

@@ -56,6 +56,7 @@ impl World {
             storage: Arc::new(storage.clone()),
             spawner: Arc::new(NoSpawner),
             crash_points: Arc::new(crash.clone()),
+            events: Arc::new(crate::env::NoEvents),
         };
         now(env.storage.create_dir_all("shapes")).unwrap();
         now(env.storage.sync_dir("")).unwrap();
@@ -367,6 +368,7 @@ fn run_case(config: LogConfig, snapshot_rows: Vec<usize>, ops: Vec<Op>) {
         xmin: 10,
         xmax: 12,
         xip_list: vec![11],
+        wal_lsn: 0,
     }))
     .unwrap();
     let mut acc = 0;
@@ -520,7 +522,6 @@ fn config_strategy() -> impl Strategy<Value = LogConfig> {
     (40u64..400, 60u64..3_000).prop_map(|(chunk_bytes, buffer_bytes)| LogConfig {
         chunk_bytes,
         buffer_bytes,
-        flush_period_ms: 1_000,
         ..LogConfig::default()
     })
 }

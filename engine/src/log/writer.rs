@@ -15,7 +15,7 @@
 use super::codec::{self, ChunkEntry};
 use super::meta::{self, LogMeta, SnapshotState, Visibility};
 use super::reader::{ShapeLogReader, Shared};
-use super::recover::Recovered;
+use super::recover::{Recovered, Trimmed};
 use super::{CHUNKS_FILE, LOG_FILE, LogConfig, LogEntry, LogError, Operation, SNAPSHOT_DIR};
 use crate::env::{CrashPoint, Env, join};
 use crate::offset::LogOffset;
@@ -67,6 +67,8 @@ pub struct ShapeLogWriter {
     snapshot: Option<SnapshotWriter>,
     /// Set while a flush is in flight and left set if it fails or is cancelled.
     failed: bool,
+    /// What opening the log trimmed (nothing for a new log).
+    trimmed: Trimmed,
 }
 
 impl ShapeLogWriter {
@@ -117,7 +119,13 @@ impl ShapeLogWriter {
             unpublished: Vec::new(),
             snapshot: None,
             failed: false,
+            trimmed: r.trimmed,
         }
+    }
+
+    /// What opening this log cut from its tail (nothing for a new log).
+    pub fn trimmed(&self) -> Trimmed {
+        self.trimmed
     }
 
     pub fn reader(&self) -> ShapeLogReader {
@@ -451,7 +459,7 @@ impl ShapeLogWriter {
                 .await
                 .map_err(LogError::io("append", &chunks))?;
         }
-        if self.config.plants.offset_before_fsync {
+        if crate::planted!(self.config, offset_before_fsync) {
             // Planted bug: the durable offset is recorded before the data is synced.
             self.record_durable(commit_at_start).await?;
         }

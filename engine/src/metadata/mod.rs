@@ -23,6 +23,7 @@ pub mod sqlite;
 #[cfg(test)]
 mod tests;
 
+use crate::env::events::MetaChange;
 use crate::handle::ShapeHandle;
 use buffer::{Lookup, WriteBuffer};
 use event_listener::Event;
@@ -221,13 +222,14 @@ impl ShapeDb {
         self.lock().buffer.len()
     }
 
-    /// Applies up to `batch_ops` buffered operations in one SQLite transaction.
-    /// Synchronous on purpose: no kill can land inside the transaction. On an
-    /// error nothing is removed from the buffer and the next call retries.
-    pub fn flush_batch(&self) -> Result<usize, MetaError> {
+    /// Applies up to `batch_ops` buffered operations in one SQLite transaction
+    /// and returns them (empty: nothing was buffered). Synchronous on purpose:
+    /// no kill can land inside the transaction. On an error nothing is
+    /// removed from the buffer and the next call retries.
+    pub fn flush_batch(&self) -> Result<Vec<MetaChange>, MetaError> {
         let batch = self.lock().buffer.batch(self.config.batch_ops);
         if batch.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         {
             let mut conn = self.conn();
@@ -239,13 +241,20 @@ impl ShapeDb {
         }
         self.lock().buffer.applied(batch.len());
         self.room.notify(usize::MAX);
-        Ok(batch.len())
+        Ok(batch.iter().map(MetaOp::change).collect())
     }
 
-    /// Flushes until the buffer is empty (graceful shutdown).
-    pub fn flush_all(&self) -> Result<(), MetaError> {
-        while self.flush_batch()? > 0 {}
-        Ok(())
+    /// Flushes until the buffer is empty (graceful shutdown); returns every
+    /// operation applied, in order.
+    pub fn flush_all(&self) -> Result<Vec<MetaChange>, MetaError> {
+        let mut all = Vec::new();
+        loop {
+            let changes = self.flush_batch()?;
+            if changes.is_empty() {
+                return Ok(all);
+            }
+            all.extend(changes);
+        }
     }
 
     /// Rows in SQLite (flushed state): for boot-time orphan cleanup and tests.

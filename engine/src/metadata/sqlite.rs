@@ -50,6 +50,18 @@ pub enum MetaOp {
     SnapshotComplete(ShapeHandle),
 }
 
+impl MetaOp {
+    /// The operation as an event reports it.
+    pub fn change(&self) -> crate::env::events::MetaChange {
+        use crate::env::events::MetaChange;
+        match self {
+            MetaOp::Add(row) => MetaChange::Added(row.handle.clone()),
+            MetaOp::Remove(handle) => MetaChange::Removed(handle.clone()),
+            MetaOp::SnapshotComplete(handle) => MetaChange::SnapshotCompleted(handle.clone()),
+        }
+    }
+}
+
 /// Sets the PRAGMAs and creates (or rebuilds) the schema.
 pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))?;

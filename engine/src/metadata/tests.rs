@@ -77,7 +77,7 @@ fn a_flush_applies_at_most_one_batch_per_transaction() {
     for n in 0..250 {
         now(db.add_shape(row(n)));
     }
-    assert_eq!(db.flush_batch().unwrap(), 100);
+    assert_eq!(db.flush_batch().unwrap().len(), 100);
     assert_eq!(db.pending(), 150);
     assert_eq!(db.stored_count().unwrap(), 100);
     db.flush_all().unwrap();

@@ -18,11 +18,14 @@
 //!    it has. Replayed transactions are then skipped globally (at or below
 //!    what was already processed) and per shape (at or below its log's end).
 
-use super::{CLEAN_SHUTDOWN_MARKER, Inner, SHAPES_DIR, replication};
+use super::{CLEAN_SHUTDOWN_MARKER, Inner, SHAPES_DIR, replication, shape_dir};
 use crate::consumer::Start;
-use crate::env::{CrashPoint, join};
+use crate::env::events::RemovalReason;
+use crate::env::{CrashPoint, Event, join};
 use crate::handle::ShapeHandle;
 use crate::log::{LogError, ShapeLog};
+use crate::metadata::ShapeRow;
+use crate::schema::Catalog;
 use crate::shape::Shape;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -31,6 +34,9 @@ pub(super) async fn boot(stack: Arc<Inner>) {
     let env = stack.env().clone();
     let clean = consume_marker(&stack).await;
     *stack.previous_stop_clean.lock().expect("marker") = Some(clean);
+    env.emit(Event::BootStarted {
+        previous_stop_clean: clean,
+    });
 
     env.storage
         .create_dir_all(SHAPES_DIR)
@@ -41,8 +47,12 @@ pub(super) async fn boot(stack: Arc<Inner>) {
         .await
         .expect("sync the storage root");
     let (rows, incomplete) = stack.db.boot(stack.now_ms()).expect("metadata boot");
-    for handle in &incomplete {
-        remove_storage(&stack, handle).await;
+    for handle in incomplete {
+        remove_storage(&stack, &handle).await;
+        env.emit(Event::BootDropped {
+            handle,
+            reason: RemovalReason::SnapshotIncomplete,
+        });
     }
 
     let catalog = loop {
@@ -56,24 +66,7 @@ pub(super) async fn boot(stack: Arc<Inner>) {
     }
 
     for row in rows {
-        let shape = Shape::new(&catalog, &row.request)
-            .ok()
-            .filter(|s| s.comparable() == row.comparable);
-        let Some(shape) = shape else {
-            drop_shape(&stack, &row.handle).await;
-            continue;
-        };
-        let dir = Inner::shape_dir(&row.handle);
-        match ShapeLog::open(&env, &dir, stack.config.log).await {
-            Ok(writer) => stack.register(row.handle, Arc::new(shape), writer, Start::Restored),
-            Err(LogError::Corrupt(why)) if stack.config.strict_recovery => {
-                panic!(
-                    "invariant violated: the log of shape {} is corrupt at boot: {why}",
-                    row.handle
-                )
-            }
-            Err(_) => drop_shape(&stack, &row.handle).await,
-        }
+        restore(&stack, &catalog, row, clean).await;
     }
     remove_orphans(&stack).await;
 
@@ -90,6 +83,50 @@ pub(super) async fn boot(stack: Arc<Inner>) {
         "metadata-flush",
         Box::pin(async move { flush_metadata(flushing).await }),
     );
+}
+
+/// Restores one shape from its metadata row and its log, or drops it (and
+/// says why).
+async fn restore(stack: &Arc<Inner>, catalog: &Catalog, row: ShapeRow, clean: bool) {
+    let env = stack.env();
+    if crate::planted!(stack.config, drop_all_on_dirty_boot) && !clean {
+        #[cfg(feature = "plants")]
+        drop_shape(stack, &row.handle, RemovalReason::DirtyBoot).await;
+        return;
+    }
+    let shape = Shape::new(catalog, &row.request)
+        .ok()
+        .filter(|s| s.comparable() == row.comparable);
+    let Some(shape) = shape else {
+        let table = row.request.table.clone();
+        drop_shape(stack, &row.handle, RemovalReason::TableChanged { table }).await;
+        return;
+    };
+    let dir = shape_dir(&row.handle);
+    match ShapeLog::open(env, &dir, stack.config.log).await {
+        Ok(writer) => {
+            env.emit(Event::ShapeRestored {
+                handle: row.handle.clone(),
+                durable: writer.durable_offset(),
+            });
+            let trimmed = writer.trimmed();
+            if trimmed.log_bytes > 0 || trimmed.index_bytes > 0 {
+                env.emit(Event::LogTrimmed {
+                    handle: row.handle.clone(),
+                    log_bytes: trimmed.log_bytes,
+                    index_bytes: trimmed.index_bytes,
+                });
+            }
+            stack.register(row.handle, Arc::new(shape), writer, Start::Restored);
+        }
+        Err(LogError::Corrupt(why)) if stack.config.strict_recovery => {
+            panic!(
+                "invariant violated: the log of shape {} is corrupt at boot: {why}",
+                row.handle
+            )
+        }
+        Err(e) => drop_shape(stack, &row.handle, RemovalReason::OpenFailed(e.failure())).await,
+    }
 }
 
 /// Reads and removes the marker; true if the previous stop was clean.
@@ -109,13 +146,17 @@ async fn consume_marker(stack: &Inner) -> bool {
     present
 }
 
-async fn drop_shape(stack: &Inner, handle: &ShapeHandle) {
+async fn drop_shape(stack: &Inner, handle: &ShapeHandle, reason: RemovalReason) {
     stack.db.remove_shape(handle);
     remove_storage(stack, handle).await;
+    stack.env().emit(Event::BootDropped {
+        handle: handle.clone(),
+        reason,
+    });
 }
 
 async fn remove_storage(stack: &Inner, handle: &ShapeHandle) {
-    let dir = Inner::shape_dir(handle);
+    let dir = shape_dir(handle);
     if let Err(e) = ShapeLog::remove(stack.env(), &dir).await {
         panic!("cannot remove {dir}: {e}");
     }
@@ -139,6 +180,15 @@ async fn remove_orphans(stack: &Inner) {
         if let Err(e) = ShapeLog::remove(stack.env(), &dir).await {
             panic!("cannot remove orphan {dir}: {e}");
         }
+        // Only the engine creates directories here, named by handle: one
+        // that no metadata row owns lost its add with the write buffer.
+        stack.env().emit(match ShapeHandle::parse(name) {
+            Ok(handle) => Event::BootDropped {
+                handle,
+                reason: RemovalReason::MetadataLost,
+            },
+            Err(_) => Event::ForeignDirRemoved { dir },
+        });
     }
 }
 
@@ -149,8 +199,10 @@ async fn flush_metadata(stack: Arc<Inner>) {
         stack.env().clock.sleep_ms(period_ms).await;
         while stack.db.pending() > 0 {
             stack.env().crash_point(CrashPoint::MetadataFlush).await;
-            if stack.db.flush_batch().is_err() {
-                break; // retried next period; nothing was lost from the buffer
+            match stack.db.flush_batch() {
+                Ok(changes) => stack.env().emit(Event::MetadataWritten { changes }),
+                // Retried next period; nothing was lost from the buffer.
+                Err(_) => break,
             }
         }
     }

@@ -12,44 +12,27 @@ mod boot;
 mod replication;
 mod shutdown;
 
-use crate::consumer::{self, ConsumerMsg, Start};
-use crate::env::{Env, join};
-use crate::flush_tracker::FlushTracker;
+use crate::consumer::{self, ConsumerConfig, ShapeRemover, Start};
+use crate::env::events::RemovalReason;
+use crate::env::{Env, Event};
+use crate::flush_tracker::{FlushTracker, SharedTracker};
 use crate::handle::{HandleIssuer, ShapeHandle};
-use crate::log::{LogConfig, ShapeLog, ShapeLogReader};
+use crate::log::{LogConfig, ShapeLog};
 use crate::metadata::{MetaConfig, ShapeDb, ShapeRow, SqliteConn};
 use crate::replication::{Lsn, PostgresQueries, ReplicationSource, ReplicationStream};
 use crate::schema::{Catalog, TableName};
 use crate::shape::{Shape, ShapeError, ShapeRequest};
-use event_listener::Event;
 use futures::channel::mpsc;
 use futures::future::{self, Either};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// Where shape logs live in storage: `shapes/<handle>`.
-pub const SHAPES_DIR: &str = "shapes";
+pub use crate::consumer::{SHAPES_DIR, ShapeEntry, shape_dir};
+
 /// Marker written at the end of a graceful shutdown, consumed at boot.
 pub const CLEAN_SHUTDOWN_MARKER: &str = "clean_shutdown";
-
-/// Switches that re-introduce known bug classes, so the harness can prove it
-/// catches them. All off by default.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Plants {
-    /// A consumer does not skip replayed transactions at or below its log's end
-    /// (PR 4648's bug 2, Electric #4668).
-    pub skip_shape_dedup: bool,
-    /// The acknowledged LSN passes transactions some shape has not flushed (Electric #4731).
-    pub ack_past_unflushed: bool,
-    /// Real bug (Electric's bug 3, found here by the harness, fixed): an
-    /// offset past a log still being replayed after a crash gets 400.
-    pub out_of_bounds_400: bool,
-    /// Real bug (found here by the harness, fixed): snapshot queries are
-    /// tried ten times, then the shape is dropped.
-    pub snapshot_attempt_budget: bool,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StackConfig {
@@ -70,7 +53,9 @@ pub struct StackConfig {
     /// Treat storage corruption found at boot as a fatal invariant violation
     /// (the simulator's choice) instead of dropping the shape.
     pub strict_recovery: bool,
-    pub plants: Plants,
+    /// Planted bugs (the `plants` feature only).
+    #[cfg(feature = "plants")]
+    pub plants: crate::plants::Plants,
 }
 
 impl Default for StackConfig {
@@ -85,7 +70,8 @@ impl Default for StackConfig {
             retry_backoff_ms: 100,
             consumer_queue: 1_000,
             strict_recovery: true,
-            plants: Plants::default(),
+            #[cfg(feature = "plants")]
+            plants: crate::plants::Plants::default(),
         }
     }
 }
@@ -108,23 +94,6 @@ pub enum Status {
     Stopped,
 }
 
-/// One live shape: what requests need to read it and the way to its consumer.
-pub struct ShapeEntry {
-    pub handle: ShapeHandle,
-    pub shape: Arc<Shape>,
-    pub reader: ShapeLogReader,
-    pub(crate) tx: mpsc::Sender<ConsumerMsg>,
-    /// Notified on new data, snapshot progress and removal.
-    pub changed: Event,
-    removed: AtomicBool,
-}
-
-impl ShapeEntry {
-    pub fn is_removed(&self) -> bool {
-        self.removed.load(Ordering::SeqCst)
-    }
-}
-
 #[derive(Default)]
 struct Registry {
     shapes: BTreeMap<ShapeHandle, Arc<ShapeEntry>>,
@@ -134,17 +103,16 @@ struct Registry {
 pub(crate) struct Inner {
     pub host: Host,
     pub config: StackConfig,
-    pub db: ShapeDb,
+    pub db: Arc<ShapeDb>,
     status: Mutex<Status>,
-    pub status_changed: Event,
+    pub status_changed: event_listener::Event,
     catalog: Mutex<Catalog>,
     /// Requests already checked against the current catalog (the hot path
     /// would otherwise parse the same WHERE clause on every poll).
     checked: Mutex<BTreeMap<ShapeRequest, Shape>>,
     registry: Mutex<Registry>,
     /// `None` until replication first connects.
-    tracker: Mutex<Option<FlushTracker>>,
-    pub tracker_changed: Event,
+    pub tracker: Arc<SharedTracker>,
     stream: Mutex<Option<Arc<dyn ReplicationStream>>>,
     /// The highest LSN known to exist upstream: Postgres' WAL position at the
     /// last connect, or the last transaction received. An offset at or below it
@@ -153,7 +121,7 @@ pub(crate) struct Inner {
     issuer: Mutex<HandleIssuer>,
     /// Serialises shape creation so one definition never gets two handles.
     pub creating: futures::lock::Mutex<()>,
-    pub stop_intake: Event,
+    pub stop_intake: event_listener::Event,
     intake_stopping: AtomicBool,
     intake_stopped: AtomicBool,
     /// Whether the previous run ended with a clean shutdown (known after boot).
@@ -174,19 +142,18 @@ impl Stack {
         let inner = Arc::new(Inner {
             host,
             config,
-            db,
+            db: Arc::new(db),
             status: Mutex::new(Status::Booting),
-            status_changed: Event::new(),
+            status_changed: event_listener::Event::new(),
             catalog: Mutex::new(Catalog::default()),
             checked: Mutex::new(BTreeMap::new()),
             registry: Mutex::new(Registry::default()),
-            tracker: Mutex::new(None),
-            tracker_changed: Event::new(),
+            tracker: Arc::default(),
             stream: Mutex::new(None),
             upstream_lsn: std::sync::atomic::AtomicU64::new(0),
             issuer: Mutex::new(HandleIssuer::default()),
             creating: futures::lock::Mutex::new(()),
-            stop_intake: Event::new(),
+            stop_intake: event_listener::Event::new(),
             intake_stopping: AtomicBool::new(false),
             intake_stopped: AtomicBool::new(false),
             previous_stop_clean: Mutex::new(None),
@@ -221,7 +188,13 @@ impl Stack {
 
     /// The LSN acknowledged to the slot so far (for tests and reports).
     pub fn acknowledged_lsn(&self) -> Option<Lsn> {
-        self.inner.tracker().as_mut().map(FlushTracker::ack_lsn)
+        self.inner.tracker.with(FlushTracker::ack_lsn)
+    }
+
+    /// Removes a shape on request (Electric's `DELETE /v1/shape`): clients
+    /// holding its handle get 409. False if no live shape has this handle.
+    pub fn remove_shape(&self, handle: &ShapeHandle) -> bool {
+        self.inner.remove_shape(handle, RemovalReason::Requested)
     }
 }
 
@@ -236,10 +209,6 @@ impl Inner {
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
         self.registry.lock().expect("registry poisoned")
-    }
-
-    pub fn tracker(&self) -> MutexGuard<'_, Option<FlushTracker>> {
-        self.tracker.lock().expect("tracker poisoned")
     }
 
     pub fn status(&self) -> Status {
@@ -282,10 +251,6 @@ impl Inner {
         Ok(shape)
     }
 
-    pub fn shape_dir(handle: &ShapeHandle) -> String {
-        join(SHAPES_DIR, handle.as_str())
-    }
-
     pub fn entry(&self, handle: &ShapeHandle) -> Option<Arc<ShapeEntry>> {
         self.registry().shapes.get(handle).cloned()
     }
@@ -305,14 +270,12 @@ impl Inner {
         start: Start,
     ) {
         let (tx, rx) = mpsc::channel(self.config.consumer_queue);
-        let entry = Arc::new(ShapeEntry {
-            handle: handle.clone(),
-            shape: shape.clone(),
-            reader: writer.reader(),
+        let entry = Arc::new(ShapeEntry::new(
+            handle.clone(),
+            shape.clone(),
+            writer.reader(),
             tx,
-            changed: Event::new(),
-            removed: AtomicBool::new(false),
-        });
+        ));
         let mut registry = self.registry();
         registry
             .by_table
@@ -326,10 +289,23 @@ impl Inner {
             entry.handle
         );
         drop(registry);
-        let stack = self.clone();
+        let ctx = consumer::Context {
+            env: self.host.env.clone(),
+            config: ConsumerConfig {
+                retry_backoff_ms: self.config.retry_backoff_ms,
+                queue_limit: self.config.consumer_queue,
+                snapshot_timeout_ms: self.config.snapshot_timeout_ms,
+                #[cfg(feature = "plants")]
+                plants: self.config.plants,
+            },
+            postgres: self.host.postgres.clone(),
+            db: self.db.clone(),
+            tracker: self.tracker.clone(),
+            remover: self.clone(),
+        };
         self.host.env.spawner.spawn(
             "consumer",
-            Box::pin(consumer::run(stack, entry, writer, start, rx)),
+            Box::pin(consumer::run(ctx, entry, writer, start, rx)),
         );
     }
 
@@ -339,12 +315,12 @@ impl Inner {
     /// stop. The consumer deletes the storage and only then releases the shape's
     /// hold on the acknowledged LSN: until the removal is durable, a crash
     /// could restore the shape, and the slot must still replay what it lacks.
-    /// Idempotent.
-    pub fn remove_shape(&self, handle: &ShapeHandle, reason: &str) {
+    /// Idempotent: only the first removal is reported (and returns true).
+    pub fn remove_shape(&self, handle: &ShapeHandle, reason: RemovalReason) -> bool {
         let entry = {
             let mut registry = self.registry();
             let Some(entry) = registry.shapes.remove(handle) else {
-                return;
+                return false;
             };
             if let Some(set) = registry.by_table.get_mut(&entry.shape.table.name) {
                 set.remove(handle);
@@ -352,10 +328,12 @@ impl Inner {
             self.db.remove_shape(handle);
             entry
         };
-        let _ = reason; // kept for tracing by hosts that log
-        entry.removed.store(true, Ordering::SeqCst);
-        entry.changed.notify(usize::MAX);
-        entry.tx.clone().close_channel();
+        self.env().emit(Event::ShapeRemoved {
+            handle: handle.clone(),
+            reason,
+        });
+        entry.retire();
+        true
     }
 
     /// The live handle for `shape`, creating the shape (and starting its
@@ -398,7 +376,7 @@ impl Inner {
         };
         // Storage first: a crash before the metadata add is flushed leaves an
         // orphan directory, which boot removes.
-        let dir = Self::shape_dir(&handle);
+        let dir = shape_dir(&handle);
         let writer = ShapeLog::create(self.env(), &dir, self.config.log)
             .await
             .map_err(|e| e.to_string())?;
@@ -411,6 +389,9 @@ impl Inner {
             snapshot_complete: false,
         };
         self.db.add_shape(row).await;
+        self.env().emit(Event::ShapeCreated {
+            handle: handle.clone(),
+        });
         self.register(handle.clone(), Arc::new(shape), writer, Start::New);
         Ok(handle)
     }
@@ -421,5 +402,12 @@ impl Inner {
         let sleep = self.host.env.clock.sleep_ms(timeout_ms);
         let listener = std::pin::pin!(listener);
         matches!(future::select(listener, sleep).await, Either::Left(_))
+    }
+}
+
+impl ShapeRemover for Inner {
+    /// Idempotent: if the shape is already gone, the first reason stands.
+    fn remove_shape(&self, handle: &ShapeHandle, reason: RemovalReason) {
+        Inner::remove_shape(self, handle, reason);
     }
 }

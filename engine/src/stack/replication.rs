@@ -10,10 +10,13 @@
 
 use super::{Inner, Status};
 use crate::consumer::ConsumerMsg;
+use crate::env::Event;
+use crate::env::events::RemovalReason;
 use crate::flush_tracker::FlushTracker;
-use crate::replication::{Connection, Lsn, ReplicationMessage, Transaction};
+use crate::replication::{Connection, Lsn, ReplicationMessage, ReplicationStream, Transaction};
 use crate::router;
 use crate::schema::TableSchema;
+use crate::shape::Shape;
 use futures::SinkExt;
 use futures::future::{self, Either};
 use std::collections::BTreeSet;
@@ -22,71 +25,9 @@ use std::sync::atomic::Ordering;
 
 pub(super) async fn run(stack: Arc<Inner>) {
     let mut last_processed: Lsn = 0;
-    'connect: loop {
-        let stop = stack.stop_intake.listen();
-        if stack.intake_stopping.load(Ordering::SeqCst) {
+    while let Some(stream) = connect(&stack, &mut last_processed).await {
+        if !stream_until_lost(&stack, &*stream, &mut last_processed).await {
             break;
-        }
-        let start = std::pin::pin!(stack.host.source.start());
-        let started = match future::select(start, stop).await {
-            Either::Left((started, _)) => started,
-            Either::Right(_) => break,
-        };
-        let Connection {
-            confirmed_lsn: confirmed,
-            wal_end_lsn,
-            stream,
-        } = match started {
-            Ok(connected) => connected,
-            Err(_) => {
-                stack
-                    .env()
-                    .clock
-                    .sleep_ms(stack.config.retry_backoff_ms)
-                    .await;
-                continue;
-            }
-        };
-        {
-            let mut tracker = stack.tracker();
-            if tracker.is_none() {
-                let mut fresh = FlushTracker::new(confirmed);
-                if stack.config.plants.ack_past_unflushed {
-                    fresh.plant_ack_past_unflushed();
-                }
-                *tracker = Some(fresh);
-            }
-        }
-        last_processed = last_processed.max(confirmed);
-        stack.upstream_lsn.fetch_max(wal_end_lsn, Ordering::SeqCst);
-        *stack.stream.lock().expect("stream") = Some(stream.clone());
-        if stack.status() == Status::Booting {
-            stack.set_status(Status::Ready);
-        }
-        loop {
-            let stop = stack.stop_intake.listen();
-            if stack.intake_stopping.load(Ordering::SeqCst) {
-                break 'connect;
-            }
-            let next = std::pin::pin!(stream.next());
-            let message = match future::select(next, stop).await {
-                Either::Left((message, _)) => message,
-                Either::Right(_) => break 'connect,
-            };
-            match message {
-                Err(_) => break,
-                Ok(ReplicationMessage::Relation(table)) => relation(&stack, table).await,
-                Ok(ReplicationMessage::Transaction(txn)) => {
-                    if txn.commit_lsn <= last_processed {
-                        continue;
-                    }
-                    last_processed = txn.commit_lsn;
-                    stack
-                        .upstream_lsn
-                        .fetch_max(txn.commit_lsn, Ordering::SeqCst);
-                    transaction(&stack, txn).await;
-                }
-            }
         }
         *stack.stream.lock().expect("stream") = None;
         stack
@@ -100,6 +41,96 @@ pub(super) async fn run(stack: Arc<Inner>) {
     stack.status_changed.notify(usize::MAX);
 }
 
+/// Connects to the slot (retrying), sets up the flush tracker on the first
+/// connection and serves from then on. `None` if the intake is stopping.
+async fn connect(
+    stack: &Arc<Inner>,
+    last_processed: &mut Lsn,
+) -> Option<Arc<dyn ReplicationStream>> {
+    loop {
+        let stop = stack.stop_intake.listen();
+        if stack.intake_stopping.load(Ordering::SeqCst) {
+            return None;
+        }
+        let start = std::pin::pin!(stack.host.source.start());
+        let started = match future::select(start, stop).await {
+            Either::Left((started, _)) => started,
+            Either::Right(_) => return None,
+        };
+        let Ok(Connection {
+            confirmed_lsn,
+            wal_end_lsn,
+            stream,
+        }) = started
+        else {
+            stack
+                .env()
+                .clock
+                .sleep_ms(stack.config.retry_backoff_ms)
+                .await;
+            continue;
+        };
+        stack.env().emit(Event::ReplicationConnected {
+            confirmed_lsn,
+            wal_end_lsn,
+        });
+        {
+            let mut tracker = stack.tracker.lock();
+            if tracker.is_none() {
+                #[allow(unused_mut)] // mutated only by a planted bug
+                let mut fresh = FlushTracker::new(confirmed_lsn);
+                #[cfg(feature = "plants")]
+                if stack.config.plants.ack_past_unflushed {
+                    fresh.plant_ack_past_unflushed();
+                }
+                *tracker = Some(fresh);
+            }
+        }
+        *last_processed = (*last_processed).max(confirmed_lsn);
+        stack.upstream_lsn.fetch_max(wal_end_lsn, Ordering::SeqCst);
+        *stack.stream.lock().expect("stream") = Some(stream.clone());
+        if stack.status() == Status::Booting {
+            stack.set_status(Status::Ready);
+            stack.env().emit(Event::Ready);
+        }
+        return Some(stream);
+    }
+}
+
+/// Processes the stream until it fails (true: reconnect) or the intake is
+/// told to stop (false).
+async fn stream_until_lost(
+    stack: &Arc<Inner>,
+    stream: &dyn ReplicationStream,
+    last_processed: &mut Lsn,
+) -> bool {
+    loop {
+        let stop = stack.stop_intake.listen();
+        if stack.intake_stopping.load(Ordering::SeqCst) {
+            return false;
+        }
+        let next = std::pin::pin!(stream.next());
+        let message = match future::select(next, stop).await {
+            Either::Left((message, _)) => message,
+            Either::Right(_) => return false,
+        };
+        match message {
+            Err(_) => return true,
+            Ok(ReplicationMessage::Relation(table)) => relation(stack, table).await,
+            Ok(ReplicationMessage::Transaction(txn)) => {
+                if txn.commit_lsn <= *last_processed {
+                    continue;
+                }
+                *last_processed = txn.commit_lsn;
+                stack
+                    .upstream_lsn
+                    .fetch_max(txn.commit_lsn, Ordering::SeqCst);
+                transaction(stack, txn).await;
+            }
+        }
+    }
+}
+
 /// A table's definition changed: shapes on it can no longer be maintained.
 async fn relation(stack: &Arc<Inner>, table: TableSchema) {
     // Under the creation lock: no shape built from the old definition can
@@ -109,7 +140,8 @@ async fn relation(stack: &Arc<Inner>, table: TableSchema) {
     let previous = stack.upsert_table(table.clone());
     if previous.is_some_and(|p| p != table) {
         for entry in stack.entries_for_table(&name) {
-            stack.remove_shape(&entry.handle, "its table changed");
+            let table = name.to_string();
+            stack.remove_shape(&entry.handle, RemovalReason::TableChanged { table });
         }
     }
 }
@@ -119,37 +151,58 @@ async fn transaction(stack: &Arc<Inner>, txn: Transaction) {
     let mut routed = Vec::new();
     for table in &tables {
         for entry in stack.entries_for_table(table) {
-            if let Some(part) = router::route(&entry.shape, &txn) {
+            if let Some(part) = route(stack, &entry.shape, &txn) {
                 routed.push((entry, part));
             }
         }
     }
-    if let Some(tracker) = stack.tracker().as_mut() {
+    stack.tracker.update(|tracker| {
         tracker.txn_routed(
             txn.commit_lsn,
             routed.iter().map(|(entry, _)| entry.handle.as_str()),
-        );
-    }
-    stack.tracker_changed.notify(usize::MAX);
+        )
+    });
+    stack.env().emit(Event::TxnRouted {
+        lsn: txn.commit_lsn,
+        shapes: routed
+            .iter()
+            .map(|(entry, _)| entry.handle.clone())
+            .collect(),
+    });
     for (entry, part) in routed {
         if entry.tx.clone().send(ConsumerMsg::Txn(part)).await.is_err() {
-            stack.remove_shape(&entry.handle, "its consumer stopped");
+            stack.remove_shape(&entry.handle, RemovalReason::ConsumerGone);
         }
     }
+}
+
+/// The router, with the planted bug `wrong-old-value` switchable.
+#[cfg(feature = "plants")]
+fn route(stack: &Inner, shape: &Shape, txn: &Transaction) -> Option<router::ShapeTxn> {
+    router::route_planted(shape, txn, &stack.config.plants)
+}
+
+/// The router.
+#[cfg(not(feature = "plants"))]
+fn route(_stack: &Inner, shape: &Shape, txn: &Transaction) -> Option<router::ShapeTxn> {
+    router::route(shape, txn)
 }
 
 /// Tells the slot what it may forget, whenever the flush tracker's LSN advances.
 pub(super) async fn acknowledge(stack: Arc<Inner>) {
     let mut acknowledged: Option<Lsn> = None;
     loop {
-        let changed = stack.tracker_changed.listen();
-        let ack = stack.tracker().as_mut().map(FlushTracker::ack_lsn);
+        let changed = stack.tracker.changed.listen();
+        let ack = stack.tracker.with(FlushTracker::ack_lsn);
         let stream = stack.stream.lock().expect("stream").clone();
         if let (Some(ack), Some(stream)) = (ack, stream)
             && acknowledged.is_none_or(|a| ack > a)
-            && stream.acknowledge(ack).await.is_ok()
+            && !crate::planted!(stack.config, never_ack)
         {
-            acknowledged = Some(ack);
+            stack.env().emit(Event::Acknowledged { lsn: ack });
+            if stream.acknowledge(ack).await.is_ok() {
+                acknowledged = Some(ack);
+            }
         }
         // Retry a failed acknowledgement now and then even without news.
         stack.wait(changed, 1_000).await;

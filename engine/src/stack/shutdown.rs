@@ -13,7 +13,7 @@
 
 use super::{CLEAN_SHUTDOWN_MARKER, Inner, Status};
 use crate::consumer::ConsumerMsg;
-use crate::env::CrashPoint;
+use crate::env::{CrashPoint, Event};
 use crate::flush_tracker::FlushTracker;
 use futures::SinkExt;
 use futures::channel::oneshot;
@@ -28,6 +28,7 @@ pub(super) async fn shutdown(stack: Arc<Inner>) -> bool {
     let deadline_ms = stack.now_ms() + stack.config.shutdown_timeout_ms;
     let remaining = |stack: &Inner| deadline_ms.saturating_sub(stack.now_ms());
     stack.set_status(Status::Draining);
+    stack.env().emit(Event::ShutdownStarted);
 
     stack.intake_stopping.store(true, Ordering::SeqCst);
     stack.stop_intake.notify(usize::MAX);
@@ -37,8 +38,7 @@ pub(super) async fn shutdown(stack: Arc<Inner>) -> bool {
             break;
         }
         if !stack.wait(stopped, remaining(&stack)).await && remaining(&stack) == 0 {
-            stack.set_status(Status::Stopped);
-            return false;
+            return finish(&stack, false);
         }
     }
 
@@ -65,24 +65,43 @@ pub(super) async fn shutdown(stack: Arc<Inner>) -> bool {
             futures::future::Either::Right(_) => false,
         }
     };
-    let idle = stack.tracker().as_ref().is_none_or(FlushTracker::is_idle);
+    let idle = stack.tracker.with(|t| t.is_idle()).unwrap_or(true);
     let mut clean = drained && idle;
-
-    let ack = stack.tracker().as_mut().map(FlushTracker::ack_lsn);
-    let stream = stack.stream.lock().expect("stream").clone();
-    if let (Some(ack), Some(stream)) = (ack, stream) {
-        let _ = stream.acknowledge(ack).await;
-    }
+    acknowledge_final(&stack).await;
 
     stack
         .env()
         .crash_point(CrashPoint::ShutdownAfterDrain)
         .await;
-    clean &= stack.db.flush_all().is_ok();
+    match stack.db.flush_all() {
+        Ok(changes) if changes.is_empty() => {}
+        Ok(changes) => stack.env().emit(Event::MetadataWritten { changes }),
+        Err(_) => clean = false,
+    }
     if clean {
         write_marker(&stack).await;
     }
+    finish(&stack, clean)
+}
+
+/// Tells the slot everything is durable. Best effort: if it fails, the next
+/// connection replays what the slot still holds, which the shapes skip.
+async fn acknowledge_final(stack: &Inner) {
+    let ack = stack.tracker.with(FlushTracker::ack_lsn);
+    let stream = stack.stream.lock().expect("stream").clone();
+    if let (Some(ack), Some(stream)) = (ack, stream)
+        && !crate::planted!(stack.config, never_ack)
+    {
+        stack.env().emit(Event::Acknowledged { lsn: ack });
+        if stream.acknowledge(ack).await.is_err() {
+            // See above: replay covers it.
+        }
+    }
+}
+
+fn finish(stack: &Inner, clean: bool) -> bool {
     stack.set_status(Status::Stopped);
+    stack.env().emit(Event::ShutdownFinished { clean });
     clean
 }
 

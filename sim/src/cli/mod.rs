@@ -64,9 +64,12 @@ pub struct OutputArgs {
     /// Print every event of the run.
     #[arg(long)]
     pub trace: bool,
-    /// End with one JSON object on the last line.
+    /// End with one JSON object on the last line (it carries the coverage).
     #[arg(long)]
     pub json: bool,
+    /// Print what the run exercised (restarts, crash points, faults, 409s, checks).
+    #[arg(long)]
+    pub coverage: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -115,9 +118,12 @@ pub struct SweepArgs {
     /// Write the scenario of every failing seed into this directory.
     #[arg(long)]
     pub save_failures: Option<PathBuf>,
-    /// End with one JSON object on the last line.
+    /// End with one JSON object on the last line (it carries the coverage).
     #[arg(long)]
     pub json: bool,
+    /// Print what the run exercised (restarts, crash points, faults, 409s, checks).
+    #[arg(long)]
+    pub coverage: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -136,9 +142,12 @@ pub struct ShrinkArgs {
     /// Time budget; past it the best scenario so far is written.
     #[arg(long, default_value_t = 60.0)]
     pub max_secs: f64,
-    /// End with one JSON object on the last line.
+    /// End with one JSON object on the last line (it carries the coverage).
     #[arg(long)]
     pub json: bool,
+    /// Print what the run exercised (restarts, crash points, faults, 409s, checks).
+    #[arg(long)]
+    pub coverage: bool,
 }
 
 #[derive(Args, Debug, Clone)]

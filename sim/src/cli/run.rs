@@ -4,6 +4,7 @@ use super::{
     OutputArgs, ReplayArgs, RunArgs, SweepArgs, replay_command, repro_command, shrink_command,
 };
 use crate::corpus;
+use crate::harness::coverage::Coverage;
 use crate::harness::{self, RunOptions, RunOutcome, trace};
 use crate::scenario::{Knobs, Plant, Scenario, generate};
 use crate::shrink;
@@ -129,6 +130,9 @@ fn execute_and_report(scenario: &Scenario, repro: &str, output: &OutputArgs) -> 
             .event_log
             .iter()
             .for_each(|event| eprintln!("{event}"));
+    }
+    if output.coverage {
+        eprintln!("{}", outcome.coverage.table());
     }
     if outcome.passed() {
         eprintln!(
@@ -316,6 +320,8 @@ pub fn sweep(args: &SweepArgs) -> i32 {
         .collect();
     let ran = results.len();
     let sim_s: f64 = results.iter().map(|(o, _)| o.sim_ms as f64 / 1000.0).sum();
+    let mut coverage = Coverage::default();
+    results.iter().for_each(|(o, _)| coverage.add(&o.coverage));
     eprintln!(
         "{ran} seeds: {} passed, {} failed{} in {wall_s:.1} s ({:.1} seeds/s, {:.0}x simulated/wall)",
         ran - failing.len(),
@@ -328,6 +334,7 @@ pub fn sweep(args: &SweepArgs) -> i32 {
         ran as f64 / wall_s,
         sim_s / wall_s
     );
+    eprintln!("{}", coverage.table());
     if args.json {
         let summary = json!({
             "seeds": ran,
@@ -338,6 +345,7 @@ pub fn sweep(args: &SweepArgs) -> i32 {
             "sim_to_wall": sim_s / wall_s,
             "wall_secs": wall_s,
             "jobs": jobs,
+            "coverage": coverage,
         });
         println!("{summary}");
     }

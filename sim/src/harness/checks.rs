@@ -1,10 +1,14 @@
-//! The checks: after each batch, stack restart and client restart, every
+//! The checks after each batch, stack restart and client restart: every
 //! client must reach up-to-date with exactly the oracle's rows (the shape's
 //! WHERE evaluated by the oracle over the Postgres model) within a simulated
-//! deadline. The client materialises strictly on the way.
+//! deadline, every answer on the way judged by the client itself and by the
+//! state checker ([`super::checker`]); then the slot must reach the last
+//! committed transaction (`ack-liveness`).
 
+use super::checker::{self, ReadContext, SharedChecker};
 use super::net;
 use super::trace::{SharedTrace, record};
+use crate::client::Applied;
 use crate::client::{Outcome, ShapeClient};
 use crate::oracle::rows::{self, KeyedRows};
 use crate::pg::PgModel;
@@ -17,10 +21,14 @@ use std::time::Duration;
 /// A violated check, as reported.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Failure {
-    /// Which check: `strict-materialization`, `mismatch`, `liveness`,
-    /// `unexpected-409`, `unexpected-status`, `graceful-shutdown`,
-    /// `engine-invariant` (a panic in the engine crate) or `harness-error`
-    /// (a panic in the harness itself).
+    /// Which check: the client's (`strict-materialization`, `continuity`,
+    /// `wire`), the state checker's (`ack-contract`, `ack-liveness`,
+    /// `lost-shape`, `phantom-shape`, `unexplained-409`, `prefix-mismatch`,
+    /// `latency`), the convergence checks (`mismatch`, `liveness`,
+    /// `unexpected-status`), `graceful-shutdown`, `engine-contract` (the
+    /// engine broke the Postgres model's side of a boundary),
+    /// `engine-invariant` (an engine assertion fired) or `harness-error` (a
+    /// bug in the harness itself).
     pub check: String,
     pub message: String,
     /// For a panic: its message with numbers and handles masked, the part
@@ -70,28 +78,156 @@ pub struct CheckRules {
     /// How long a client may go without progress.
     pub timeout_ms: u64,
     pub request_timeout_ms: u64,
-    /// A 409 is expected (metadata may have been lost in a crash).
-    pub allow_409: bool,
 }
 
-/// Polls until the client is up to date with the oracle's rows. Returns the
-/// number of 409s it got.
-#[allow(clippy::too_many_arguments)]
+fn now_ms() -> u64 {
+    madsim::time::TimeHandle::current().elapsed().as_millis() as u64
+}
+
+/// Why a client that ran out of time failed.
+fn stuck(
+    index: usize,
+    client: &ShapeClient,
+    oracle: &KeyedRows,
+    pg: &PgModel,
+) -> (&'static str, String) {
+    let (check, why) = if client.up_to_date && !pg.all_delivered() {
+        let why = format!(
+            "replication is behind: Postgres has transactions the engine never received (client at {})",
+            client.offset
+        );
+        ("liveness", why)
+    } else if client.up_to_date {
+        let why = format!(
+            "up to date with {} rows, the oracle has {}: {}",
+            client.rows.len(),
+            oracle.len(),
+            rows::diff(&client.rows, oracle)
+        );
+        ("mismatch", why)
+    } else {
+        let why = format!(
+            "never up to date (offset {}, handle {:?})",
+            client.offset, client.handle
+        );
+        ("liveness", why)
+    };
+    (check, format!("shape {index}: {why}"))
+}
+
+/// One request and its answer, judged by the client and the state checker.
+/// `Ok(None)`: the request or its answer was lost.
+pub async fn exchange(
+    index: usize,
+    client: &mut ShapeClient,
+    checker: &SharedChecker,
+    ep: &Endpoint,
+    timeout_ms: u64,
+) -> Result<Option<Applied>, Failure> {
+    let trace = checker::lock(checker).trace.clone();
+    let request = client.request();
+    let ctx = ReadContext {
+        shape: index,
+        request: &request,
+        sent_ms: now_ms(),
+        known_lsn: client.up_to_date_lsn,
+    };
+    record(
+        &trace,
+        format_args!(
+            "client {index} requests offset {} live={} handle={:?}",
+            client.offset, client.live, client.handle
+        ),
+    );
+    let Some(response) = net::get(ep, request.clone(), timeout_ms).await else {
+        record(&trace, format_args!("client {index}: request lost"));
+        return Ok(None);
+    };
+    record(
+        &trace,
+        format_args!(
+            "client {index} gets {} offset {:?} handle {:?} body {:08x}",
+            response.status,
+            response.header("electric-offset"),
+            response.header("electric-handle"),
+            body_hash(&response.body)
+        ),
+    );
+    let applied = client.apply(&request, &response).map_err(|violation| {
+        let why = format!("shape {index}: {}", violation.message);
+        Failure::new(violation.class, why, Some(index), &trace)
+    })?;
+    checker::lock(checker).on_response(&ctx, &response, &applied, client)?;
+    Ok(Some(applied))
+}
+
+/// How a client's background polling is stopped.
+#[derive(Default)]
+pub struct StopSignal {
+    stopped: std::sync::atomic::AtomicBool,
+    event: event_listener::Event,
+}
+
+impl StopSignal {
+    pub fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.event.notify(usize::MAX);
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Polls as a live client does, judging every answer, until `stop` (a
+/// request in flight then is abandoned, as if lost: the client is unchanged).
+pub async fn poll(
+    index: usize,
+    client: &mut ShapeClient,
+    checker: &SharedChecker,
+    ep: &Endpoint,
+    timeout_ms: u64,
+    stop: &StopSignal,
+) -> Result<(), Failure> {
+    loop {
+        let stopped = stop.event.listen();
+        if stop.is_stopped() {
+            return Ok(());
+        }
+        let exchange = std::pin::pin!(exchange(index, client, checker, ep, timeout_ms));
+        let applied = match futures::future::select(exchange, stopped).await {
+            futures::future::Either::Left((result, _)) => result?,
+            futures::future::Either::Right(_) => return Ok(()),
+        };
+        match applied.map(|a| a.outcome) {
+            Some(Outcome::Retry { .. }) => madsim::time::sleep(Duration::from_millis(50)).await,
+            Some(Outcome::Unexpected { status, body }) => {
+                let why = format!("shape {index}: {status}: {body}");
+                let trace = checker::lock(checker).trace.clone();
+                return Err(Failure::new("unexpected-status", why, Some(index), &trace));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Polls until the client is up to date with the oracle's rows.
 pub async fn converge(
     index: usize,
     client: &mut ShapeClient,
-    oracle: &KeyedRows,
+    checker: &SharedChecker,
     pg: &PgModel,
     ep: &Endpoint,
     rules: &CheckRules,
-    trace: &SharedTrace,
-) -> Result<u64, Failure> {
-    let now = || madsim::time::TimeHandle::current().elapsed().as_millis() as u64;
+) -> Result<(), Failure> {
+    let trace = checker::lock(checker).trace.clone();
+    let oracle = checker::lock(checker).oracle_now(index);
     let mut conflicts = 0;
     // Liveness is about progress: the deadline moves on whenever the client's
     // offset passes its furthest point so far (a long log walked over a lossy
     // network is slow, not stuck), up to a hard cap.
-    let started_ms = now();
+    let started_ms = now_ms();
     let hard_deadline_ms = started_ms + PROGRESS_CAP * rules.timeout_ms;
     let mut deadline_ms = started_ms + rules.timeout_ms;
     let mut furthest: Option<LogOffset> = None;
@@ -100,7 +236,7 @@ pub async fn converge(
     client.up_to_date = false;
     let result = loop {
         if rules.stop.load(std::sync::atomic::Ordering::SeqCst) {
-            return Ok(conflicts); // another client failed: this check is over
+            return Ok(()); // another client failed: this check is over
         }
         let offset = client.offset.parse::<LogOffset>().ok();
         if client.handle != furthest_handle {
@@ -109,104 +245,36 @@ pub async fn converge(
         }
         if offset > furthest && client.handle.is_some() {
             furthest = offset;
-            deadline_ms = (now() + rules.timeout_ms).min(hard_deadline_ms);
+            deadline_ms = (now_ms() + rules.timeout_ms).min(hard_deadline_ms);
         }
         if conflicts > MAX_REFETCHES {
-            break Err(Failure::new(
-                "liveness",
-                format!("shape {index}: {conflicts} refetches in one check"),
-                Some(index),
-                trace,
-            ));
+            let why = format!("shape {index}: {conflicts} refetches in one check");
+            break Err(Failure::new("liveness", why, Some(index), &trace));
         }
-        if now() >= deadline_ms {
-            let (check, why) = if client.up_to_date && !pg.all_delivered() {
-                (
-                    "liveness",
-                    format!(
-                        "replication is behind: Postgres has transactions the engine never received (client at {})",
-                        client.offset
-                    ),
-                )
-            } else if client.up_to_date {
-                (
-                    "mismatch",
-                    format!(
-                        "up to date with {} rows, the oracle has {}: {}",
-                        client.rows.len(),
-                        oracle.len(),
-                        rows::diff(&client.rows, oracle)
-                    ),
-                )
-            } else {
-                (
-                    "liveness",
-                    format!(
-                        "never up to date (offset {}, handle {:?})",
-                        client.offset, client.handle
-                    ),
-                )
-            };
-            break Err(Failure::new(
-                check,
-                format!("shape {index}: {why}"),
-                Some(index),
-                trace,
-            ));
+        if now_ms() >= deadline_ms {
+            let (check, why) = stuck(index, client, &oracle, pg);
+            break Err(Failure::new(check, why, Some(index), &trace));
         }
-        let request = client.request();
-        let live = client.live;
-        record(
-            trace,
-            format!(
-                "client {index} requests offset {} live={live} handle={:?}",
-                client.offset, client.handle
-            ),
-        );
-        let Some(response) = net::get(ep, request, rules.request_timeout_ms).await else {
-            record(trace, format!("client {index}: request lost"));
-            continue;
+        let applied = match exchange(index, client, checker, ep, rules.request_timeout_ms).await {
+            Ok(Some(applied)) => applied,
+            Ok(None) => continue,
+            Err(failure) => break Err(failure),
         };
-        let body_hash = response
-            .body
-            .bytes()
-            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
-        record(
-            trace,
-            format!(
-                "client {index} gets {} offset {:?} handle {:?} body {body_hash:08x}",
-                response.status,
-                response.header("electric-offset"),
-                response.header("electric-handle")
-            ),
-        );
-        match client.apply(&response) {
-            Err(violation) => {
-                break Err(Failure::new(
-                    "strict-materialization",
-                    format!("shape {index}: {violation}"),
-                    Some(index),
-                    trace,
-                ));
+        match applied.outcome {
+            Outcome::Data { .. } if client.up_to_date && client.rows == *oracle => {
+                let mut checker = checker::lock(checker);
+                let checks = &mut checker.coverage.checks;
+                checks.total += 1;
+                checks.non_empty += u64::from(!oracle.is_empty());
+                checks.rows_compared += oracle.len() as u64;
+                break Ok(());
             }
-            Ok(Outcome::Data { .. }) => {
-                if client.up_to_date && client.rows == *oracle {
-                    break Ok(conflicts);
-                }
-            }
-            Ok(Outcome::Refetch { new_handle }) => {
-                conflicts += 1;
-                if !rules.allow_409 {
-                    let why = format!(
-                        "shape {index}: 409 (new handle {new_handle:?}) where none may happen"
-                    );
-                    break Err(Failure::new("unexpected-409", why, Some(index), trace));
-                }
-            }
-            Ok(Outcome::Retry { .. }) => madsim::time::sleep(Duration::from_millis(50)).await,
-            Ok(Outcome::Unexpected { status, body }) => {
+            Outcome::Data { .. } => {}
+            Outcome::Refetch { .. } => conflicts += 1,
+            Outcome::Retry { .. } => madsim::time::sleep(Duration::from_millis(50)).await,
+            Outcome::Unexpected { status, body } => {
                 let why = format!("shape {index}: {status}: {body}");
-                break Err(Failure::new("unexpected-status", why, Some(index), trace));
+                break Err(Failure::new("unexpected-status", why, Some(index), &trace));
             }
         }
     };
@@ -214,4 +282,35 @@ pub async fn converge(
         rules.stop.store(true, std::sync::atomic::Ordering::SeqCst);
     }
     result
+}
+
+fn body_hash(body: &str) -> u32 {
+    body.bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+}
+
+/// At quiescence the slot must reach the last committed transaction within
+/// `timeout_ms`; otherwise `ack-liveness`, naming what holds it back.
+pub async fn ack_liveness(
+    checker: &SharedChecker,
+    pg: &PgModel,
+    timeout_ms: u64,
+) -> Result<(), Failure> {
+    let Some(target) = pg.last_txn_lsn() else {
+        return Ok(());
+    };
+    let deadline_ms = now_ms() + timeout_ms;
+    while pg.slot_confirmed() < target {
+        if now_ms() >= deadline_ms {
+            let checker = checker::lock(checker);
+            let why = format!(
+                "the slot is at lsn {} after {timeout_ms} ms of quiet, the last commit is {target}: {}",
+                pg.slot_confirmed(),
+                checker.ack_holdup(target)
+            );
+            return Err(Failure::new("ack-liveness", why, None, &checker.trace));
+        }
+        madsim::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
 }

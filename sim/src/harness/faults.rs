@@ -87,7 +87,7 @@ impl CrashPoints for ArmedCrash {
                 madsim::runtime::Handle::current().pause(node);
                 record(
                     &self.trace,
-                    format!("crash point {point} reached: the engine parks for its kill"),
+                    format_args!("crash point {point} reached: the engine parks for its kill"),
                 );
                 self.fired.notify(usize::MAX);
                 future::pending().boxed()

@@ -8,8 +8,10 @@
 //! stream reports an error and the engine reconnects, replaying from the
 //! slot's confirmed LSN as Postgres would.
 
+use super::checker::Verdict;
+use super::checks::Failure;
 use super::trace::{SharedTrace, record};
-use crate::pg::{PgModel, StreamCursor, StreamItem};
+use crate::pg::{ContractViolation, PgModel, StreamCursor, StreamItem};
 use async_trait::async_trait;
 use engine::api;
 use engine::replication::{
@@ -53,21 +55,25 @@ pub struct PgNext {
     pub after: Lsn,
     pub relations_seen: usize,
 }
+/// An acknowledgement on replication connection `.0`.
 #[derive(Serialize, Deserialize)]
-pub struct PgAck(pub Lsn);
+pub struct PgAck(pub u64, pub Lsn);
 #[derive(Serialize, Deserialize)]
 pub struct PgCatalog;
 #[derive(Serialize, Deserialize)]
 pub struct PgSnapshot(pub SnapshotQuery);
 #[derive(Serialize, Deserialize)]
 pub struct ShapeGet(pub api::Request);
+#[derive(Serialize, Deserialize)]
+pub struct ShapeDelete(pub api::Request);
 
-rpc!(PgStart => (Lsn, Lsn));
+rpc!(PgStart => (u64, Lsn, Lsn));
 rpc!(PgNext => Option<StreamItem>);
 rpc!(PgAck => ());
 rpc!(PgCatalog => Catalog);
 rpc!(PgSnapshot => SnapshotResult);
 rpc!(ShapeGet => api::Response);
+rpc!(ShapeDelete => api::Response);
 
 /// How long the Postgres side holds an idle replication pull.
 const PULL_HOLD_MS: u64 = 200;
@@ -78,20 +84,23 @@ const RPC_TIMEOUT: Duration = Duration::from_millis(PULL_HOLD_MS + 300);
 /// reports a broken connection, as `wal_sender_timeout` would.
 const PULL_ATTEMPTS: u32 = 20;
 
-/// Serves the Postgres model on its node.
-pub async fn serve_postgres(pg: PgModel, trace: SharedTrace) {
+/// Serves the Postgres model on its node. An engine that breaks the slot's
+/// side of the contract fails the run (`engine-contract`).
+pub async fn serve_postgres(pg: PgModel, trace: SharedTrace, verdict: Arc<Verdict>) {
     let ep = Endpoint::bind(pg_addr()).await.expect("bind postgres");
     let model = pg.clone();
     let t = trace.clone();
     ep.add_rpc_handler(move |_: PgStart| {
         let (model, trace) = (model.clone(), t.clone());
         async move {
-            let (confirmed, wal_end) = (model.slot_confirmed(), model.last_lsn());
+            let (connection, confirmed, wal_end) = model.connect();
             record(
                 &trace,
-                format!("replication connects: slot at {confirmed}, WAL at {wal_end}"),
+                format_args!(
+                    "replication connection {connection}: slot at {confirmed}, WAL at {wal_end}"
+                ),
             );
-            (confirmed, wal_end)
+            (connection, confirmed, wal_end)
         }
     });
     let (model, t) = (pg.clone(), trace.clone());
@@ -112,16 +121,16 @@ pub async fn serve_postgres(pg: PgModel, trace: SharedTrace) {
             };
             match &item {
                 Some(StreamItem::Wal(lsn, ReplicationMessage::Transaction(_))) => {
-                    record(&trace, format!("postgres delivers lsn {lsn}"));
+                    record(&trace, format_args!("postgres delivers lsn {lsn}"));
                 }
                 Some(StreamItem::Wal(lsn, ReplicationMessage::Relation(t))) => {
                     record(
                         &trace,
-                        format!("postgres delivers relation {} at lsn {lsn}", t.name),
+                        format_args!("postgres delivers relation {} at lsn {lsn}", t.name),
                     );
                 }
                 Some(StreamItem::Relation(t)) => {
-                    record(&trace, format!("postgres sends relation {}", t.name))
+                    record(&trace, format_args!("postgres sends relation {}", t.name))
                 }
                 None => {}
             }
@@ -129,11 +138,16 @@ pub async fn serve_postgres(pg: PgModel, trace: SharedTrace) {
         }
     });
     let (model, t) = (pg.clone(), trace.clone());
-    ep.add_rpc_handler(move |PgAck(lsn)| {
-        let (model, trace) = (model.clone(), t.clone());
+    ep.add_rpc_handler(move |PgAck(connection, lsn)| {
+        let (model, trace, verdict) = (model.clone(), t.clone(), verdict.clone());
         async move {
-            record(&trace, format!("slot acknowledged to lsn {lsn}"));
-            model.acknowledge(lsn);
+            record(
+                &trace,
+                format_args!("slot acknowledged to lsn {lsn} (connection {connection})"),
+            );
+            if let Err(ContractViolation(why)) = model.acknowledge(connection, lsn) {
+                verdict.fail(Failure::new("engine-contract", why, None, &trace));
+            }
         }
     });
     let model = pg.clone();
@@ -148,7 +162,7 @@ pub async fn serve_postgres(pg: PgModel, trace: SharedTrace) {
             let result = model.snapshot_now(&query);
             record(
                 &trace,
-                format!(
+                format_args!(
                     "snapshot of {} where {:?}: {} rows",
                     query.table,
                     query.where_sql,
@@ -180,7 +194,7 @@ impl RemotePg {
         result.map_err(|e| {
             record(
                 &self.trace,
-                format!(
+                format_args!(
                     "engine: {} to postgres failed: {e}",
                     std::any::type_name::<R>()
                         .rsplit("::")
@@ -195,15 +209,17 @@ impl RemotePg {
 
 struct RemoteStream {
     ep: Endpoint,
+    connection: u64,
     cursor: Mutex<StreamCursor>,
 }
 
 #[async_trait]
 impl ReplicationSource for RemotePg {
     async fn start(&self) -> Result<Connection, SourceError> {
-        let (confirmed_lsn, wal_end_lsn) = self.call(PgStart).await?;
+        let (connection, confirmed_lsn, wal_end_lsn) = self.call(PgStart).await?;
         let stream = Arc::new(RemoteStream {
             ep: self.ep.clone(),
+            connection,
             cursor: Mutex::new(StreamCursor::at(confirmed_lsn)),
         });
         Ok(Connection {
@@ -239,7 +255,7 @@ impl ReplicationStream for RemoteStream {
 
     async fn acknowledge(&self, lsn: Lsn) -> Result<(), SourceError> {
         self.ep
-            .call_timeout(pg_addr(), PgAck(lsn), RPC_TIMEOUT)
+            .call_timeout(pg_addr(), PgAck(self.connection, lsn), RPC_TIMEOUT)
             .await
             .map_err(|e| SourceError(e.to_string()))
     }
@@ -259,11 +275,31 @@ impl PostgresQueries for RemotePg {
 /// Serves client requests on the engine's node.
 pub async fn serve_engine(stack: engine::stack::Stack) {
     let ep = Endpoint::bind(engine_addr()).await.expect("bind engine");
+    let serving = stack.clone();
     ep.add_rpc_handler(move |ShapeGet(request)| {
+        let stack = serving.clone();
+        super::panics::on_engine(async move { stack.serve(request).await })
+    });
+    ep.add_rpc_handler(move |ShapeDelete(request)| {
         let stack = stack.clone();
-        async move { stack.serve(request).await }
+        super::panics::on_engine(async move { stack.delete(request).await })
     });
     futures::future::pending::<()>().await;
+}
+
+/// A removal request; `None` if it (or its answer) was lost.
+pub async fn delete(
+    ep: &Endpoint,
+    request: api::Request,
+    timeout_ms: u64,
+) -> Option<api::Response> {
+    ep.call_timeout(
+        engine_addr(),
+        ShapeDelete(request),
+        Duration::from_millis(timeout_ms),
+    )
+    .await
+    .ok()
 }
 
 /// A client's request; `None` if it (or its answer) was lost.

@@ -1,16 +1,57 @@
 //! Which code panicked, for a run whose simulation thread panicked.
 //!
 //! A panic is a failure, but not always the engine's: an assertion in the
-//! engine crate is an `engine-invariant` failure, madsim's own time limit or
-//! deadlock detection is `liveness`, anything else (the harness's own
-//! `expect`s) is a `harness-error`, which must never pass for an engine bug.
-//! A process-wide panic hook records the first panic of every simulation
-//! thread (named `seed-…`) with its source location; other threads' panics
-//! print as usual.
+//! engine crate, raised while the engine's node was running, is an
+//! `engine-invariant` failure; madsim's own time limit or deadlock detection
+//! is `liveness`; anything else (the harness's own `expect`s, engine code the
+//! harness calls on another node, such as a client parsing an offset) is a
+//! `harness-error`, which must never pass for an engine bug. A process-wide
+//! panic hook records the first panic of every simulation thread (named
+//! `seed-…`) with its source location and the node it ran on; other threads'
+//! panics print as usual.
+//!
+//! The node: every future that runs engine code on the engine's node is
+//! wrapped in [`on_engine`], which marks the thread while it is polled (all
+//! nodes share the simulation thread, one task at a time).
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, Once};
+use std::task::{Context, Poll};
+
+thread_local! {
+    /// Set while a future of the engine's node is being polled.
+    static ON_ENGINE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A future that runs on the engine's node (see the module comment).
+pub struct OnEngine<F> {
+    inner: Pin<Box<F>>,
+}
+
+/// Marks `future` as the engine node's.
+pub fn on_engine<F: Future>(future: F) -> OnEngine<F> {
+    OnEngine {
+        inner: Box::pin(future),
+    }
+}
+
+impl<F: Future> Future for OnEngine<F> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        struct Restore(bool);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                ON_ENGINE.with(|c| c.set(self.0));
+            }
+        }
+        let _restore = Restore(ON_ENGINE.with(|c| c.replace(true)));
+        self.inner.as_mut().poll(cx)
+    }
+}
 
 /// The first panic seen on one simulation thread.
 #[derive(Clone, Debug)]
@@ -20,6 +61,8 @@ pub struct PanicRecord {
     pub file: String,
     pub line: u32,
     pub message: String,
+    /// Whether the engine's node was running (see [`on_engine`]).
+    pub on_engine: bool,
 }
 
 static HOOK: Once = Once::new();
@@ -76,6 +119,7 @@ fn install() {
                     file,
                     line,
                     message,
+                    on_engine: ON_ENGINE.with(Cell::get),
                 });
             if !QUIET.load(Ordering::SeqCst) {
                 previous(info);
@@ -88,7 +132,8 @@ impl PanicRecord {
     /// The failure check this panic is: see the module comment.
     pub fn check(&self) -> &'static str {
         let file = self.file.replace('\\', "/");
-        if file.starts_with("engine/src/") || file.contains("/engine/src/") {
+        let engine_code = file.starts_with("engine/src/") || file.contains("/engine/src/");
+        if engine_code && self.on_engine {
             "engine-invariant"
         } else if file.contains("/madsim-")
             && (self.message.starts_with("time limit exceeded")
@@ -102,33 +147,38 @@ impl PanicRecord {
         }
     }
 
-    /// The message with its run-specific parts (numbers, handles) masked, so
-    /// that one assertion gives one signature across seeds and shrinking.
+    /// The message with its run-specific parts masked ([`mask`]), so that
+    /// one assertion gives one signature across seeds and shrinking.
     pub fn normalized_message(&self) -> String {
-        const MAX_CHARS: usize = 200;
-        // Every maximal alphanumeric run holding a digit (a number, an LSN,
-        // a hex handle) becomes `N`.
-        let mut out = String::new();
-        let mut word = String::new();
-        let flush = |word: &mut String, out: &mut String| {
-            if word.chars().any(|c| c.is_ascii_digit()) {
-                out.push('N');
-            } else {
-                out.push_str(word);
-            }
-            word.clear();
-        };
-        for c in self.message.chars() {
-            if c.is_ascii_alphanumeric() {
-                word.push(c);
-            } else {
-                flush(&mut word, &mut out);
-                out.push(c);
-            }
-        }
-        flush(&mut word, &mut out);
-        out.chars().take(MAX_CHARS).collect()
+        mask(&self.message)
     }
+}
+
+/// A message with its run-specific parts (numbers, LSNs, hex handles: every
+/// maximal alphanumeric run holding a digit) masked as `N`, cut to 200
+/// characters.
+pub fn mask(message: &str) -> String {
+    const MAX_CHARS: usize = 200;
+    let mut out = String::new();
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if word.chars().any(|c| c.is_ascii_digit()) {
+            out.push('N');
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in message.chars() {
+        if c.is_ascii_alphanumeric() {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out.chars().take(MAX_CHARS).collect()
 }
 
 #[cfg(test)]
@@ -140,13 +190,23 @@ mod tests {
             file: file.into(),
             line: 1,
             message: message.into(),
+            on_engine: file.starts_with("engine/"),
         }
     }
 
     #[test]
-    fn classifies_by_location() {
+    fn classifies_by_location_and_node() {
         let engine = record("engine/src/log/writer.rs", "flushed past written");
         assert_eq!(engine.check(), "engine-invariant");
+        let elsewhere = PanicRecord {
+            on_engine: false,
+            ..engine
+        };
+        assert_eq!(
+            elsewhere.check(),
+            "harness-error",
+            "engine code the harness called on another node"
+        );
         let harness = record("sim/src/harness/mod.rs", "check task");
         assert_eq!(harness.check(), "harness-error");
         let limit = record(

@@ -5,6 +5,7 @@
 //! kept for failure reports.
 
 use std::collections::VecDeque;
+use std::fmt::{self, Write as _};
 use std::sync::{Arc, Mutex};
 
 const RECENT: usize = 40;
@@ -39,19 +40,24 @@ impl Trace {
         }
     }
 
-    pub fn record(&mut self, now_ms: u64, event: String) {
+    /// Formats the event once, into a line recycled from the oldest recent
+    /// one (no allocation once the ring is full), and hashes it.
+    pub fn record(&mut self, now_ms: u64, event: impl fmt::Display) {
         self.last_ms = now_ms;
-        let line = format!("{now_ms:>8}ms {event}");
+        let mut line = if self.recent.len() == RECENT {
+            self.recent.pop_front().unwrap_or_default()
+        } else {
+            String::new()
+        };
+        line.clear();
+        write!(line, "{now_ms:>8}ms {event}").expect("formatting into a String");
         self.hash = fnv(self.hash, line.as_bytes());
         self.hash = fnv(self.hash, b"\n");
         self.count += 1;
-        if self.recent.len() == RECENT {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(line.clone());
         if let Some(all) = &mut self.all {
-            all.push(line);
+            all.push(line.clone());
         }
+        self.recent.push_back(line);
     }
 
     pub fn hash(&self) -> String {
@@ -80,8 +86,9 @@ impl Trace {
 /// never contended, it only satisfies `Send`).
 pub type SharedTrace = Arc<Mutex<Trace>>;
 
-/// Records an event at the current simulated time.
-pub fn record(trace: &SharedTrace, event: String) {
+/// Records an event at the current simulated time (pass `format_args!` to
+/// format straight into the trace).
+pub fn record(trace: &SharedTrace, event: impl fmt::Display) {
     let now_ms = madsim::time::TimeHandle::current().elapsed().as_millis() as u64;
     trace.lock().expect("trace").record(now_ms, event);
 }
@@ -105,10 +112,10 @@ mod tests {
     fn the_hash_covers_order_and_content_and_divergence_is_located() {
         let mut a = Trace::new(true);
         let mut b = Trace::new(true);
-        a.record(1, "x".into());
-        a.record(2, "y".into());
-        b.record(1, "x".into());
-        b.record(2, "z".into());
+        a.record(1, "x");
+        a.record(2, "y");
+        b.record(1, "x");
+        b.record(2, "z");
         assert_ne!(a.hash(), b.hash());
         let (ea, eb) = (a.take_all(), b.take_all());
         assert_eq!(

@@ -25,6 +25,20 @@ pub fn pg_text(value: &Value) -> Option<String> {
 /// Electric's row key: `"schema"."table"/"pk"`, with `/` doubled in every
 /// part and `.` doubled in the relation parts; a NULL key part is `_`.
 pub fn electric_key(table: &TableSchema, row: &[Value]) -> String {
+    key_of(table, |column| pg_text(&row[column]))
+}
+
+/// The key of a row as a client holds it (text values by column name);
+/// `None` if a key column is absent.
+pub fn electric_key_of_text(table: &TableSchema, row: &ClientRow) -> Option<String> {
+    let missing = table
+        .primary_key
+        .iter()
+        .any(|&c| !row.contains_key(&table.columns[c].name));
+    (!missing).then(|| key_of(table, |c| row[&table.columns[c].name].clone()))
+}
+
+fn key_of(table: &TableSchema, part: impl Fn(usize) -> Option<String>) -> String {
     let quote = |part: &str, doubled: &[char]| {
         let mut out = String::from("\"");
         for c in part.chars() {
@@ -43,12 +57,24 @@ pub fn electric_key(table: &TableSchema, row: &[Value]) -> String {
     );
     for &column in &table.primary_key {
         key.push('/');
-        match pg_text(&row[column]) {
+        match part(column) {
             None => key.push('_'),
             Some(text) => key.push_str(&quote(&text, &['/'])),
         }
     }
     key
+}
+
+/// A row rendered as a client holds it: the given columns, as text.
+pub fn rendered(
+    table: &TableSchema,
+    row: &[Value],
+    columns: impl IntoIterator<Item = usize>,
+) -> ClientRow {
+    columns
+        .into_iter()
+        .map(|c| (table.columns[c].name.clone(), pg_text(&row[c])))
+        .collect()
 }
 
 /// The rows of `table` a client of `where_clause` (and, if given, only

@@ -5,8 +5,8 @@
 //! partitions. Pure: the same seed and knobs give the same scenario.
 
 use super::{
-    FORMAT_VERSION, Knobs, Level4Row, Link, Op, Partition, Restart, RestartKind, RestartType,
-    STANDARD_SCHEMA, Scenario, ShapeSpec, Timing,
+    FORMAT_VERSION, Knobs, Level4Row, Link, Op, Partition, Removal, Restart, RestartKind,
+    RestartType, STANDARD_SCHEMA, Scenario, ShapeSpec, Timing,
 };
 use crate::standard::{LEVEL_IDS, TAGS};
 use engine::env::CrashPoint;
@@ -56,6 +56,7 @@ pub fn expand(seed: u64, knobs: &Knobs) -> Scenario {
     let mut restarts = BTreeMap::new();
     let mut client_restarts = BTreeSet::new();
     let mut partitions = BTreeMap::new();
+    let mut removals = BTreeMap::new();
     for batch in 1..=knobs.batch_count {
         let last = batch == knobs.batch_count;
         if knobs.restart_server_every > 0 && batch % knobs.restart_server_every == 0 && !last {
@@ -80,6 +81,13 @@ pub fn expand(seed: u64, knobs: &Knobs) -> Scenario {
                 },
             );
         }
+        if rng.random_bool(knobs.removal_rate) {
+            let removal = Removal {
+                shape: rng.random_range(0..knobs.shape_count),
+                at_ms: rng.random_range(0..=knobs.kill_window_ms),
+            };
+            removals.insert(batch, removal);
+        }
     }
     let sched_seed = rng.random();
     let seed_rows = (1..=knobs.level4_rows)
@@ -101,6 +109,7 @@ pub fn expand(seed: u64, knobs: &Knobs) -> Scenario {
         restarts,
         client_restarts,
         partitions,
+        removals,
         sched_seed,
     }
 }

@@ -53,8 +53,9 @@ pub struct Knobs {
     /// Chance that a batch suffers a network partition.
     pub partition_rate: f64,
     pub partition_ms: u64,
-    /// Any 409 after a graceful restart (or with no restart) is a violation.
-    pub strict_409: bool,
+    /// Chance that a batch removes a shape on request (its clients get 409
+    /// and refetch while the batch commits).
+    pub removal_rate: f64,
 }
 
 impl Default for Knobs {
@@ -74,14 +75,14 @@ impl Default for Knobs {
             kill_window_ms: 120,
             crash_point_rate: 0.5,
             replica_full_rate: 0.5,
-            level4_rows: 20,
+            level4_rows: 40,
             packet_loss_rate: 0.0,
             latency_min_ms: 1,
             latency_max_ms: 5,
             disk_latency_us: 500,
             partition_rate: 0.1,
             partition_ms: 400,
-            strict_409: true,
+            removal_rate: 0.3,
         }
     }
 }
@@ -135,6 +136,7 @@ impl Knobs {
         rate("replica_full_rate", self.replica_full_rate)?;
         rate("packet_loss_rate", self.packet_loss_rate)?;
         rate("partition_rate", self.partition_rate)?;
+        rate("removal_rate", self.removal_rate)?;
         if self.shape_count == 0
             || self.batch_count == 0
             || self.txns_per_batch == 0
@@ -221,7 +223,7 @@ knob_args! {
     disk_latency_us: u64,
     partition_rate: f64,
     partition_ms: u64,
-    strict_409: bool,
+    removal_rate: f64,
 }
 
 #[cfg(test)]
@@ -260,14 +262,18 @@ mod tests {
         let args = KnobArgs {
             shape_count: Some(3),
             restart_type: Some(RestartType::Power),
-            strict_409: Some(false),
+            packet_loss_rate: Some(0.5),
             ..KnobArgs::default()
         };
         let mut knobs = Knobs::default();
         args.apply(&mut knobs);
         assert_eq!(
-            (knobs.shape_count, knobs.restart_type, knobs.strict_409),
-            (3, RestartType::Power, false)
+            (
+                knobs.shape_count,
+                knobs.restart_type,
+                knobs.packet_loss_rate
+            ),
+            (3, RestartType::Power, 0.5)
         );
         assert_eq!(
             args.to_flags(),
@@ -276,8 +282,8 @@ mod tests {
                 "3",
                 "--restart-type",
                 "power",
-                "--strict-409",
-                "false"
+                "--packet-loss-rate",
+                "0.5"
             ]
         );
     }

@@ -108,8 +108,19 @@ pub struct Partition {
     pub duration_ms: u64,
 }
 
-/// The version of the scenario file format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// A shape removed on request (Electric's `DELETE /v1/shape`) during a batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Removal {
+    /// The shape (its index in `shapes`) whose current handle is removed.
+    pub shape: usize,
+    /// When, after the batch's first commit.
+    pub at_ms: u64,
+}
+
+/// The version of the scenario file format this build reads and writes
+/// (2: no `strict_409`; every 409 must be explained).
+pub const FORMAT_VERSION: u32 = 2;
 /// The only schema there is: Electric's oracle schema ([`crate::standard`]).
 pub const STANDARD_SCHEMA: &str = "electric-standard";
 
@@ -137,6 +148,18 @@ pub enum Plant {
     OffsetBeforeFsync,
     /// A reopened shape log keeps the unflushed tail past its durable offset.
     NoTrimOnOpen,
+    /// The engine stops advancing the acknowledged LSN after boot (Electric bug 7's symptom).
+    NeverAck,
+    /// After a crash or power loss, boot wipes every shape (PR 4648's dirty-start coordinator).
+    DropAllOnDirtyBoot,
+    /// `global_last_seen_lsn` passes transactions not every shape has committed (Electric bug 8).
+    EarlyGlobalLsn,
+    /// A replica=full update's `old_value` carries the new values.
+    WrongOldValue,
+    /// A gone handle is answered with the new shape's log under the new handle, no 409.
+    SilentHandleSwitch,
+    /// Long-polling readers are not woken by new data, only by their timeout.
+    LostWakeup,
     /// Real bug, fixed (Electric's bug 3): 400 for an offset a crashed log has not replayed yet.
     #[value(name = "out-of-bounds-400")]
     #[serde(rename = "out-of-bounds-400")]
@@ -149,11 +172,17 @@ pub enum Plant {
 
 impl Plant {
     /// The planted bug classes the harness must always find.
-    pub const ALL: [Plant; 4] = [
+    pub const ALL: [Plant; 10] = [
         Plant::SkipShapeDedup,
         Plant::AckPastUnflushed,
         Plant::OffsetBeforeFsync,
         Plant::NoTrimOnOpen,
+        Plant::NeverAck,
+        Plant::DropAllOnDirtyBoot,
+        Plant::EarlyGlobalLsn,
+        Plant::WrongOldValue,
+        Plant::SilentHandleSwitch,
+        Plant::LostWakeup,
     ];
     /// Real bugs this project's harness found, re-introduced on demand so that
     /// their corpus entries keep proving something.
@@ -170,6 +199,26 @@ impl Plant {
             .get_name()
             .to_string()
     }
+
+    /// The engine's switches with this plant (and these others) on.
+    pub fn switches(plants: &[Plant]) -> engine::plants::Plants {
+        let on = |p: Plant| plants.contains(&p);
+        engine::plants::Plants {
+            skip_shape_dedup: on(Plant::SkipShapeDedup),
+            ack_past_unflushed: on(Plant::AckPastUnflushed),
+            offset_before_fsync: on(Plant::OffsetBeforeFsync),
+            no_trim_on_open: on(Plant::NoTrimOnOpen),
+            never_ack: on(Plant::NeverAck),
+            drop_all_on_dirty_boot: on(Plant::DropAllOnDirtyBoot),
+            early_global_lsn: on(Plant::EarlyGlobalLsn),
+            wrong_old_value: on(Plant::WrongOldValue),
+            silent_handle_switch: on(Plant::SilentHandleSwitch),
+            lost_wakeup: on(Plant::LostWakeup),
+            out_of_bounds_400: on(Plant::OutOfBounds400),
+            snapshot_attempt_budget: on(Plant::SnapshotAttemptBudget),
+            no_sync_on_open: on(Plant::NoSyncOnOpen),
+        }
+    }
 }
 
 /// The knobs a run needs (the others only shape the generated workload).
@@ -185,7 +234,6 @@ pub struct Timing {
     pub latency_min_ms: u64,
     pub latency_max_ms: u64,
     pub disk_latency_us: u64,
-    pub strict_409: bool,
 }
 
 impl Timing {
@@ -200,7 +248,6 @@ impl Timing {
             latency_min_ms: knobs.latency_min_ms,
             latency_max_ms: knobs.latency_max_ms,
             disk_latency_us: knobs.disk_latency_us,
-            strict_409: knobs.strict_409,
         }
     }
 }
@@ -233,10 +280,14 @@ pub struct Scenario {
     pub batches: Vec<Vec<Vec<Op>>>,
     /// Stack restarts, by the number of the batch they follow (1-based).
     pub restarts: BTreeMap<usize, Restart>,
-    /// Client restarts (fresh clients at `offset=-1`), by batch number.
+    /// Client restarts, by batch number: after the batch's checks the
+    /// clients are replaced by fresh ones at `offset=-1`, which catch up
+    /// while the next batch commits.
     pub client_restarts: BTreeSet<usize>,
     /// Partitions, by the batch during which they happen.
     pub partitions: BTreeMap<usize, Partition>,
+    /// Shape removals on request, by the batch during which they happen.
+    pub removals: BTreeMap<usize, Removal>,
     /// The seed of madsim's scheduler, network and timing randomness.
     pub sched_seed: u64,
 }
@@ -293,6 +344,18 @@ impl Scenario {
         for &batch in scenario.partitions.keys() {
             if !(1..=batches).contains(&batch) {
                 return Err(out_of_range("partitions", batch));
+            }
+        }
+        for (&batch, removal) in &scenario.removals {
+            if !(1..=batches).contains(&batch) {
+                return Err(out_of_range("removals", batch));
+            }
+            if removal.shape >= scenario.shapes.len() {
+                return Err(format!(
+                    "removals.{batch}.shape: there is no shape {} (shapes are 0..{})",
+                    removal.shape,
+                    scenario.shapes.len()
+                ));
             }
         }
         Ok(scenario)

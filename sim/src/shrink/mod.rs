@@ -190,7 +190,7 @@ pub fn shrink(
 
 /// A measure that every successful pass decreases.
 fn size(s: &Scenario) -> (usize, usize, usize, usize, usize, usize, String) {
-    let faults = s.restarts.len() + s.client_restarts.len() + s.partitions.len();
+    let faults = s.restarts.len() + s.client_restarts.len() + s.partitions.len() + s.removals.len();
     let points = s
         .restarts
         .values()
@@ -209,7 +209,7 @@ fn size(s: &Scenario) -> (usize, usize, usize, usize, usize, usize, String) {
 }
 
 /// The scenario with only the batches at `kept` (old 0-based indexes), each
-/// keeping its restart, client restart and partition.
+/// keeping its restart, client restart, partition and removal.
 fn with_batches(s: &Scenario, kept: &[usize]) -> Scenario {
     let mut out = s.clone();
     out.batches = kept.iter().map(|&i| s.batches[i].clone()).collect();
@@ -229,6 +229,27 @@ fn with_batches(s: &Scenario, kept: &[usize]) -> Scenario {
         .iter()
         .filter_map(|(b, p)| renumber(*b).map(|n| (n, p.clone())))
         .collect();
+    out.removals = s
+        .removals
+        .iter()
+        .filter_map(|(b, r)| renumber(*b).map(|n| (n, r.clone())))
+        .collect();
+    out
+}
+
+/// The scenario with only the shapes at `kept` (old indexes); removals of
+/// dropped shapes go with them.
+fn with_shapes(s: &Scenario, kept: &[usize]) -> Scenario {
+    let mut out = s.clone();
+    out.shapes = kept.iter().map(|&i| s.shapes[i].clone()).collect();
+    out.removals = s
+        .removals
+        .iter()
+        .filter_map(|(b, r)| {
+            let shape = kept.iter().position(|&i| i == r.shape)?;
+            Some((*b, crate::scenario::Removal { shape, ..r.clone() }))
+        })
+        .collect();
     out
 }
 
@@ -240,7 +261,8 @@ impl Shrinker {
         with_batches(&s, &kept)
     }
 
-    /// Restarts, client restarts, partitions and crash points, each on its own.
+    /// Restarts, client restarts, partitions, removals and crash points,
+    /// each on its own.
     fn attachments(&mut self, s: Scenario) -> Scenario {
         let restarts: Vec<(usize, Restart)> = s.restarts.clone().into_iter().collect();
         let kept = ddmin(restarts, |kept| {
@@ -270,8 +292,19 @@ impl Shrinker {
                 ..s.clone()
             })
         });
-        let mut s = Scenario {
+        let s = Scenario {
             partitions: kept.into_iter().collect(),
+            ..s
+        };
+        let removals: Vec<_> = s.removals.clone().into_iter().collect();
+        let kept = ddmin(removals, |kept| {
+            self.fails(&Scenario {
+                removals: kept.iter().cloned().collect::<BTreeMap<_, _>>(),
+                ..s.clone()
+            })
+        });
+        let mut s = Scenario {
+            removals: kept.into_iter().collect(),
             ..s
         };
         let armed: Vec<usize> = s
@@ -329,13 +362,10 @@ impl Shrinker {
     }
 
     fn shapes(&mut self, s: Scenario) -> Scenario {
-        let kept = ddmin(s.shapes.clone(), |kept| {
-            self.fails(&Scenario {
-                shapes: kept.to_vec(),
-                ..s.clone()
-            })
+        let kept = ddmin((0..s.shapes.len()).collect(), |kept| {
+            self.fails(&with_shapes(&s, kept))
         });
-        Scenario { shapes: kept, ..s }
+        with_shapes(&s, &kept)
     }
 
     fn seed_rows(&mut self, s: Scenario) -> Scenario {

@@ -1,0 +1,327 @@
+//! The engine's event stream: what the engine does, as a closed set of typed
+//! events, emitted through [`Env::emit`](super::Env::emit). A host decides
+//! what to do with them: the simulator records every one in its trace and
+//! feeds them to its state checker; a test keeps them ([`RecordedEvents`]);
+//! production may log them or drop them ([`NoEvents`]).
+//!
+//! Rules: an event is emitted when the fact it states has become true (a
+//! durable offset after the metadata write returned, a removal after the
+//! shape left the registry), never before; every removal carries a typed
+//! reason, and no reason is ever discarded. This module imports nothing above
+//! the environment (no log, stack or consumer), so every layer may emit.
+
+use super::CrashPoint;
+use crate::handle::ShapeHandle;
+use crate::offset::LogOffset;
+use crate::replication::{Lsn, SourceError};
+use std::fmt;
+use std::io;
+use std::sync::{Arc, Mutex};
+
+/// Everything the engine reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Boot began; the previous run ended with a clean shutdown or not.
+    BootStarted { previous_stop_clean: bool },
+    /// Boot restored a shape from its metadata and storage, its log ending
+    /// at `durable` (`None`: snapshot only).
+    ShapeRestored {
+        handle: ShapeHandle,
+        durable: Option<LogOffset>,
+    },
+    /// Boot cut a restored log back to its durable offset.
+    LogTrimmed {
+        handle: ShapeHandle,
+        log_bytes: u64,
+        index_bytes: u64,
+    },
+    /// Boot dropped a shape (metadata and storage) instead of restoring it.
+    BootDropped {
+        handle: ShapeHandle,
+        reason: RemovalReason,
+    },
+    /// Boot removed a directory under `shapes/` whose name is no handle.
+    ForeignDirRemoved { dir: String },
+    /// Replication connected to the slot.
+    ReplicationConnected {
+        confirmed_lsn: Lsn,
+        wal_end_lsn: Lsn,
+    },
+    /// The stack serves requests.
+    Ready,
+    /// A new shape: its storage is durable and its metadata add is queued.
+    ShapeCreated { handle: ShapeHandle },
+    /// A live shape left service (requests get 409 from now on).
+    ShapeRemoved {
+        handle: ShapeHandle,
+        reason: RemovalReason,
+    },
+    /// A removed shape's storage is durably gone; it holds nothing back.
+    StorageRemoved { handle: ShapeHandle },
+    /// A shape's snapshot visibility is durable in its log metadata.
+    SnapshotStarted { handle: ShapeHandle },
+    /// A shape's snapshot is durably complete in its log metadata (the
+    /// metadata database's completion is queued).
+    SnapshotCompleted { handle: ShapeHandle, rows: u64 },
+    /// A transaction was registered with the flush tracker and is being sent
+    /// to these shapes (possibly none).
+    TxnRouted { lsn: Lsn, shapes: Vec<ShapeHandle> },
+    /// A shape consumer skipped a transaction routed to it.
+    TxnSkipped {
+        handle: ShapeHandle,
+        lsn: Lsn,
+        reason: SkipReason,
+    },
+    /// A flush made the shape's log durable up to `offset` (the metadata
+    /// holding it was written and its directory synced).
+    ShapeDurable {
+        handle: ShapeHandle,
+        offset: LogOffset,
+    },
+    /// The engine is acknowledging `lsn` to the slot (sent next).
+    Acknowledged { lsn: Lsn },
+    /// A batch of the metadata write buffer was committed to SQLite.
+    MetadataWritten { changes: Vec<MetaChange> },
+    /// The engine reached a crash point (the host may kill it there).
+    CrashPointVisited { point: CrashPoint },
+    /// Graceful shutdown began.
+    ShutdownStarted,
+    /// Graceful shutdown ended; `clean` if the marker was written.
+    ShutdownFinished { clean: bool },
+}
+
+/// Why a shape stopped being served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RemovalReason {
+    /// The shape's table was redefined: a relation message with a new
+    /// schema, or (at boot) a definition that no longer fits the catalog.
+    TableChanged { table: String },
+    /// Boot: a shape directory the metadata database does not know (its add
+    /// was still in the write buffer when the previous run died).
+    MetadataLost,
+    /// Boot: the metadata database says the snapshot never completed.
+    SnapshotIncomplete,
+    /// Boot: the shape's log would not open.
+    OpenFailed(StorageFailure),
+    /// The shape's consumer stopped with an error.
+    ConsumerFailed(ConsumerFailure),
+    /// A client's read of the shape's log failed.
+    ReadFailed(StorageFailure),
+    /// The snapshot query kept failing until the snapshot timeout.
+    SnapshotGaveUp(SourceError),
+    /// Someone asked for the removal (`Stack::remove_shape`).
+    Requested,
+    /// Routing found the shape's consumer gone.
+    ConsumerGone,
+    /// Planted bug `drop-all-on-dirty-boot`: boot wiped the shape because the
+    /// previous stop was not clean.
+    #[cfg(feature = "plants")]
+    DirtyBoot,
+}
+
+/// Why a consumer stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConsumerFailure {
+    /// Its log could not be written.
+    Storage(StorageFailure),
+    /// More transactions arrived during the snapshot than it may buffer.
+    SnapshotBacklog { queued: usize },
+}
+
+/// A shape-log error, as an event carries it: its kind, typed, and its full
+/// message (path and cause), kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorageFailure {
+    pub kind: StorageFailureKind,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageFailureKind {
+    /// The storage returned an error.
+    Io(io::ErrorKind),
+    /// No metadata file: not a log.
+    Missing,
+    /// Written by another storage version.
+    Incompatible,
+    /// The log's own metadata has no complete snapshot.
+    SnapshotIncomplete,
+    /// The log contradicts its metadata.
+    Corrupt,
+    /// The writer failed earlier and refuses more work.
+    Poisoned,
+    /// A log was to be created where one exists.
+    AlreadyExists,
+}
+
+/// Why a consumer skipped a routed transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SkipReason {
+    /// At or below the log's last offset: a replay after a restart.
+    Replayed,
+    /// Already reflected in the shape's snapshot.
+    InSnapshot,
+}
+
+/// One operation of a committed metadata batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetaChange {
+    Added(ShapeHandle),
+    Removed(ShapeHandle),
+    SnapshotCompleted(ShapeHandle),
+}
+
+impl RemovalReason {
+    /// A stable, kebab-case name (for reports and coverage keys).
+    pub fn name(&self) -> &'static str {
+        match self {
+            RemovalReason::TableChanged { .. } => "table-changed",
+            RemovalReason::MetadataLost => "metadata-lost",
+            RemovalReason::SnapshotIncomplete => "snapshot-incomplete",
+            RemovalReason::OpenFailed(_) => "open-failed",
+            RemovalReason::ConsumerFailed(_) => "consumer-failed",
+            RemovalReason::ReadFailed(_) => "read-failed",
+            RemovalReason::SnapshotGaveUp(_) => "snapshot-gave-up",
+            RemovalReason::Requested => "requested",
+            RemovalReason::ConsumerGone => "consumer-gone",
+            #[cfg(feature = "plants")]
+            RemovalReason::DirtyBoot => "dirty-boot",
+        }
+    }
+
+    /// The storage error behind the removal, if one is.
+    pub fn storage_failure(&self) -> Option<&StorageFailure> {
+        match self {
+            RemovalReason::OpenFailed(f)
+            | RemovalReason::ReadFailed(f)
+            | RemovalReason::ConsumerFailed(ConsumerFailure::Storage(f)) => Some(f),
+            _ => None,
+        }
+    }
+}
+
+/// Where events go. Called synchronously at the moment of the fact; a sink
+/// must not block or await.
+pub trait EventSink: Send + Sync + 'static {
+    fn emit(&self, event: Event);
+}
+
+/// Drops every event.
+pub struct NoEvents;
+
+impl EventSink for NoEvents {
+    fn emit(&self, _event: Event) {}
+}
+
+/// Keeps every event, in order (for tests).
+#[derive(Clone, Default)]
+pub struct RecordedEvents {
+    events: Arc<Mutex<Vec<Event>>>,
+}
+
+impl RecordedEvents {
+    /// Every event so far.
+    pub fn all(&self) -> Vec<Event> {
+        self.events.lock().expect("recorded events").clone()
+    }
+}
+
+impl EventSink for RecordedEvents {
+    fn emit(&self, event: Event) {
+        self.events.lock().expect("recorded events").push(event);
+    }
+}
+
+fn handles(f: &mut fmt::Formatter<'_>, handles: &[ShapeHandle]) -> fmt::Result {
+    for (i, h) in handles.iter().enumerate() {
+        write!(f, "{}{h}", if i == 0 { "" } else { "," })?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::BootStarted {
+                previous_stop_clean,
+            } => write!(f, "boot (previous stop clean: {previous_stop_clean})"),
+            Event::ShapeRestored { handle, durable } => match durable {
+                Some(d) => write!(f, "restored {handle} durable to {d}"),
+                None => write!(f, "restored {handle} (snapshot only)"),
+            },
+            Event::LogTrimmed {
+                handle,
+                log_bytes,
+                index_bytes,
+            } => write!(
+                f,
+                "trimmed {handle}: {log_bytes} log bytes, {index_bytes} index bytes"
+            ),
+            Event::BootDropped { handle, reason } => write!(f, "boot dropped {handle}: {reason}"),
+            Event::ForeignDirRemoved { dir } => write!(f, "removed foreign directory {dir}"),
+            Event::ReplicationConnected {
+                confirmed_lsn,
+                wal_end_lsn,
+            } => write!(
+                f,
+                "replication connected: slot at {confirmed_lsn}, WAL at {wal_end_lsn}"
+            ),
+            Event::Ready => write!(f, "ready"),
+            Event::ShapeCreated { handle } => write!(f, "created {handle}"),
+            Event::ShapeRemoved { handle, reason } => write!(f, "removed {handle}: {reason}"),
+            Event::StorageRemoved { handle } => write!(f, "storage of {handle} removed"),
+            Event::SnapshotStarted { handle } => write!(f, "snapshot of {handle} started"),
+            Event::SnapshotCompleted { handle, rows } => {
+                write!(f, "snapshot of {handle} complete: {rows} rows")
+            }
+            Event::TxnRouted { lsn, shapes } => {
+                write!(f, "routed lsn {lsn} to [")?;
+                handles(f, shapes)?;
+                write!(f, "]")
+            }
+            Event::TxnSkipped {
+                handle,
+                lsn,
+                reason,
+            } => write!(f, "{handle} skipped lsn {lsn}: {reason:?}"),
+            Event::ShapeDurable { handle, offset } => write!(f, "{handle} durable to {offset}"),
+            Event::Acknowledged { lsn } => write!(f, "acknowledging lsn {lsn}"),
+            Event::MetadataWritten { changes } => {
+                write!(f, "metadata written:")?;
+                for change in changes {
+                    match change {
+                        MetaChange::Added(h) => write!(f, " +{h}")?,
+                        MetaChange::Removed(h) => write!(f, " -{h}")?,
+                        MetaChange::SnapshotCompleted(h) => write!(f, " complete:{h}")?,
+                    }
+                }
+                Ok(())
+            }
+            Event::CrashPointVisited { point } => write!(f, "at crash point {point}"),
+            Event::ShutdownStarted => write!(f, "shutdown started"),
+            Event::ShutdownFinished { clean } => write!(f, "shutdown finished (clean: {clean})"),
+        }
+    }
+}
+
+impl fmt::Display for RemovalReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())?;
+        match self {
+            RemovalReason::TableChanged { table } => write!(f, " ({table})"),
+            RemovalReason::OpenFailed(e) | RemovalReason::ReadFailed(e) => write!(f, " ({e})"),
+            RemovalReason::ConsumerFailed(ConsumerFailure::Storage(e)) => write!(f, " ({e})"),
+            RemovalReason::ConsumerFailed(ConsumerFailure::SnapshotBacklog { queued }) => {
+                write!(f, " ({queued} transactions queued during the snapshot)")
+            }
+            RemovalReason::SnapshotGaveUp(e) => write!(f, " ({e})"),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for StorageFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.message)
+    }
+}

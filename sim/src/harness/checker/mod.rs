@@ -1,0 +1,572 @@
+//! The state checker (TigerBeetle's StateChecker pattern): it follows the
+//! engine's event stream and the harness's own observations live, keeps an
+//! independent model of what must be true, and fails the run the moment an
+//! invariant breaks. Each invariant is a named failure class:
+//!
+//! - `ack-contract`: an acknowledgement never goes backwards (below the
+//!   slot's confirmed LSN or an earlier one), never passes what the engine
+//!   received, and never passes a transaction routed to a shape that the
+//!   shape has neither skipped nor made durable (nor durably removed);
+//! - `ack-liveness`: at quiescence the slot reaches the last committed
+//!   transaction within the check deadline (see [`Checker::ack_holdup`]);
+//! - `lost-shape`: a shape is removed for a reason the harness does not accept
+//!   (see [`Checker::accepted`]), or boot drops one whose metadata said
+//!   complete and whose storage was durable;
+//! - `phantom-shape`: boot restores a shape the metadata never durably held;
+//! - `unexplained-409`, `prefix-mismatch`, `wire`, `latency`: the reads
+//!   ([`reads`]).
+//!
+//! The model of each handle follows the metadata database exactly (from the
+//! batches the engine reports written) and, at each kill, records what the
+//! kill loses: a shape whose add was still buffered (metadata lost), or whose
+//! completion was (snapshot incomplete). Those are the accepted 409s after a
+//! crash or power loss; after a graceful restart nothing is lost, so no 409
+//! is accepted.
+
+mod reads;
+
+pub use reads::ReadContext;
+
+use super::checks::Failure;
+use super::coverage::Coverage;
+use super::trace::{SharedTrace, record};
+use crate::oracle::rows::{self, KeyedRows, electric_key};
+use crate::oracle::where_eval;
+use crate::pg::PgModel;
+use crate::scenario::ShapeSpec;
+use crate::standard;
+use engine::env::events::{MetaChange, RemovalReason, StorageFailureKind};
+use engine::env::{Event, EventSink};
+use engine::offset::LogOffset;
+use engine::replication::Lsn;
+use engine::replication::{Change, Transaction};
+use engine::schema::{Row, TableSchema, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The first failure of a run, and a way to wait for it.
+#[derive(Default)]
+pub struct Verdict {
+    failure: Mutex<Option<Failure>>,
+    failed: event_listener::Event,
+}
+
+impl Verdict {
+    /// Records a failure; the first one stands.
+    pub fn fail(&self, failure: Failure) {
+        let mut slot = self.failure.lock().expect("verdict");
+        if slot.is_none() {
+            *slot = Some(failure);
+            self.failed.notify(usize::MAX);
+        }
+    }
+
+    pub fn failure(&self) -> Option<Failure> {
+        self.failure.lock().expect("verdict").clone()
+    }
+
+    /// Completes with the first failure.
+    pub async fn wait(&self) -> Failure {
+        loop {
+            let listener = self.failed.listen();
+            if let Some(failure) = self.failure() {
+                return failure;
+            }
+            listener.await;
+        }
+    }
+}
+
+/// Why a handle is gone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Fate {
+    /// The engine removed it (at run time or at boot).
+    Removed(RemovalReason),
+    /// A kill lost it before the metadata database knew it durably.
+    Lost(&'static str),
+}
+
+/// The checker's model of one handle.
+#[derive(Clone, Debug, Default)]
+struct HandleState {
+    /// The metadata database holds its row (its add was written, its
+    /// removal not).
+    in_db: bool,
+    /// The metadata database holds its snapshot completion.
+    complete_in_db: bool,
+    /// Its removal began (storage may be partly gone).
+    removal_started: bool,
+    fate: Option<Fate>,
+    /// The harness accepts its fate (a 409 for it is explained).
+    explained: bool,
+}
+
+/// Per engine run: what was received, routed, durable and acknowledged.
+#[derive(Default)]
+struct RunState {
+    /// The slot's confirmed LSN at the first connection.
+    confirmed: Option<Lsn>,
+    /// Everything at or below was received (routed, or confirmed).
+    received: Lsn,
+    /// The WAL end at connect: the run has caught up once it routed it.
+    catch_up_to: Option<Lsn>,
+    acked: Option<Lsn>,
+    /// Per shape: routed transactions neither skipped nor durable yet.
+    pending: BTreeMap<String, BTreeSet<Lsn>>,
+}
+
+pub struct Checker {
+    pub(super) trace: SharedTrace,
+    pub verdict: Arc<Verdict>,
+    pg: PgModel,
+    shapes: Vec<ShapeSpec>,
+    handles: BTreeMap<String, HandleState>,
+    /// Which scenario shape a handle serves (learned from responses).
+    handle_shape: BTreeMap<String, usize>,
+    /// Per shape, the handle of its latest answer.
+    latest_handle: Vec<Option<String>>,
+    run: RunState,
+    /// Removals the harness asked for.
+    requested: BTreeSet<String>,
+    pub coverage: Coverage,
+    /// Per shape: its oracle rows after each commit that changed them.
+    timelines: Vec<Vec<(Lsn, Arc<KeyedRows>)>>,
+    /// Simulated time of each commit.
+    commit_ms: BTreeMap<Lsn, u64>,
+    /// Windows of simulated time in which a fault was active (end `None`:
+    /// still open); latency is judged only outside them.
+    faults: Vec<(u64, Option<u64>)>,
+    /// Latency bound (milliseconds), `None` when latency is not judged.
+    latency_bound_ms: Option<u64>,
+    /// Each shape's WHERE, parsed by the oracle's evaluator.
+    filters: Vec<Option<sqlparser::ast::Expr>>,
+    /// `level_4`, the table of every shape (the workload never alters it).
+    schema: Arc<TableSchema>,
+}
+
+pub type SharedChecker = Arc<Mutex<Checker>>;
+
+fn now_ms() -> u64 {
+    madsim::time::TimeHandle::current().elapsed().as_millis() as u64
+}
+
+impl Checker {
+    pub fn new(
+        trace: SharedTrace,
+        pg: PgModel,
+        shapes: Vec<ShapeSpec>,
+        latency_bound_ms: Option<u64>,
+    ) -> Checker {
+        let timelines = shapes
+            .iter()
+            .map(|s| {
+                let rows = super::checks::oracle_rows(&pg, s.where_clause.as_deref());
+                vec![(pg.last_lsn(), Arc::new(rows))]
+            })
+            .collect();
+        let latest_handle = vec![None; shapes.len()];
+        let filters = shapes
+            .iter()
+            .map(|s| {
+                let parse =
+                    |w: &String| where_eval::parse(w).expect("the oracle parses every WHERE");
+                s.where_clause.as_ref().map(parse)
+            })
+            .collect();
+        let schema = Arc::new(pg.table(&standard::level(4)));
+        Checker {
+            schema,
+            filters,
+            trace,
+            verdict: Arc::default(),
+            pg,
+            latest_handle,
+            shapes,
+            handles: BTreeMap::new(),
+            handle_shape: BTreeMap::new(),
+            run: RunState::default(),
+            requested: BTreeSet::new(),
+            coverage: Coverage::default(),
+            timelines,
+            commit_ms: BTreeMap::new(),
+            // The first boot is a fault window until it caught up.
+            faults: vec![(0, None)],
+            latency_bound_ms,
+        }
+    }
+
+    fn fail(&self, check: &str, message: String, handle: Option<&str>) {
+        let shape = handle.and_then(|h| self.handle_shape.get(h).copied());
+        let failure = Failure::new(check, message, shape, &self.trace);
+        record(
+            &self.trace,
+            format_args!("checker: {check}: {}", failure.message),
+        );
+        self.verdict.fail(failure);
+    }
+
+    /// The oracle's rows for shape `index` now.
+    pub fn oracle_now(&self, index: usize) -> Arc<KeyedRows> {
+        self.timelines[index]
+            .last()
+            .expect("a timeline starts with the seed")
+            .1
+            .clone()
+    }
+
+    /// The oracle's rows for shape `index` as of `lsn`.
+    fn oracle_at(&self, index: usize, lsn: Lsn) -> Arc<KeyedRows> {
+        let timeline = &self.timelines[index];
+        let i = timeline.partition_point(|(l, _)| *l <= lsn);
+        timeline[i.saturating_sub(1)].1.clone()
+    }
+
+    // ----- harness observations -------------------------------------------
+
+    /// Whether `row` is in shape `index` (the oracle's evaluator).
+    fn matches(&self, index: usize, schema: &TableSchema, row: &[Value]) -> bool {
+        self.filters[index].as_ref().is_none_or(|expr| {
+            where_eval::holds(expr, &|name| {
+                row[schema.column_index(name).expect("known column")].clone()
+            })
+        })
+    }
+
+    /// A transaction committed in the Postgres model now: each shape's
+    /// oracle rows move on by its changes (the old row leaves, the new one
+    /// enters if the shape's WHERE holds for it).
+    pub fn committed(&mut self, txn: &Transaction) {
+        self.commit_ms.insert(txn.commit_lsn, now_ms());
+        let level4 = standard::level(4);
+        let changes: Vec<&Change> = txn
+            .changes
+            .iter()
+            .filter(|c| *c.table() == level4)
+            .collect();
+        if changes.is_empty() {
+            return; // every shape is on level_4: no shape's rows changed
+        }
+        let schema = self.schema.clone();
+        for index in 0..self.shapes.len() {
+            let touched = changes
+                .iter()
+                .flat_map(|c| sides(c))
+                .flatten()
+                .any(|row| self.matches(index, &schema, row));
+            if !touched {
+                continue;
+            }
+            let mut current = (*self.oracle_now(index)).clone();
+            for change in &changes {
+                let [old, new] = sides(change);
+                if let Some(old) = old {
+                    current.remove(&electric_key(&schema, old));
+                }
+                if let Some(new) = new.filter(|row| self.matches(index, &schema, row)) {
+                    let rendered = rows::rendered(&schema, new, 0..schema.columns.len());
+                    current.insert(electric_key(&schema, new), rendered);
+                }
+            }
+            debug_assert_eq!(
+                current,
+                super::checks::oracle_rows(&self.pg, self.shapes[index].where_clause.as_deref()),
+                "the incremental oracle agrees with a full query"
+            );
+            if current != *self.oracle_now(index) {
+                self.timelines[index].push((txn.commit_lsn, Arc::new(current)));
+            }
+        }
+    }
+
+    /// The engine was killed (`lossy`: without a clean shutdown). What the
+    /// metadata database did not hold durably is lost.
+    pub fn killed(&mut self, lossy: bool) {
+        self.faults.push((now_ms(), None));
+        if !lossy {
+            return;
+        }
+        for state in self.handles.values_mut().filter(|s| s.fate.is_none()) {
+            let lost = if !state.in_db {
+                "metadata-lost"
+            } else if !state.complete_in_db {
+                "snapshot-incomplete"
+            } else {
+                continue;
+            };
+            state.fate = Some(Fate::Lost(lost));
+            state.explained = true;
+        }
+    }
+
+    /// A graceful shutdown began: a fault window until the next run caught up.
+    pub fn shutdown_started(&mut self) {
+        self.faults.push((now_ms(), None));
+    }
+
+    /// A partition of either link from `start_ms` to `end_ms`.
+    pub fn partitioned(&mut self, start_ms: u64, end_ms: u64) {
+        self.faults.push((start_ms, Some(end_ms)));
+    }
+
+    /// The harness asks the engine to remove this handle.
+    pub fn removal_requested(&mut self, handle: &str) {
+        self.requested.insert(handle.to_string());
+    }
+
+    /// The handle shape `index` was last served under, if any.
+    pub fn latest_handle(&self, index: usize) -> Option<String> {
+        self.latest_handle[index].clone()
+    }
+
+    /// Why the slot has not reached `target`: the shape holding it back, or
+    /// what the engine failed to do. `None` if nothing explains it.
+    pub fn ack_holdup(&self, target: Lsn) -> String {
+        if self.run.received < target {
+            return format!(
+                "the engine received transactions only up to lsn {} (of {target})",
+                self.run.received
+            );
+        }
+        let oldest = self
+            .run
+            .pending
+            .iter()
+            .filter_map(|(h, p)| p.first().map(|l| (*l, h)))
+            .min();
+        match oldest {
+            Some((lsn, handle)) => {
+                let shape = self.handle_shape.get(handle.as_str());
+                format!(
+                    "shape {} ({handle}) holds it back: lsn {lsn} was routed to it and is not durable there",
+                    shape.map_or("?".to_string(), |s| s.to_string())
+                )
+            }
+            None => format!(
+                "no shape holds it back: every shape made lsn {target} durable, the engine last acknowledged {:?}",
+                self.run.acked
+            ),
+        }
+    }
+
+    // ----- the engine's events --------------------------------------------
+
+    pub fn on_event(&mut self, event: &Event) {
+        match event {
+            Event::BootStarted { .. } => self.run = RunState::default(),
+            Event::ShapeRestored { handle, .. } => self.restored(handle.as_str()),
+            Event::BootDropped { handle, reason } => self.boot_dropped(handle.as_str(), reason),
+            Event::ReplicationConnected {
+                confirmed_lsn,
+                wal_end_lsn,
+            } => {
+                self.run.confirmed.get_or_insert(*confirmed_lsn);
+                self.run.received = self.run.received.max(*confirmed_lsn);
+                self.run.catch_up_to = Some(*wal_end_lsn);
+                self.caught_up_maybe();
+            }
+            Event::ShapeCreated { handle } => {
+                self.handles
+                    .insert(handle.to_string(), HandleState::default());
+            }
+            Event::ShapeRemoved { handle, reason } => self.removed(handle.as_str(), reason),
+            Event::StorageRemoved { handle } => {
+                self.run.pending.remove(handle.as_str());
+            }
+            Event::TxnRouted { lsn, shapes } => self.routed(*lsn, shapes),
+            Event::TxnSkipped { handle, lsn, .. } => {
+                let known = self
+                    .run
+                    .pending
+                    .get_mut(handle.as_str())
+                    .is_some_and(|p| p.remove(lsn));
+                if !known {
+                    let why = format!("{handle} skipped lsn {lsn}, which was never routed to it");
+                    self.fail("ack-contract", why, Some(handle.as_str()));
+                }
+            }
+            Event::ShapeDurable { handle, offset } => self.durable(handle.as_str(), *offset),
+            Event::Acknowledged { lsn } => self.acknowledged(*lsn),
+            Event::MetadataWritten { changes } => self.metadata_written(changes),
+            Event::CrashPointVisited { point } => self.coverage.point(*point).visited += 1,
+            Event::LogTrimmed { .. }
+            | Event::ForeignDirRemoved { .. }
+            | Event::Ready
+            | Event::SnapshotStarted { .. }
+            | Event::SnapshotCompleted { .. }
+            | Event::ShutdownStarted
+            | Event::ShutdownFinished { .. } => {}
+        }
+    }
+
+    fn caught_up_maybe(&mut self) {
+        let caught_up = self
+            .run
+            .catch_up_to
+            .is_some_and(|end| self.run.received >= end);
+        if caught_up {
+            self.run.catch_up_to = None;
+            let now = now_ms();
+            for window in self.faults.iter_mut().filter(|(_, end)| end.is_none()) {
+                window.1 = Some(now);
+            }
+        }
+    }
+
+    fn routed(&mut self, lsn: Lsn, shapes: &[engine::handle::ShapeHandle]) {
+        self.run.received = self.run.received.max(lsn);
+        for handle in shapes {
+            self.run
+                .pending
+                .entry(handle.to_string())
+                .or_default()
+                .insert(lsn);
+        }
+        self.caught_up_maybe();
+    }
+
+    fn durable(&mut self, handle: &str, offset: LogOffset) {
+        let tx = offset.tx().unwrap_or(0);
+        if let Some(pending) = self.run.pending.get_mut(handle) {
+            pending.retain(|&lsn| lsn > tx);
+        }
+    }
+
+    fn acknowledged(&mut self, lsn: Lsn) {
+        self.coverage.checks.acks += 1;
+        let floor = self.run.acked.or(self.run.confirmed);
+        if let Some(floor) = floor.filter(|&f| lsn < f) {
+            return self.fail(
+                "ack-contract",
+                format!("acknowledged lsn {lsn} after {floor}: backwards"),
+                None,
+            );
+        }
+        if lsn > self.run.received {
+            let why = format!(
+                "acknowledged lsn {lsn}, past everything received ({})",
+                self.run.received
+            );
+            return self.fail("ack-contract", why, None);
+        }
+        let unflushed = self
+            .run
+            .pending
+            .iter()
+            .filter_map(|(h, p)| p.first().filter(|&&l| l <= lsn).map(|l| (*l, h.clone())))
+            .min();
+        if let Some((pending, handle)) = unflushed {
+            let why = format!(
+                "acknowledged lsn {lsn} while lsn {pending}, routed to {handle}, is not durable there"
+            );
+            return self.fail("ack-contract", why, Some(&handle));
+        }
+        self.run.acked = Some(lsn);
+    }
+
+    fn metadata_written(&mut self, changes: &[MetaChange]) {
+        for change in changes {
+            match change {
+                MetaChange::Added(h) => self.handle(h.as_str()).in_db = true,
+                MetaChange::SnapshotCompleted(h) => self.handle(h.as_str()).complete_in_db = true,
+                MetaChange::Removed(h) => {
+                    let state = self.handle(h.as_str());
+                    state.in_db = false;
+                    state.complete_in_db = false;
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, handle: &str) -> &mut HandleState {
+        self.handles.entry(handle.to_string()).or_default()
+    }
+
+    fn restored(&mut self, handle: &str) {
+        let state = self.handle(handle);
+        let durable = state.in_db && state.complete_in_db;
+        // A removal whose tombstone the kill lost: back in service.
+        (state.fate, state.removal_started, state.explained) = (None, false, false);
+        if !durable {
+            let why =
+                format!("boot restored {handle}, which the metadata database never held complete");
+            self.fail("phantom-shape", why, Some(handle));
+        }
+    }
+
+    /// Whether the harness accepts `reason` for removing `handle` (the
+    /// accepted 409s): its table changed, the harness asked, or an I/O
+    /// error was injected into its files.
+    fn accepted(&self, handle: &str, reason: &RemovalReason) -> bool {
+        match reason {
+            RemovalReason::TableChanged { .. } => !self.pg.altered_tables().is_empty(),
+            RemovalReason::Requested => self.requested.contains(handle),
+            other => other.storage_failure().is_some_and(|f| {
+                matches!(f.kind, StorageFailureKind::Io(_)) && self.coverage.io_errors_injected > 0
+            }),
+        }
+    }
+
+    fn removed(&mut self, handle: &str, reason: &RemovalReason) {
+        let accepted = self.accepted(handle, reason);
+        let state = self.handle(handle);
+        state.removal_started = true;
+        state.fate = Some(Fate::Removed(reason.clone()));
+        state.explained = accepted;
+        if !accepted {
+            let why = format!("the engine removed live shape {handle}: {reason}");
+            self.fail("lost-shape", why, Some(handle));
+        }
+    }
+
+    fn boot_dropped(&mut self, handle: &str, reason: &RemovalReason) {
+        let accepted = self.accepted(handle, reason);
+        let state = self.handle(handle).clone();
+        // What the metadata database says explains some drops by itself.
+        let explained = match reason {
+            RemovalReason::MetadataLost => !state.in_db,
+            RemovalReason::SnapshotIncomplete => !state.complete_in_db,
+            RemovalReason::OpenFailed(f) if f.kind == StorageFailureKind::Missing => {
+                state.removal_started
+            }
+            _ => state.removal_started,
+        };
+        let state = self.handle(handle);
+        if state.fate.is_none() {
+            state.fate = Some(Fate::Removed(reason.clone()));
+            state.explained = accepted || explained;
+        }
+        if !accepted && !explained {
+            let why = format!(
+                "boot dropped {handle} ({reason}) although its metadata was complete and its storage durable"
+            );
+            self.fail("lost-shape", why, Some(handle));
+        }
+    }
+}
+
+/// A change's old and new row (either may be absent).
+fn sides(change: &Change) -> [Option<&Row>; 2] {
+    match change {
+        Change::Insert { new, .. } => [None, Some(new)],
+        Change::Update { old, new, .. } => [Some(old), Some(new)],
+        Change::Delete { old, .. } => [Some(old), None],
+    }
+}
+
+/// The engine's event sink in the simulator: every event goes into the
+/// trace (and its hash) and to the state checker.
+pub struct CheckedEvents {
+    pub checker: SharedChecker,
+    pub trace: SharedTrace,
+}
+
+impl EventSink for CheckedEvents {
+    fn emit(&self, event: Event) {
+        record(&self.trace, format_args!("engine: {event}"));
+        lock(&self.checker).on_event(&event);
+    }
+}
+
+pub fn lock(checker: &SharedChecker) -> MutexGuard<'_, Checker> {
+    checker.lock().expect("checker")
+}

@@ -1,0 +1,319 @@
+//! What the checker judges in every answer a client gets:
+//!
+//! - `unexplained-409`: a 409 for a handle whose removal the harness accepts
+//!   (or which a kill lost with the metadata write buffer); anything else,
+//!   after any kind of restart, fails;
+//! - `prefix-mismatch`: at every up-to-date with `global_last_seen_lsn` G the
+//!   client holds exactly the oracle's rows as of G, and no later answer for
+//!   that handle carries a change at or below G (Electric bug 8);
+//! - `wire`: every replicated change is a faithful rendering of the change
+//!   at its `op_position` in the Postgres model's transaction at its `lsn`
+//!   (`txids`, `relation`, key, value, `old_value`, key-change headers), and
+//!   every key follows Electric's format;
+//! - `latency`: outside fault windows, a change committed at T that alters a
+//!   live client's rows reaches it by max(T, request sent) plus the bound;
+//!   a live request for which data already exists is answered at once, not
+//!   after the long-poll timeout.
+
+use super::{Checker, Fate, now_ms};
+use crate::client::{Applied, ChangeSeen, ShapeClient};
+use crate::harness::checks::Failure;
+use crate::oracle::rows::{self, electric_key, electric_key_of_text, rendered};
+use engine::api::{Request, Response};
+use engine::replication::{Change, Lsn};
+use engine::schema::TableSchema;
+
+/// The request an answer is for, as the client sent it.
+pub struct ReadContext<'a> {
+    /// The client's index, which is its shape's index in the scenario.
+    pub shape: usize,
+    pub request: &'a Request,
+    pub sent_ms: u64,
+    /// The client's highest up-to-date LSN for the handle it sent.
+    pub known_lsn: Option<Lsn>,
+}
+
+impl Checker {
+    /// Judges one answer; a violation is recorded in the verdict and returned.
+    pub fn on_response(
+        &mut self,
+        ctx: &ReadContext<'_>,
+        response: &Response,
+        applied: &Applied,
+        client: &ShapeClient,
+    ) -> Result<(), Failure> {
+        let result = match response.status {
+            409 => self.conflict(ctx),
+            200 => self.data(ctx, response, applied, client),
+            _ => Ok(()),
+        };
+        result.map_err(|(check, why)| {
+            let handle = response.header("electric-handle").map(str::to_string);
+            self.fail(
+                check,
+                format!("shape {}: {why}", ctx.shape),
+                handle.as_deref(),
+            );
+            self.verdict.failure().expect("just recorded")
+        })
+    }
+
+    fn conflict(&mut self, ctx: &ReadContext<'_>) -> Result<(), (&'static str, String)> {
+        let sent = ctx.request.params.get("handle").cloned();
+        let Some(sent) = sent else {
+            return Err((
+                "unexplained-409",
+                "409 for a request without a handle".into(),
+            ));
+        };
+        let state = self.handles.get(&sent).cloned().unwrap_or_default();
+        let explained = match &state.fate {
+            Some(Fate::Lost(why)) => Some(why.to_string()),
+            Some(Fate::Removed(reason)) if state.explained => Some(reason.name().to_string()),
+            _ => None,
+        };
+        match explained {
+            Some(reason) => {
+                self.coverage.conflict(&reason);
+                Ok(())
+            }
+            None => Err((
+                "unexplained-409",
+                format!(
+                    "409 for {sent}, which is {:?}",
+                    state.fate.map_or("live".into(), |f| format!("{f:?}"))
+                ),
+            )),
+        }
+    }
+
+    fn data(
+        &mut self,
+        ctx: &ReadContext<'_>,
+        response: &Response,
+        applied: &Applied,
+        client: &ShapeClient,
+    ) -> Result<(), (&'static str, String)> {
+        let handle = response
+            .header("electric-handle")
+            .unwrap_or_default()
+            .to_string();
+        self.handle_shape.insert(handle.clone(), ctx.shape);
+        self.latest_handle[ctx.shape] = Some(handle.clone());
+        let schema = self.schema.clone();
+        for change in &applied.changes {
+            self.wire(ctx.shape, &schema, change)
+                .map_err(|why| ("wire", why))?;
+            let lsn = change.headers.lsn;
+            if let (Some(lsn), Some(g)) =
+                (lsn, ctx.known_lsn.filter(|&g| lsn.is_some_and(|l| l <= g)))
+            {
+                let why = format!(
+                    "a change at lsn {lsn} ({}) after up-to-date at {g}",
+                    change.key
+                );
+                return Err(("prefix-mismatch", why));
+            }
+        }
+        if let Some(g) = applied.up_to_date {
+            self.coverage.checks.prefix += 1;
+            let oracle = self.oracle_at(ctx.shape, g);
+            if client.rows != *oracle {
+                let why = format!(
+                    "up to date at lsn {g} with {} rows, the oracle as of {g} has {}: {}",
+                    client.rows.len(),
+                    oracle.len(),
+                    rows::diff(&client.rows, &oracle)
+                );
+                return Err(("prefix-mismatch", why));
+            }
+        }
+        self.latency(ctx).map_err(|why| ("latency", why))
+    }
+
+    /// A change is what the Postgres model's transaction says it is.
+    fn wire(
+        &mut self,
+        shape: usize,
+        schema: &TableSchema,
+        change: &ChangeSeen,
+    ) -> Result<(), String> {
+        let expected_key = electric_key_of_text(schema, &change.value);
+        if expected_key.as_deref() != Some(change.key.as_str()) {
+            return Err(format!(
+                "key {} does not follow from its value {:?}",
+                change.key, change.value
+            ));
+        }
+        let h = &change.headers;
+        let relation = (schema.name.schema.clone(), schema.name.name.clone());
+        if h.relation.as_ref() != Some(&relation) {
+            return Err(format!(
+                "relation {:?} for a change of {}",
+                h.relation, schema.name
+            ));
+        }
+        let (Some(lsn), Some(position)) = (h.lsn, h.op_position) else {
+            return Ok(()); // a snapshot row: checked against the oracle's rows
+        };
+        self.coverage.checks.changes += 1;
+        let txn = self.pg.transaction(lsn).ok_or_else(|| {
+            format!(
+                "{} claims lsn {lsn}, where no transaction committed",
+                change.key
+            )
+        })?;
+        if h.txids.as_deref() != Some(&[txn.xid][..]) {
+            return Err(format!(
+                "lsn {lsn} has xid {}, the change says txids {:?}",
+                txn.xid, h.txids
+            ));
+        }
+        let source = txn
+            .changes
+            .get((position / 2) as usize)
+            .filter(|c| *c.table() == schema.name);
+        let Some(source) = source else {
+            return Err(format!(
+                "op_position {position} of lsn {lsn} is no change of {}",
+                schema.name
+            ));
+        };
+        let expected = self.render(shape, schema, source, position % 2 == 1, &h.operation)?;
+        let got = (
+            change.key.clone(),
+            change.value.clone(),
+            change.old_value.clone(),
+            h.key_change_to.clone(),
+            h.key_change_from.clone(),
+        );
+        if got != expected {
+            return Err(format!(
+                "{} at {lsn}_{position} is {got:?}, the Postgres change {source:?} renders as {expected:?}",
+                h.operation
+            ));
+        }
+        Ok(())
+    }
+
+    /// How the shape must render `change` as an `operation` (the second half
+    /// of a split key change if `second`): key, value, old_value, key change.
+    #[allow(clippy::type_complexity)]
+    fn render(
+        &self,
+        shape: usize,
+        schema: &TableSchema,
+        change: &Change,
+        second: bool,
+        operation: &str,
+    ) -> Result<
+        (
+            String,
+            crate::client::ClientRow,
+            Option<crate::client::ClientRow>,
+            Option<String>,
+            Option<String>,
+        ),
+        String,
+    > {
+        let spec = &self.shapes[shape];
+        let in_shape = |row: &[engine::schema::Value]| self.matches(shape, schema, row);
+        let all = 0..schema.columns.len();
+        let full = |row: &[engine::schema::Value]| rendered(schema, row, all.clone());
+        let pk = |row: &[engine::schema::Value]| {
+            rendered(schema, row, schema.primary_key.iter().copied())
+        };
+        let deleted = |row: &[engine::schema::Value]| {
+            if spec.replica_full {
+                full(row)
+            } else {
+                pk(row)
+            }
+        };
+        let key = |row: &[engine::schema::Value]| electric_key(schema, row);
+        let pk_changed = |old: &[engine::schema::Value], new: &[engine::schema::Value]| {
+            schema.primary_key.iter().any(|&i| old[i] != new[i])
+        };
+        let impossible = || Err(format!("a {operation} cannot come from {change:?}"));
+        Ok(match (operation, second, change) {
+            ("insert", false, Change::Insert { new, .. }) => {
+                (key(new), full(new), None, None, None)
+            }
+            ("insert", false, Change::Update { old, new, .. })
+                if !in_shape(old) && in_shape(new) =>
+            {
+                (key(new), full(new), None, None, None)
+            }
+            ("insert", true, Change::Update { old, new, .. })
+                if pk_changed(old, new) && in_shape(old) && in_shape(new) =>
+            {
+                (key(new), full(new), None, None, Some(key(old)))
+            }
+            ("delete", false, Change::Delete { old, .. }) => {
+                (key(old), deleted(old), None, None, None)
+            }
+            ("delete", false, Change::Update { old, new, .. }) if in_shape(old) => {
+                let to = (in_shape(new) && pk_changed(old, new)).then(|| key(new));
+                (key(old), deleted(old), None, to, None)
+            }
+            ("update", false, Change::Update { old, new, .. })
+                if !pk_changed(old, new) && in_shape(old) && in_shape(new) =>
+            {
+                let changed: Vec<usize> = (0..schema.columns.len())
+                    .filter(|&i| old[i] != new[i])
+                    .collect();
+                if spec.replica_full {
+                    (
+                        key(new),
+                        full(new),
+                        Some(rendered(schema, old, changed)),
+                        None,
+                        None,
+                    )
+                } else {
+                    let mut value = pk(new);
+                    value.extend(rendered(schema, new, changed));
+                    (key(new), value, None, None, None)
+                }
+            }
+            _ => return impossible(),
+        })
+    }
+
+    /// Outside fault windows, the first change after the client's known LSN
+    /// that alters its rows arrives within the bound.
+    fn latency(&mut self, ctx: &ReadContext<'_>) -> Result<(), String> {
+        let (Some(bound_ms), Some(known)) = (self.latency_bound_ms, ctx.known_lsn) else {
+            return Ok(());
+        };
+        if ctx.request.params.get("live").map(String::as_str) != Some("true") {
+            return Ok(());
+        }
+        let timeline = &self.timelines[ctx.shape];
+        let Some(&(lsn, _)) = timeline.iter().find(|(l, _)| *l > known) else {
+            return Ok(());
+        };
+        let committed_ms = self.commit_ms[&lsn];
+        let now = now_ms();
+        if !self.quiet(committed_ms.min(ctx.sent_ms), now, bound_ms) {
+            return Ok(());
+        }
+        self.coverage.checks.latency += 1;
+        let deadline_ms = committed_ms.max(ctx.sent_ms) + bound_ms;
+        if now > deadline_ms {
+            return Err(format!(
+                "lsn {lsn} (committed at {committed_ms} ms) changes the rows of a live client at lsn {known}; its request of {} ms was answered at {now} ms, past {deadline_ms} ms",
+                ctx.sent_ms
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether no fault window (extended by the bound) touches `from..=to`.
+    fn quiet(&self, from: u64, to: u64, bound_ms: u64) -> bool {
+        self.faults.iter().all(|&(start, end)| {
+            let end = end.map_or(u64::MAX, |e| e.saturating_add(bound_ms));
+            end < from || start > to
+        })
+    }
+}

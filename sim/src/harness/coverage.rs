@@ -1,0 +1,189 @@
+//! What a run (or a sweep) actually exercised: restarts by kind, armed crash
+//! points and whether they fired, power losses and what they did, injected
+//! I/O errors, 409s by the removal reason that explains each, and how much
+//! the checks compared. A sweep sums its runs. Every fault the harness can
+//! inject has a counter here from the start, so a summary says what was
+//! exercised and what was not (a zero is a finding).
+
+use engine::env::CrashPoint;
+use engine::env::PowerLossReport;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Restart kinds, by their stable names.
+pub const RESTART_KINDS: [&str; 5] = [
+    "graceful",
+    "crash",
+    "power",
+    "rolling",
+    "interrupted-graceful",
+];
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PointCount {
+    /// Restarts that armed the point.
+    pub armed: u64,
+    /// Armed and reached: the kill landed exactly there.
+    pub fired: u64,
+    /// Times the engine passed the point, armed or not.
+    pub visited: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PowerLosses {
+    pub total: u64,
+    /// Power losses that found nothing unsynced.
+    pub changed_nothing: u64,
+    /// Unsynced bytes lost.
+    pub bytes_dropped: u64,
+    /// Files left with a torn prefix of their unsynced bytes.
+    pub files_torn: u64,
+    /// Directories whose unsynced entries were reverted.
+    pub dirs_reverted: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Checks {
+    /// Client views compared with the oracle at the end of a check.
+    pub total: u64,
+    /// ... of which the oracle's rows were not empty.
+    pub non_empty: u64,
+    /// Rows compared in those comparisons.
+    pub rows_compared: u64,
+    /// Up-to-date answers compared with the oracle as of their LSN.
+    pub prefix: u64,
+    /// Replicated changes checked against the Postgres model's transaction.
+    pub changes: u64,
+    /// Live answers whose delivery latency was judged.
+    pub latency: u64,
+    /// Acknowledgements checked against what each shape made durable.
+    pub acks: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Coverage {
+    pub restarts: BTreeMap<String, u64>,
+    pub crash_points: BTreeMap<String, PointCount>,
+    pub power_losses: PowerLosses,
+    pub io_errors_injected: u64,
+    /// 409s, by the removal reason that explains each.
+    pub conflicts: BTreeMap<String, u64>,
+    pub checks: Checks,
+}
+
+impl Default for Coverage {
+    fn default() -> Coverage {
+        Coverage {
+            restarts: RESTART_KINDS.iter().map(|k| (k.to_string(), 0)).collect(),
+            crash_points: CrashPoint::ALL
+                .iter()
+                .map(|p| (p.name().to_string(), PointCount::default()))
+                .collect(),
+            power_losses: PowerLosses::default(),
+            io_errors_injected: 0,
+            conflicts: BTreeMap::new(),
+            checks: Checks::default(),
+        }
+    }
+}
+
+impl Coverage {
+    pub fn restart(&mut self, kind: &str) {
+        assert!(RESTART_KINDS.contains(&kind), "unknown restart kind {kind}");
+        *self.restarts.entry(kind.to_string()).or_default() += 1;
+    }
+
+    pub fn point(&mut self, point: CrashPoint) -> &mut PointCount {
+        self.crash_points
+            .get_mut(point.name())
+            .expect("every crash point has a counter")
+    }
+
+    pub fn power_loss(&mut self, report: &PowerLossReport) {
+        let p = &mut self.power_losses;
+        p.total += 1;
+        p.changed_nothing += u64::from(!report.changed_anything());
+        p.bytes_dropped += report.bytes_dropped;
+        p.files_torn += report.files_torn;
+        p.dirs_reverted += report.dirs_reverted;
+    }
+
+    pub fn conflict(&mut self, reason: &str) {
+        *self.conflicts.entry(reason.to_string()).or_default() += 1;
+    }
+
+    /// Adds another run's counts to these.
+    pub fn add(&mut self, other: &Coverage) {
+        for (k, n) in &other.restarts {
+            *self.restarts.entry(k.clone()).or_default() += n;
+        }
+        for (k, c) in &other.crash_points {
+            let mine = self.crash_points.entry(k.clone()).or_default();
+            mine.armed += c.armed;
+            mine.fired += c.fired;
+            mine.visited += c.visited;
+        }
+        let (p, q) = (&mut self.power_losses, &other.power_losses);
+        p.total += q.total;
+        p.changed_nothing += q.changed_nothing;
+        p.bytes_dropped += q.bytes_dropped;
+        p.files_torn += q.files_torn;
+        p.dirs_reverted += q.dirs_reverted;
+        self.io_errors_injected += other.io_errors_injected;
+        for (k, n) in &other.conflicts {
+            *self.conflicts.entry(k.clone()).or_default() += n;
+        }
+        let (c, d) = (&mut self.checks, &other.checks);
+        c.total += d.total;
+        c.non_empty += d.non_empty;
+        c.rows_compared += d.rows_compared;
+        c.prefix += d.prefix;
+        c.changes += d.changes;
+        c.latency += d.latency;
+        c.acks += d.acks;
+    }
+
+    /// The short table a text summary prints.
+    pub fn table(&self) -> String {
+        let mut out = String::from("coverage:\n");
+        let restarts: Vec<String> = self
+            .restarts
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        out.push_str(&format!("  restarts      {}\n", restarts.join(", ")));
+        out.push_str("  crash points  armed  fired  visited\n");
+        for (name, c) in &self.crash_points {
+            out.push_str(&format!(
+                "    {name:<26}{:>5}{:>7}{:>9}\n",
+                c.armed, c.fired, c.visited
+            ));
+        }
+        let p = &self.power_losses;
+        out.push_str(&format!(
+            "  power losses  {} ({} changed nothing; {} bytes dropped, {} files torn, {} dirs reverted)\n",
+            p.total, p.changed_nothing, p.bytes_dropped, p.files_torn, p.dirs_reverted
+        ));
+        out.push_str(&format!(
+            "  I/O errors    {} injected\n",
+            self.io_errors_injected
+        ));
+        let conflicts: Vec<String> = self
+            .conflicts
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let conflicts = if conflicts.is_empty() {
+            "none".to_string()
+        } else {
+            conflicts.join(", ")
+        };
+        out.push_str(&format!("  409s          {conflicts}\n"));
+        let c = &self.checks;
+        out.push_str(&format!(
+            "  checks        {} ({} non-empty, {} rows compared); {} prefixes, {} changes, {} latencies, {} acks judged",
+            c.total, c.non_empty, c.rows_compared, c.prefix, c.changes, c.latency, c.acks
+        ));
+        out
+    }
+}

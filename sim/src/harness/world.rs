@@ -1,0 +1,499 @@
+//! The world of one run: its nodes, the state that outlives engine kills, and
+//! the supervisor's steps (batches, kills, graceful restarts, partitions,
+//! checks).
+
+use super::checker::{self, CheckedEvents, Checker, SharedChecker};
+use super::checks::{self, CheckRules, Failure, StopSignal};
+use super::faults::{ArmedCrash, SlowStorage};
+use super::net;
+use super::panics::on_engine;
+use super::trace::{SharedTrace, record};
+use crate::client::ShapeClient;
+use crate::host::{SimClock, SimSpawner, sqlite_in_memory};
+use crate::scenario::{Link, Restart, RestartKind, Scenario};
+use crate::standard;
+use engine::env::{CrashPoint, Env, MemStorage, PowerLoss};
+use engine::stack::{Host, Stack};
+use madsim::net::Endpoint;
+use madsim::rand::Rng as _;
+use madsim::runtime::{Handle, NodeHandle};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The nodes of a run and the state that outlives engine kills.
+pub(super) struct World {
+    scenario: Scenario,
+    pub trace: SharedTrace,
+    pub checker: SharedChecker,
+    storage: MemStorage,
+    crash: ArmedCrash,
+    engine: NodeHandle,
+    postgres_id: madsim::task::NodeId,
+    clients_node: NodeHandle,
+    stack: Arc<Mutex<Option<Stack>>>,
+    pg: crate::pg::PgModel,
+    clients: Vec<ShapeClient>,
+    endpoint: Endpoint,
+    /// Partitions in force, per link.
+    link_cuts: Arc<Mutex<BTreeMap<Link, u32>>>,
+}
+
+/// Clients polling in the background.
+struct Polling {
+    stop: Arc<StopSignal>,
+    tasks: Vec<madsim::task::JoinHandle<(ShapeClient, Result<(), Failure>)>>,
+}
+
+/// The latency bound: the replication of a burst of commits (a few round
+/// trips each) plus the flush period. `None` on a lossy network, where a
+/// lost packet costs a retransmission timeout and latency is not judged.
+fn latency_bound_ms(scenario: &Scenario) -> Option<u64> {
+    let t = &scenario.timing;
+    (t.packet_loss_rate == 0.0).then_some(t.flush_period_ms + 20 * t.latency_max_ms + 50)
+}
+
+impl World {
+    pub async fn new(scenario: Scenario, trace: SharedTrace) -> World {
+        let handle = Handle::current();
+        let pg = standard::seeded_postgres(&scenario.seed_rows);
+        let checker = Arc::new(Mutex::new(Checker::new(
+            trace.clone(),
+            pg.clone(),
+            scenario.shapes.clone(),
+            latency_bound_ms(&scenario),
+        )));
+        let storage = MemStorage::new();
+        let crash = ArmedCrash::new(trace.clone());
+        let stack: Arc<Mutex<Option<Stack>>> = Arc::default();
+
+        let verdict = checker::lock(&checker).verdict.clone();
+        let (pg_node, pg_trace) = (pg.clone(), trace.clone());
+        let postgres = handle
+            .create_node()
+            .name("postgres")
+            .ip(net::PG_IP.parse().expect("ip"))
+            .init(move || net::serve_postgres(pg_node.clone(), pg_trace.clone(), verdict.clone()))
+            .build();
+        let engine = Self::engine_node(&scenario, &storage, &crash, &stack, &checker, &trace);
+        let clients_node = handle
+            .create_node()
+            .name("clients")
+            .ip(net::CLIENT_IP.parse().expect("ip"))
+            .build();
+        let endpoint = clients_node
+            .spawn(async {
+                Endpoint::bind(format!("{}:0", net::CLIENT_IP))
+                    .await
+                    .expect("bind clients")
+            })
+            .await
+            .expect("bind task");
+        crash.set_node(engine.id());
+        let clients = fresh_clients(&scenario);
+        World {
+            scenario,
+            trace,
+            checker,
+            storage,
+            crash,
+            engine,
+            postgres_id: postgres.id(),
+            clients_node,
+            stack,
+            pg,
+            clients,
+            endpoint,
+            link_cuts: Arc::default(),
+        }
+    }
+
+    /// The engine's node: every (re)start boots a stack on the durable state.
+    fn engine_node(
+        scenario: &Scenario,
+        storage: &MemStorage,
+        crash: &ArmedCrash,
+        slot: &Arc<Mutex<Option<Stack>>>,
+        checker: &SharedChecker,
+        trace: &SharedTrace,
+    ) -> NodeHandle {
+        let config = super::stack_config(scenario);
+        let disk_latency_us = scenario.timing.disk_latency_us;
+        let sqlite = sqlite_in_memory();
+        let (storage, crash, slot, checker, trace) = (
+            storage.clone(),
+            crash.clone(),
+            slot.clone(),
+            checker.clone(),
+            trace.clone(),
+        );
+        Handle::current()
+            .create_node()
+            .name("engine")
+            .ip(net::ENGINE_IP.parse().expect("ip"))
+            .init(move || {
+                let env = Env {
+                    clock: Arc::new(SimClock),
+                    storage: Arc::new(SlowStorage::new(storage.clone(), disk_latency_us)),
+                    spawner: Arc::new(SimSpawner),
+                    crash_points: Arc::new(crash.clone()),
+                    events: Arc::new(CheckedEvents {
+                        checker: checker.clone(),
+                        trace: trace.clone(),
+                    }),
+                };
+                let (sqlite, slot, trace) = (sqlite.clone(), slot.clone(), trace.clone());
+                on_engine(async move {
+                    let remote = Arc::new(net::RemotePg::connect(trace).await);
+                    {
+                        // A kill never lands inside a transaction (the engine does
+                        // not await in one), but be sure none is left open.
+                        let conn = sqlite.lock().expect("sqlite");
+                        if !conn.is_autocommit() {
+                            conn.execute_batch("ROLLBACK").expect("rollback");
+                        }
+                    }
+                    let host = Host {
+                        env,
+                        sqlite,
+                        source: remote.clone(),
+                        postgres: remote,
+                    };
+                    let stack = Stack::start(host, config);
+                    *slot.lock().expect("stack slot") = Some(stack.clone());
+                    net::serve_engine(stack).await;
+                })
+            })
+            .build()
+    }
+
+    fn record(&self, event: String) {
+        record(&self.trace, event);
+    }
+
+    pub async fn run(&mut self) -> Result<(), Failure> {
+        self.record(format!(
+            "start: {} shapes, {} batches",
+            self.scenario.shapes.len(),
+            self.scenario.batches.len()
+        ));
+        self.check("initial").await?;
+        for number in 1..=self.scenario.batches.len() {
+            let restart = self.scenario.restarts.get(&number).cloned();
+            if let Some(partition) = self.scenario.partitions.get(&number).cloned() {
+                self.partition(partition);
+            }
+            let kill = restart.as_ref().filter(|r| r.kind != RestartKind::Graceful);
+            if let Some((name, nth)) = kill.and_then(|r| r.crash_point.clone()) {
+                let point: CrashPoint = name
+                    .parse()
+                    .unwrap_or_else(|e| panic!("scenario names a crash point: {e}"));
+                self.crash.arm(point, nth);
+                checker::lock(&self.checker).coverage.point(point).armed += 1;
+                self.record(format!("armed crash point {point} (visit {nth})"));
+            }
+            // Clients poll throughout the batch (and any kill after it).
+            let polling = self.start_polling();
+            if let Some(removal) = self.scenario.removals.get(&number).cloned() {
+                self.remove_shape(removal);
+            }
+            self.commit_batch(number).await;
+            if let Some(r) = kill.cloned() {
+                self.kill(&r).await;
+            }
+            self.stop_polling(polling).await?;
+            self.check(&format!("batch {number}")).await?;
+            if restart.is_some_and(|r| r.kind == RestartKind::Graceful) {
+                self.graceful_restart().await?;
+                self.check(&format!("graceful restart after batch {number}"))
+                    .await?;
+            }
+            if self.scenario.client_restarts.contains(&number) {
+                // Fresh clients catch up while the next batch commits.
+                self.clients = fresh_clients(&self.scenario);
+                self.record("clients restarted".to_string());
+            }
+        }
+        self.record("all checks passed".to_string());
+        Ok(())
+    }
+
+    fn request_timeout_ms(&self) -> u64 {
+        let t = &self.scenario.timing;
+        t.long_poll_timeout_ms + 2 * t.latency_max_ms + 300
+    }
+
+    /// Every client polls in the background until [`World::stop_polling`].
+    fn start_polling(&mut self) -> Polling {
+        let stop = Arc::new(StopSignal::default());
+        let timeout_ms = self.request_timeout_ms();
+        let tasks = std::mem::take(&mut self.clients)
+            .into_iter()
+            .enumerate()
+            .map(|(index, mut client)| {
+                let (ep, checker, stop) =
+                    (self.endpoint.clone(), self.checker.clone(), stop.clone());
+                self.clients_node.spawn(async move {
+                    let result =
+                        checks::poll(index, &mut client, &checker, &ep, timeout_ms, &stop).await;
+                    (client, result)
+                })
+            })
+            .collect();
+        Polling { stop, tasks }
+    }
+
+    async fn stop_polling(&mut self, polling: Polling) -> Result<(), Failure> {
+        polling.stop.stop();
+        let mut first_failure = None;
+        for task in polling.tasks {
+            let (client, result) = task.await.expect("polling task");
+            self.clients.push(client);
+            if let Err(failure) = result {
+                first_failure.get_or_insert(failure);
+            }
+        }
+        first_failure.map_or(Ok(()), Err)
+    }
+
+    /// An operator removes the shape's current handle (`DELETE /v1/shape`)
+    /// `at_ms` into the batch.
+    fn remove_shape(&self, removal: crate::scenario::Removal) {
+        let (ep, checker, trace) = (
+            self.endpoint.clone(),
+            self.checker.clone(),
+            self.trace.clone(),
+        );
+        let timeout_ms = self.request_timeout_ms();
+        drop(self.clients_node.spawn(async move {
+            madsim::time::sleep(Duration::from_millis(removal.at_ms)).await;
+            let Some(handle) = checker::lock(&checker).latest_handle(removal.shape) else {
+                return record(
+                    &trace,
+                    format_args!("removal of shape {}: no handle yet", removal.shape),
+                );
+            };
+            checker::lock(&checker).removal_requested(&handle);
+            let request = engine::api::Request::new([("handle", handle.as_str())]);
+            let status = net::delete(&ep, request, timeout_ms)
+                .await
+                .map(|r| r.status);
+            record(
+                &trace,
+                format_args!("removal of shape {} ({handle}): {status:?}", removal.shape),
+            );
+        }));
+    }
+
+    async fn commit_batch(&mut self, number: usize) {
+        let batch = self.scenario.batches[number - 1].clone();
+        for ops in batch {
+            let mutations: Vec<_> = ops
+                .iter()
+                .filter_map(|op| standard::mutation(&self.pg, op))
+                .collect();
+            match self.pg.commit(&mutations) {
+                Some(txn) => {
+                    self.record(format!(
+                        "commit lsn {} xid {} ({} changes)",
+                        txn.commit_lsn,
+                        txn.xid,
+                        txn.changes.len()
+                    ));
+                    checker::lock(&self.checker).committed(&txn);
+                }
+                None => self.record("commit of a transaction that changed nothing".to_string()),
+            }
+            // Space transactions out a little so replication interleaves with them.
+            let gap_ms = madsim::rand::thread_rng().gen_range(0..3u64);
+            madsim::time::sleep(Duration::from_millis(gap_ms)).await;
+        }
+    }
+
+    /// A brutal kill (and, for `power`, a power loss), at the armed crash point
+    /// or after the drawn delay, then a restart.
+    async fn kill(&mut self, restart: &Restart) {
+        if restart.crash_point.is_some() {
+            let window = restart.kill_delay_ms + self.scenario.timing.kill_window_ms + 1_000;
+            if !self.crash.wait_fired(window).await {
+                self.record("the armed crash point was not reached: kill anyway".to_string());
+            }
+        } else {
+            madsim::time::sleep(Duration::from_millis(restart.kill_delay_ms)).await;
+        }
+        let handle = Handle::current();
+        handle.kill(self.engine.id());
+        *self.stack.lock().expect("stack slot") = None;
+        let fired = self.crash.fired();
+        self.crash.disarm();
+        let mut checker = checker::lock(&self.checker);
+        if let Some(point) = fired {
+            checker.coverage.point(point).fired += 1;
+        }
+        checker.killed(true);
+        let kind = match restart.kind {
+            RestartKind::Power => {
+                let report = self.storage.power_loss(PowerLoss::Torn {
+                    seed: restart.power_seed,
+                });
+                checker.coverage.power_loss(&report);
+                self.record(format!("power loss: {report:?}"));
+                "power"
+            }
+            _ => "crash",
+        };
+        checker.coverage.restart(kind);
+        drop(checker);
+        self.record(format!("{:?} kill of the engine", restart.kind));
+        handle.restart(self.engine.id());
+        self.engine = handle.get_node(self.engine.id()).expect("engine node");
+    }
+
+    /// Shuts the engine down through its coordinator and restarts it. An
+    /// engine that was ready must stop cleanly (everything flushed, marker
+    /// written) within its shutdown timeout.
+    async fn graceful_restart(&mut self) -> Result<(), Failure> {
+        let stack = self
+            .stack
+            .lock()
+            .expect("stack slot")
+            .clone()
+            .expect("engine running");
+        checker::lock(&self.checker).shutdown_started();
+        let (was_ready, clean) = self
+            .engine
+            .spawn(on_engine(async move {
+                let ready = stack.status() == engine::stack::Status::Ready;
+                (ready, stack.shutdown().await)
+            }))
+            .await
+            .expect("shutdown task");
+        self.record(format!(
+            "graceful shutdown, ready before: {was_ready}, clean: {clean}"
+        ));
+        if was_ready && !clean {
+            return Err(Failure::new(
+                "graceful-shutdown",
+                "a ready engine did not shut down cleanly within its shutdown timeout".to_string(),
+                None,
+                &self.trace,
+            ));
+        }
+        let handle = Handle::current();
+        handle.kill(self.engine.id());
+        *self.stack.lock().expect("stack slot") = None;
+        let mut checker = checker::lock(&self.checker);
+        checker.killed(!clean);
+        checker.coverage.restart("graceful");
+        drop(checker);
+        handle.restart(self.engine.id());
+        self.engine = handle.get_node(self.engine.id()).expect("engine node");
+        Ok(())
+    }
+
+    /// Cuts a link for a while. Partitions of one link may overlap: the link
+    /// heals when the last of them ends.
+    fn partition(&self, partition: crate::scenario::Partition) {
+        let (a, b) = match partition.link {
+            Link::EnginePostgres => (self.engine.id(), self.postgres_id),
+            Link::ClientsEngine => (self.clients_node.id(), self.engine.id()),
+        };
+        let now_ms = madsim::time::TimeHandle::current().elapsed().as_millis() as u64;
+        let start_ms = now_ms + partition.start_ms;
+        checker::lock(&self.checker).partitioned(start_ms, start_ms + partition.duration_ms);
+        let (trace, cuts) = (self.trace.clone(), self.link_cuts.clone());
+        drop(madsim::task::spawn(async move {
+            madsim::time::sleep(Duration::from_millis(partition.start_ms)).await;
+            let net = madsim::net::NetSim::current();
+            let cut = {
+                let mut cuts = cuts.lock().expect("link cuts");
+                let count = cuts.entry(partition.link).or_insert(0);
+                *count += 1;
+                *count
+            };
+            if cut == 1 {
+                net.clog_link(a, b);
+                net.clog_link(b, a);
+            }
+            record(
+                &trace,
+                format_args!(
+                    "partition {:?} for {} ms ({cut} active)",
+                    partition.link, partition.duration_ms
+                ),
+            );
+            madsim::time::sleep(Duration::from_millis(partition.duration_ms)).await;
+            let left = {
+                let mut cuts = cuts.lock().expect("link cuts");
+                let count = cuts.get_mut(&partition.link).expect("counted when cut");
+                assert!(*count > 0, "a link healed more often than it was cut");
+                *count -= 1;
+                *count
+            };
+            if left == 0 {
+                net.unclog_link(a, b);
+                net.unclog_link(b, a);
+                record(
+                    &trace,
+                    format_args!("partition {:?} healed", partition.link),
+                );
+            }
+        }));
+    }
+
+    /// Every client, in parallel, must reach up-to-date with the oracle's
+    /// rows; then the slot must catch up with the last commit.
+    async fn check(&mut self, label: &str) -> Result<(), Failure> {
+        let knobs = &self.scenario.timing;
+        let rules = Arc::new(CheckRules {
+            stop: Default::default(),
+            timeout_ms: knobs.check_timeout_ms,
+            request_timeout_ms: self.request_timeout_ms(),
+        });
+        let mut tasks = Vec::new();
+        for (index, mut client) in std::mem::take(&mut self.clients).into_iter().enumerate() {
+            let (ep, rules, checker, pg) = (
+                self.endpoint.clone(),
+                rules.clone(),
+                self.checker.clone(),
+                self.pg.clone(),
+            );
+            tasks.push(self.clients_node.spawn(async move {
+                let result = checks::converge(index, &mut client, &checker, &pg, &ep, &rules).await;
+                (client, result)
+            }));
+        }
+        let mut first_failure = None;
+        for task in tasks {
+            let (client, result) = task.await.expect("check task");
+            self.clients.push(client);
+            if let Err(failure) = result {
+                first_failure.get_or_insert(failure);
+            }
+        }
+        if first_failure.is_none()
+            && let Err(failure) =
+                checks::ack_liveness(&self.checker, &self.pg, knobs.check_timeout_ms).await
+        {
+            first_failure = Some(failure);
+        }
+        match first_failure {
+            None => {
+                self.record(format!("check {label}: every client matches the oracle"));
+                Ok(())
+            }
+            Some(failure) => {
+                self.record(format!("check {label} failed: {}", failure.message));
+                Err(failure)
+            }
+        }
+    }
+}
+
+fn fresh_clients(scenario: &Scenario) -> Vec<ShapeClient> {
+    scenario
+        .shapes
+        .iter()
+        .map(|s| ShapeClient::new("level_4", s.where_clause.as_deref(), s.replica_full))
+        .collect()
+}
