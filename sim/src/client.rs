@@ -458,3 +458,133 @@ fn headers(raw: RawHeaders, key: &str) -> Result<Headers, Violation> {
         key_change_from: raw.key_change_from,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(handle: &str, offset: &str, body: &str) -> Response {
+        let headers = [("electric-handle", handle), ("electric-offset", offset)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Response {
+            status: 200,
+            headers,
+            body: body.to_string(),
+        }
+    }
+
+    const ROW: &str = r#"{"key":"\"public\".\"t\"/\"a\"","value":{"id":"a","n":"1"},"headers":{"operation":"insert","relation":["public","t"]}}"#;
+
+    /// A client that has read the snapshot row `a` (n = 1) of handle `h`.
+    fn started(replica_full: bool) -> ShapeClient {
+        let mut client = ShapeClient::new("t", None, replica_full);
+        let request = client.request();
+        client
+            .apply(&request, &response("h", "0_inf", &format!("[{ROW}]")))
+            .unwrap();
+        client
+    }
+
+    fn change(op: &str, value: &str, old_value: &str, last: bool) -> String {
+        let old = if old_value.is_empty() {
+            String::new()
+        } else {
+            format!(r#","old_value":{old_value}"#)
+        };
+        format!(
+            r#"{{"key":"\"public\".\"t\"/\"a\"","value":{value}{old},"headers":{{"operation":"{op}","relation":["public","t"],"lsn":"9","op_position":0,"txids":[7],"last":{last}}}}}"#
+        )
+    }
+
+    #[test]
+    fn a_200_under_another_handle_or_going_back_breaks_continuity() {
+        let mut client = started(false);
+        let request = client.request();
+        let err = client
+            .apply(&request, &response("other", "0_inf", "[]"))
+            .unwrap_err();
+        assert_eq!(err.class, "continuity", "{err}");
+        let mut client = started(false);
+        let request = client.request();
+        let err = client
+            .apply(&request, &response("h", "0_0", "[]"))
+            .unwrap_err();
+        assert_eq!(err.class, "continuity", "{err}");
+        assert!(err.message.contains("went back"), "{err}");
+    }
+
+    #[test]
+    fn replica_full_updates_must_carry_the_values_the_client_had() {
+        let good = change("update", r#"{"id":"a","n":"2"}"#, r#"{"n":"1"}"#, true);
+        let mut client = started(true);
+        let request = client.request();
+        let applied = client
+            .apply(&request, &response("h", "9_0", &format!("[{good}]")))
+            .unwrap();
+        assert_eq!(
+            applied.changes[0].previous.as_ref().unwrap()["n"].as_deref(),
+            Some("1")
+        );
+        let wrong = change("update", r#"{"id":"a","n":"2"}"#, r#"{"n":"2"}"#, true);
+        let mut client = started(true);
+        let request = client.request();
+        let err = client
+            .apply(&request, &response("h", "9_0", &format!("[{wrong}]")))
+            .unwrap_err();
+        assert_eq!(err.class, "wire", "{err}");
+        let partial = change("update", r#"{"n":"2"}"#, r#"{"n":"1"}"#, true);
+        let mut client = started(true);
+        let request = client.request();
+        let err = client
+            .apply(&request, &response("h", "9_0", &format!("[{partial}]")))
+            .unwrap_err();
+        assert!(err.message.contains("columns"), "the whole row: {err}");
+    }
+
+    #[test]
+    fn a_transaction_must_end_with_last_before_another_or_an_up_to_date() {
+        let open = change("update", r#"{"id":"a","n":"2"}"#, "", false);
+        let up_to_date = r#"{"headers":{"control":"up-to-date","global_last_seen_lsn":"9"}}"#;
+        let mut client = started(false);
+        let request = client.request();
+        let err = client
+            .apply(
+                &request,
+                &response("h", "9_0", &format!("[{open},{up_to_date}]")),
+            )
+            .unwrap_err();
+        assert_eq!(err.class, "wire", "{err}");
+        let closed = change("update", r#"{"id":"a","n":"2"}"#, "", true);
+        let mut client = started(false);
+        let request = client.request();
+        let applied = client
+            .apply(
+                &request,
+                &response("h", "9_0", &format!("[{closed},{up_to_date}]")),
+            )
+            .unwrap();
+        assert_eq!(
+            (applied.up_to_date, client.up_to_date_lsn),
+            (Some(9), Some(9))
+        );
+    }
+
+    #[test]
+    fn strict_materialization_and_malformed_messages_are_named() {
+        let mut client = started(false);
+        let request = client.request();
+        let err = client
+            .apply(&request, &response("h", "0_inf", &format!("[{ROW}]")))
+            .unwrap_err();
+        assert_eq!(err.class, "strict-materialization", "{err}");
+        let mut client = started(false);
+        let request = client.request();
+        let number = r#"[{"key":"k","value":{"n":1},"headers":{"operation":"insert","relation":["public","t"]}}]"#;
+        let err = client
+            .apply(&request, &response("h", "0_inf", number))
+            .unwrap_err();
+        assert_eq!(err.class, "wire", "values are text: {err}");
+    }
+}

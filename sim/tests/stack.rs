@@ -296,7 +296,30 @@ fn the_stack_serves_snapshots_changes_and_long_polls_across_restarts() {
 
         // Graceful restart: clients continue from their offsets, no refetch.
         let refetches: Vec<u64> = clients.iter().map(|c| c.refetches).collect();
+        let before = world.events.all().len();
         world.graceful_restart().await;
+        world.until_ready().await;
+        // The engine says what it did: a clean stop, then every shape restored.
+        let events = world.events.all().split_off(before);
+        let position = |wanted: &dyn Fn(&Event) -> bool| events.iter().position(wanted);
+        let finished = position(&|e| *e == Event::ShutdownFinished { clean: true });
+        let booted = position(&|e| {
+            *e == Event::BootStarted {
+                previous_stop_clean: true,
+            }
+        });
+        assert!(finished.is_some() && finished < booted, "{events:#?}");
+        let restored = events
+            .iter()
+            .filter(|e| matches!(e, Event::ShapeRestored { .. }))
+            .count();
+        assert_eq!(restored, 3, "every shape comes back: {events:#?}");
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, Event::BootDropped { .. } | Event::ShapeRemoved { .. })),
+            "nothing is dropped after a clean stop: {events:#?}"
+        );
         for step in 10..15 {
             world.commit(step);
         }
@@ -326,6 +349,41 @@ fn the_stack_serves_snapshots_changes_and_long_polls_across_restarts() {
         let mut fresh = ShapeClient::new("items", Some("n > 10"), false);
         world.converge(&mut fresh).await;
         assert_eq!(fresh.rows, clients[0].rows);
+
+        // Removal on request (Electric's DELETE): 202, then 409 for its clients.
+        let handle = fresh.handle.clone().unwrap();
+        let delete = |h: &str| Request::new([("handle", h)]);
+        let stack = world.stack();
+        let (gone, again, bad, blank) = world
+            .node()
+            .spawn(async move {
+                let gone = stack.delete(delete(&handle)).await;
+                let again = stack.delete(delete(&handle)).await;
+                let bad = stack.delete(delete("../x")).await;
+                let blank = stack.delete(Request::default()).await;
+                (gone, again, bad, blank)
+            })
+            .await
+            .unwrap();
+        assert_eq!((gone.status, again.status), (202, 404));
+        assert_eq!((bad.status, blank.status), (400, 400));
+        assert!(
+            bad.body.contains("\"handle\""),
+            "400 names the parameter: {}",
+            bad.body
+        );
+        let removed = Event::ShapeRemoved {
+            handle: engine::handle::ShapeHandle::parse(fresh.handle.as_deref().unwrap()).unwrap(),
+            reason: RemovalReason::Requested,
+        };
+        assert!(world.events.all().contains(&removed));
+        let refetches_before = clients[0].refetches;
+        world.converge(&mut clients[0]).await;
+        assert_eq!(
+            clients[0].refetches,
+            refetches_before + 1,
+            "its client refetched"
+        );
     });
 }
 

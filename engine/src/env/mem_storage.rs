@@ -521,10 +521,18 @@ mod tests {
             s.process_crash();
             assert_eq!(s.read("d/synced").await.unwrap(), b"hello world");
 
-            s.power_loss(PowerLoss::DropUnsynced);
+            let report = s.power_loss(PowerLoss::DropUnsynced);
             assert_eq!(s.read("d/synced").await.unwrap(), b"hello");
             assert!(!s.exists("d/unlinked").await.unwrap());
             assert_eq!(s.stats().power_losses, 1);
+            let lost = PowerLossReport {
+                bytes_dropped: 6,
+                files_torn: 0,
+                files_changed: 1,
+                dirs_reverted: 1,
+            };
+            assert_eq!(report, lost, "what the power loss did is reported");
+            assert!(!s.power_loss(PowerLoss::DropUnsynced).changed_anything());
         });
     }
 

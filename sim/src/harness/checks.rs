@@ -157,7 +157,9 @@ pub async fn exchange(
         let why = format!("shape {index}: {}", violation.message);
         Failure::new(violation.class, why, Some(index), &trace)
     })?;
-    checker::lock(checker).on_response(&ctx, &response, &applied, client)?;
+    checker::lock(checker)
+        .on_response(&ctx, &response, &applied, client)
+        .map_err(|failure| *failure)?;
     Ok(Some(applied))
 }
 

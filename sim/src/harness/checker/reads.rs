@@ -41,7 +41,7 @@ impl Checker {
         response: &Response,
         applied: &Applied,
         client: &ShapeClient,
-    ) -> Result<(), Failure> {
+    ) -> Result<(), Box<Failure>> {
         let result = match response.status {
             409 => self.conflict(ctx),
             200 => self.data(ctx, response, applied, client),
@@ -54,7 +54,7 @@ impl Checker {
                 format!("shape {}: {why}", ctx.shape),
                 handle.as_deref(),
             );
-            self.verdict.failure().expect("just recorded")
+            Box::new(self.verdict.failure().expect("just recorded"))
         })
     }
 

@@ -593,3 +593,6 @@ impl PostgresQueries for PgModel {
         Ok(self.snapshot_now(&query))
     }
 }
+
+#[cfg(test)]
+mod tests;
