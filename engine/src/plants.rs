@@ -52,4 +52,9 @@ pub struct Plants {
     /// Real bug (found here by the log crash property test, fixed): reopen
     /// trusts metadata whose rename a crash left unsynced.
     pub no_sync_on_open: bool,
+    /// Real bug (found here by the harness's prefix check, fixed): an
+    /// up-to-date does not wait for replication to reach the shape's
+    /// snapshot position, so it can name an LSN older than the rows it
+    /// serves.
+    pub unsettled_snapshot: bool,
 }

@@ -231,7 +231,9 @@ async fn read(stack: &Arc<Inner>, entry: &Arc<ShapeEntry>, params: &Params) -> R
             }
         };
         let mut up_to_date = chunk_end >= latest.max(offset) && offset != LogOffset::BEFORE_ALL;
-        if up_to_date && seen < entry.snapshot_lsn() {
+        let settled =
+            seen >= entry.snapshot_lsn() || crate::planted!(stack.config, unsettled_snapshot);
+        if up_to_date && !settled {
             // The snapshot is ahead of replication: it reflects transactions
             // not every shape has applied yet. Wait for them (bounded).
             if stack.now_ms() < started_ms + long_poll_ms / 2 {
@@ -250,7 +252,13 @@ async fn read(stack: &Arc<Inner>, entry: &Arc<ShapeEntry>, params: &Params) -> R
                 continue;
             }
         }
-        let seen = up_to_date.then(|| global_last_seen_lsn(entry, seen, chunk_end, params.live));
+        let snapshot_lsn = if crate::planted!(stack.config, unsettled_snapshot) {
+            0
+        } else {
+            entry.snapshot_lsn()
+        };
+        let seen =
+            up_to_date.then(|| global_last_seen_lsn(snapshot_lsn, seen, chunk_end, params.live));
         let messages = entries.iter().map(|e| e.json.as_str());
         return respond(stack, entry, params, chunk_end, seen, messages);
     }
@@ -266,10 +274,10 @@ const SNAPSHOT_CATCH_UP_POLL_MS: u64 = 5;
 /// for a log holding only its snapshot, `seen`: the LSN every shape has
 /// applied (at or above the snapshot's position), never merely received
 /// (Electric bug 8 published the last LSN received).
-fn global_last_seen_lsn(entry: &ShapeEntry, seen: Lsn, chunk_end: LogOffset, live: bool) -> Lsn {
+fn global_last_seen_lsn(snapshot_lsn: Lsn, seen: Lsn, chunk_end: LogOffset, live: bool) -> Lsn {
     let end_lsn = chunk_end.tx().filter(|&tx| tx > 0);
     match (live, end_lsn) {
-        (true, Some(end_lsn)) => end_lsn.max(entry.snapshot_lsn()),
+        (true, Some(end_lsn)) => end_lsn.max(snapshot_lsn),
         (_, end_lsn) => seen.max(end_lsn.unwrap_or(0)),
     }
 }

@@ -283,22 +283,7 @@ pub fn sweep(args: &SweepArgs) -> i32 {
                     };
                     let failed = !outcome.passed() || divergence.is_some();
                     if failed {
-                        let repro = repro_command(seed, &args.scenario);
-                        bar.suspend(|| {
-                            if let Some(d) = &divergence {
-                                eprintln!("seed {seed}: {d}\n  reproduce with: {repro} --check-determinism");
-                            }
-                            if !outcome.passed() {
-                                eprintln!("{}", describe_failure(&outcome, &repro));
-                            }
-                            if let Some(dir) = &args.save_failures {
-                                let path = dir.join(format!("seed-{seed}.json"));
-                                match std::fs::write(&path, scenario.to_json()) {
-                                    Ok(()) => eprintln!("  saved: {}; shrink with: {}", path.display(), shrink_command(&path)),
-                                    Err(e) => eprintln!("  cannot save {}: {e}", path.display()),
-                                }
-                            }
-                        });
+                        bar.suspend(|| report(&outcome, divergence.as_deref(), &scenario, args));
                         if args.stop_on_fail {
                             stop.store(true, Ordering::SeqCst);
                         }
@@ -310,9 +295,38 @@ pub fn sweep(args: &SweepArgs) -> i32 {
         }
     });
     bar.finish_and_clear();
-    let wall_s = started.elapsed().as_secs_f64();
     let mut results = results.into_inner().expect("results");
     results.sort_by_key(|(o, _)| o.seed);
+    summarize(&results, started.elapsed().as_secs_f64(), jobs, args.json)
+}
+
+/// Reports a failing seed of a sweep: the failure, or the divergence of two
+/// runs, with its reproduction command; saves its scenario if asked.
+fn report(outcome: &RunOutcome, divergence: Option<&str>, scenario: &Scenario, args: &SweepArgs) {
+    let seed = outcome.seed;
+    let repro = repro_command(seed, &args.scenario);
+    if let Some(d) = divergence {
+        eprintln!("seed {seed}: {d}\n  reproduce with: {repro} --check-determinism");
+    }
+    if !outcome.passed() {
+        eprintln!("{}", describe_failure(outcome, &repro));
+    }
+    if let Some(dir) = &args.save_failures {
+        let path = dir.join(format!("seed-{seed}.json"));
+        match std::fs::write(&path, scenario.to_json()) {
+            Ok(()) => eprintln!(
+                "  saved: {}; shrink with: {}",
+                path.display(),
+                shrink_command(&path)
+            ),
+            Err(e) => eprintln!("  cannot save {}: {e}", path.display()),
+        }
+    }
+}
+
+/// Prints a sweep's summary (text, and the JSON object with `--json`);
+/// returns the exit code.
+fn summarize(results: &[(RunOutcome, bool)], wall_s: f64, jobs: usize, json: bool) -> i32 {
     let failing: Vec<u64> = results
         .iter()
         .filter(|(_, failed)| *failed)
@@ -335,7 +349,7 @@ pub fn sweep(args: &SweepArgs) -> i32 {
         sim_s / wall_s
     );
     eprintln!("{}", coverage.table());
-    if args.json {
+    if json {
         let summary = json!({
             "seeds": ran,
             "passed": ran - failing.len(),

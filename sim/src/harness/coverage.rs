@@ -117,30 +117,21 @@ impl Coverage {
         for (k, n) in &other.restarts {
             *self.restarts.entry(k.clone()).or_default() += n;
         }
+        macro_rules! add {
+            ($mine:expr, $theirs:expr; $($field:ident),*) => { $($mine.$field += $theirs.$field;)* };
+        }
         for (k, c) in &other.crash_points {
             let mine = self.crash_points.entry(k.clone()).or_default();
-            mine.armed += c.armed;
-            mine.fired += c.fired;
-            mine.visited += c.visited;
+            add!(mine, c; armed, fired, visited);
         }
         let (p, q) = (&mut self.power_losses, &other.power_losses);
-        p.total += q.total;
-        p.changed_nothing += q.changed_nothing;
-        p.bytes_dropped += q.bytes_dropped;
-        p.files_torn += q.files_torn;
-        p.dirs_reverted += q.dirs_reverted;
+        add!(p, q; total, changed_nothing, bytes_dropped, files_torn, dirs_reverted);
         self.io_errors_injected += other.io_errors_injected;
         for (k, n) in &other.conflicts {
             *self.conflicts.entry(k.clone()).or_default() += n;
         }
         let (c, d) = (&mut self.checks, &other.checks);
-        c.total += d.total;
-        c.non_empty += d.non_empty;
-        c.rows_compared += d.rows_compared;
-        c.prefix += d.prefix;
-        c.changes += d.changes;
-        c.latency += d.latency;
-        c.acks += d.acks;
+        add!(c, d; total, non_empty, rows_compared, prefix, changes, latency, acks);
     }
 
     /// The short table a text summary prints.
@@ -185,5 +176,31 @@ impl Coverage {
             c.total, c.non_empty, c.rows_compared, c.prefix, c.changes, c.latency, c.acks
         ));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sweep_sums_its_runs_and_keeps_every_key() {
+        let mut run = Coverage::default();
+        run.restart("power");
+        run.point(CrashPoint::MetadataFlush).armed += 1;
+        run.conflict("requested");
+        run.checks.total = 2;
+        let mut sweep = Coverage::default();
+        sweep.add(&run);
+        sweep.add(&run);
+        assert_eq!(sweep.restarts["power"], 2);
+        assert_eq!(
+            sweep.restarts["rolling"], 0,
+            "unexercised kinds are listed as 0"
+        );
+        assert_eq!(sweep.crash_points["metadata.flush"].armed, 2);
+        assert_eq!(sweep.crash_points.len(), CrashPoint::ALL.len());
+        assert_eq!((sweep.conflicts["requested"], sweep.checks.total), (2, 4));
+        assert!(sweep.table().contains("metadata.flush"));
     }
 }

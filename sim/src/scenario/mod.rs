@@ -168,6 +168,8 @@ pub enum Plant {
     SnapshotAttemptBudget,
     /// Real bug, fixed: reopening a log trusts a metadata rename a crash left unsynced.
     NoSyncOnOpen,
+    /// Real bug, fixed: up-to-date does not wait for replication to reach the shape's snapshot.
+    UnsettledSnapshot,
 }
 
 impl Plant {
@@ -186,10 +188,11 @@ impl Plant {
     ];
     /// Real bugs this project's harness found, re-introduced on demand so that
     /// their corpus entries keep proving something.
-    pub const REAL_BUGS: [Plant; 3] = [
+    pub const REAL_BUGS: [Plant; 4] = [
         Plant::OutOfBounds400,
         Plant::SnapshotAttemptBudget,
         Plant::NoSyncOnOpen,
+        Plant::UnsettledSnapshot,
     ];
 
     pub fn name(self) -> String {
@@ -217,6 +220,7 @@ impl Plant {
             out_of_bounds_400: on(Plant::OutOfBounds400),
             snapshot_attempt_budget: on(Plant::SnapshotAttemptBudget),
             no_sync_on_open: on(Plant::NoSyncOnOpen),
+            unsettled_snapshot: on(Plant::UnsettledSnapshot),
         }
     }
 }

@@ -16,12 +16,12 @@
 //!   after the long-poll timeout.
 
 use super::{Checker, Fate, now_ms};
-use crate::client::{Applied, ChangeSeen, ShapeClient};
+use crate::client::{Applied, ChangeSeen, ClientRow, ShapeClient};
 use crate::harness::checks::Failure;
 use crate::oracle::rows::{self, electric_key, electric_key_of_text, rendered};
 use engine::api::{Request, Response};
 use engine::replication::{Change, Lsn};
-use engine::schema::TableSchema;
+use engine::schema::{TableSchema, Value};
 
 /// The request an answer is for, as the client sent it.
 pub struct ReadContext<'a> {
@@ -180,13 +180,13 @@ impl Checker {
             ));
         };
         let expected = self.render(shape, schema, source, position % 2 == 1, &h.operation)?;
-        let got = (
-            change.key.clone(),
-            change.value.clone(),
-            change.old_value.clone(),
-            h.key_change_to.clone(),
-            h.key_change_from.clone(),
-        );
+        let got = Rendered {
+            key: change.key.clone(),
+            value: change.value.clone(),
+            old_value: change.old_value.clone(),
+            key_change_to: h.key_change_to.clone(),
+            key_change_from: h.key_change_from.clone(),
+        };
         if got != expected {
             return Err(format!(
                 "{} at {lsn}_{position} is {got:?}, the Postgres change {source:?} renders as {expected:?}",
@@ -196,9 +196,8 @@ impl Checker {
         Ok(())
     }
 
-    /// How the shape must render `change` as an `operation` (the second half
-    /// of a split key change if `second`): key, value, old_value, key change.
-    #[allow(clippy::type_complexity)]
+    /// How shape `shape` must render `change` as an `operation` (the second
+    /// half of a split key change if `second`).
     fn render(
         &self,
         shape: usize,
@@ -206,77 +205,45 @@ impl Checker {
         change: &Change,
         second: bool,
         operation: &str,
-    ) -> Result<
-        (
-            String,
-            crate::client::ClientRow,
-            Option<crate::client::ClientRow>,
-            Option<String>,
-            Option<String>,
-        ),
-        String,
-    > {
-        let spec = &self.shapes[shape];
-        let in_shape = |row: &[engine::schema::Value]| self.matches(shape, schema, row);
-        let all = 0..schema.columns.len();
-        let full = |row: &[engine::schema::Value]| rendered(schema, row, all.clone());
-        let pk = |row: &[engine::schema::Value]| {
-            rendered(schema, row, schema.primary_key.iter().copied())
+    ) -> Result<Rendered, String> {
+        let replica_full = self.shapes[shape].replica_full;
+        let in_shape = |row: &[Value]| self.matches(shape, schema, row);
+        let pk_changed =
+            |old: &[Value], new: &[Value]| schema.primary_key.iter().any(|&i| old[i] != new[i]);
+        let insert = |new: &[Value]| {
+            Rendered::row(schema, new, rendered(schema, new, 0..schema.columns.len()))
         };
-        let deleted = |row: &[engine::schema::Value]| {
-            if spec.replica_full {
-                full(row)
-            } else {
-                pk(row)
-            }
-        };
-        let key = |row: &[engine::schema::Value]| electric_key(schema, row);
-        let pk_changed = |old: &[engine::schema::Value], new: &[engine::schema::Value]| {
-            schema.primary_key.iter().any(|&i| old[i] != new[i])
-        };
-        let impossible = || Err(format!("a {operation} cannot come from {change:?}"));
         Ok(match (operation, second, change) {
-            ("insert", false, Change::Insert { new, .. }) => {
-                (key(new), full(new), None, None, None)
-            }
+            ("insert", false, Change::Insert { new, .. }) => insert(new),
             ("insert", false, Change::Update { old, new, .. })
                 if !in_shape(old) && in_shape(new) =>
             {
-                (key(new), full(new), None, None, None)
+                insert(new)
             }
             ("insert", true, Change::Update { old, new, .. })
                 if pk_changed(old, new) && in_shape(old) && in_shape(new) =>
             {
-                (key(new), full(new), None, None, Some(key(old)))
+                Rendered {
+                    key_change_from: Some(electric_key(schema, old)),
+                    ..insert(new)
+                }
             }
             ("delete", false, Change::Delete { old, .. }) => {
-                (key(old), deleted(old), None, None, None)
+                Rendered::deleted(schema, old, replica_full)
             }
             ("delete", false, Change::Update { old, new, .. }) if in_shape(old) => {
-                let to = (in_shape(new) && pk_changed(old, new)).then(|| key(new));
-                (key(old), deleted(old), None, to, None)
+                let to = (in_shape(new) && pk_changed(old, new)).then(|| electric_key(schema, new));
+                Rendered {
+                    key_change_to: to,
+                    ..Rendered::deleted(schema, old, replica_full)
+                }
             }
             ("update", false, Change::Update { old, new, .. })
                 if !pk_changed(old, new) && in_shape(old) && in_shape(new) =>
             {
-                let changed: Vec<usize> = (0..schema.columns.len())
-                    .filter(|&i| old[i] != new[i])
-                    .collect();
-                if spec.replica_full {
-                    (
-                        key(new),
-                        full(new),
-                        Some(rendered(schema, old, changed)),
-                        None,
-                        None,
-                    )
-                } else {
-                    let mut value = pk(new);
-                    value.extend(rendered(schema, new, changed));
-                    (key(new), value, None, None, None)
-                }
+                Rendered::updated(schema, old, new, replica_full)
             }
-            _ => return impossible(),
+            _ => return Err(format!("a {operation} cannot come from {change:?}")),
         })
     }
 
@@ -315,5 +282,55 @@ impl Checker {
             let end = end.map_or(u64::MAX, |e| e.saturating_add(bound_ms));
             end < from || start > to
         })
+    }
+}
+
+/// A change as a client receives it: what the wire check compares.
+#[derive(Debug, PartialEq, Eq)]
+struct Rendered {
+    key: String,
+    value: ClientRow,
+    old_value: Option<ClientRow>,
+    key_change_to: Option<String>,
+    key_change_from: Option<String>,
+}
+
+impl Rendered {
+    fn row(schema: &TableSchema, row: &[Value], value: ClientRow) -> Rendered {
+        Rendered {
+            key: electric_key(schema, row),
+            value,
+            old_value: None,
+            key_change_to: None,
+            key_change_from: None,
+        }
+    }
+
+    /// A delete: the primary key, or with `replica=full` the whole old row.
+    fn deleted(schema: &TableSchema, old: &[Value], full: bool) -> Rendered {
+        let columns: Vec<usize> = if full {
+            (0..schema.columns.len()).collect()
+        } else {
+            schema.primary_key.clone()
+        };
+        Rendered::row(schema, old, rendered(schema, old, columns))
+    }
+
+    /// An update: the primary key and the changed columns, or with
+    /// `replica=full` the whole new row and the old values of the changed ones.
+    fn updated(schema: &TableSchema, old: &[Value], new: &[Value], full: bool) -> Rendered {
+        let changed: Vec<usize> = (0..schema.columns.len())
+            .filter(|&i| old[i] != new[i])
+            .collect();
+        if full {
+            Rendered {
+                old_value: Some(rendered(schema, old, changed)),
+                ..Rendered::row(schema, new, rendered(schema, new, 0..schema.columns.len()))
+            }
+        } else {
+            let mut value = rendered(schema, new, schema.primary_key.iter().copied());
+            value.extend(rendered(schema, new, changed));
+            Rendered::row(schema, new, value)
+        }
     }
 }
