@@ -76,11 +76,14 @@ pub struct ShapeEntry {
 }
 
 impl ShapeEntry {
+    /// `snapshot_lsn`: the snapshot's WAL position if it is known (a
+    /// restored shape), else 0.
     pub(crate) fn new(
         handle: ShapeHandle,
         shape: Arc<Shape>,
         reader: ShapeLogReader,
         tx: mpsc::Sender<ConsumerMsg>,
+        snapshot_lsn: Lsn,
     ) -> ShapeEntry {
         ShapeEntry {
             handle,
@@ -89,7 +92,7 @@ impl ShapeEntry {
             tx,
             changed: event_listener::Event::new(),
             removed: AtomicBool::new(false),
-            snapshot_lsn: AtomicU64::new(0),
+            snapshot_lsn: AtomicU64::new(snapshot_lsn),
         }
     }
 
@@ -346,6 +349,9 @@ impl Consumer {
         let result = self.snapshot_query(query).await?;
         let visibility = result.visibility;
         self.writer.start_snapshot(visibility.clone()).await?;
+        self.entry
+            .snapshot_lsn
+            .store(visibility.wal_lsn, Ordering::SeqCst);
         self.ctx.env.emit(Event::SnapshotStarted {
             handle: handle.clone(),
         });
@@ -373,9 +379,6 @@ impl Consumer {
             rows: result.rows.len() as u64,
         });
         self.ctx.db.mark_snapshot_complete(&handle).await;
-        self.entry
-            .snapshot_lsn
-            .store(visibility.wal_lsn, Ordering::SeqCst);
         self.entry.changed.notify(usize::MAX);
         self.visibility = Some(visibility);
         Ok(())

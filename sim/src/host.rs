@@ -13,12 +13,17 @@ use std::time::Duration;
 
 use crate::pg::PgModel;
 
+/// Simulated milliseconds since the runtime started.
+pub fn now_ms() -> u64 {
+    madsim::time::TimeHandle::current().elapsed().as_millis() as u64
+}
+
 /// Simulated time since the runtime started.
 pub struct SimClock;
 
 impl Clock for SimClock {
     fn now_ms(&self) -> u64 {
-        madsim::time::TimeHandle::current().elapsed().as_millis() as u64
+        now_ms()
     }
 
     fn sleep_ms(&self, duration_ms: u64) -> BoxFuture<'static, ()> {

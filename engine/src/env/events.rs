@@ -95,7 +95,7 @@ pub enum Event {
 pub enum RemovalReason {
     /// The shape's table was redefined: a relation message with a new
     /// schema, or (at boot) a definition that no longer fits the catalog.
-    TableChanged { table: String },
+    TableChanged { table: String, oid: u32 },
     /// Boot: a shape directory the metadata database does not know (its add
     /// was still in the write buffer when the previous run died).
     MetadataLost,
@@ -308,7 +308,7 @@ impl fmt::Display for RemovalReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())?;
         match self {
-            RemovalReason::TableChanged { table } => write!(f, " ({table})"),
+            RemovalReason::TableChanged { table, oid } => write!(f, " ({table}, oid {oid})"),
             RemovalReason::OpenFailed(e) | RemovalReason::ReadFailed(e) => write!(f, " ({e})"),
             RemovalReason::ConsumerFailed(ConsumerFailure::Storage(e)) => write!(f, " ({e})"),
             RemovalReason::ConsumerFailed(ConsumerFailure::SnapshotBacklog { queued }) => {

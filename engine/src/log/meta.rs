@@ -32,6 +32,18 @@ pub enum SnapshotState {
     },
 }
 
+impl SnapshotState {
+    /// The WAL position of the snapshot, once it is known (0 before).
+    pub fn wal_lsn(&self) -> crate::replication::Lsn {
+        match self {
+            SnapshotState::NotStarted => 0,
+            SnapshotState::Started { visibility } | SnapshotState::Complete { visibility, .. } => {
+                visibility.wal_lsn
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogMeta {

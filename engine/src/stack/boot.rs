@@ -98,8 +98,9 @@ async fn restore(stack: &Arc<Inner>, catalog: &Catalog, row: ShapeRow, clean: bo
         .ok()
         .filter(|s| s.comparable() == row.comparable);
     let Some(shape) = shape else {
-        let table = row.request.table.clone();
-        drop_shape(stack, &row.handle, RemovalReason::TableChanged { table }).await;
+        let (table, oid) = (row.request.table.clone(), row.oid);
+        let reason = RemovalReason::TableChanged { table, oid };
+        drop_shape(stack, &row.handle, reason).await;
         return;
     };
     let dir = shape_dir(&row.handle);

@@ -275,6 +275,7 @@ impl Inner {
             shape.clone(),
             writer.reader(),
             tx,
+            writer.meta().snapshot.wal_lsn(),
         ));
         let mut registry = self.registry();
         registry
@@ -328,6 +329,7 @@ impl Inner {
             self.db.remove_shape(handle);
             entry
         };
+        self.tracker.with(|t| t.hold_removed(handle.as_str()));
         self.env().emit(Event::ShapeRemoved {
             handle: handle.clone(),
             reason,

@@ -140,8 +140,8 @@ async fn relation(stack: &Arc<Inner>, table: TableSchema) {
     let previous = stack.upsert_table(table.clone());
     if previous.is_some_and(|p| p != table) {
         for entry in stack.entries_for_table(&name) {
-            let table = name.to_string();
-            stack.remove_shape(&entry.handle, RemovalReason::TableChanged { table });
+            let (table, oid) = (name.to_string(), entry.shape.table.oid);
+            stack.remove_shape(&entry.handle, RemovalReason::TableChanged { table, oid });
         }
     }
 }
@@ -189,19 +189,23 @@ fn route(_stack: &Inner, shape: &Shape, txn: &Transaction) -> Option<router::Sha
 }
 
 /// Tells the slot what it may forget, whenever the flush tracker's LSN advances.
+/// A new connection is told again (its slot may not have heard the last
+/// acknowledgement before the old one broke).
 pub(super) async fn acknowledge(stack: Arc<Inner>) {
-    let mut acknowledged: Option<Lsn> = None;
+    let mut acknowledged: Option<(Arc<dyn ReplicationStream>, Lsn)> = None;
     loop {
         let changed = stack.tracker.changed.listen();
         let ack = stack.tracker.with(FlushTracker::ack_lsn);
         let stream = stack.stream.lock().expect("stream").clone();
         if let (Some(ack), Some(stream)) = (ack, stream)
-            && acknowledged.is_none_or(|a| ack > a)
+            && acknowledged
+                .as_ref()
+                .is_none_or(|(s, a)| !Arc::ptr_eq(s, &stream) || ack > *a)
             && !crate::planted!(stack.config, never_ack)
         {
             stack.env().emit(Event::Acknowledged { lsn: ack });
             if stream.acknowledge(ack).await.is_ok() {
-                acknowledged = Some(ack);
+                acknowledged = Some((stream, ack));
             }
         }
         // Retry a failed acknowledgement now and then even without news.

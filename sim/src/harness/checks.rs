@@ -23,7 +23,7 @@ use std::time::Duration;
 pub struct Failure {
     /// Which check: the client's (`strict-materialization`, `continuity`,
     /// `wire`), the state checker's (`ack-contract`, `ack-liveness`,
-    /// `lost-shape`, `phantom-shape`, `unexplained-409`, `prefix-mismatch`,
+    /// `lost-shape`, `unexplained-409`, `prefix-mismatch`,
     /// `latency`), the convergence checks (`mismatch`, `liveness`,
     /// `unexpected-status`), `graceful-shutdown`, `engine-contract` (the
     /// engine broke the Postgres model's side of a boundary),
@@ -80,9 +80,7 @@ pub struct CheckRules {
     pub request_timeout_ms: u64,
 }
 
-fn now_ms() -> u64 {
-    madsim::time::TimeHandle::current().elapsed().as_millis() as u64
-}
+use crate::host::now_ms;
 
 /// Why a client that ran out of time failed.
 fn stuck(

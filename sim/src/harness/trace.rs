@@ -89,7 +89,7 @@ pub type SharedTrace = Arc<Mutex<Trace>>;
 /// Records an event at the current simulated time (pass `format_args!` to
 /// format straight into the trace).
 pub fn record(trace: &SharedTrace, event: impl fmt::Display) {
-    let now_ms = madsim::time::TimeHandle::current().elapsed().as_millis() as u64;
+    let now_ms = crate::host::now_ms();
     trace.lock().expect("trace").record(now_ms, event);
 }
 

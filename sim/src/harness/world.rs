@@ -398,7 +398,7 @@ impl World {
             Link::EnginePostgres => (self.engine.id(), self.postgres_id),
             Link::ClientsEngine => (self.clients_node.id(), self.engine.id()),
         };
-        let now_ms = madsim::time::TimeHandle::current().elapsed().as_millis() as u64;
+        let now_ms = crate::host::now_ms();
         let start_ms = now_ms + partition.start_ms;
         checker::lock(&self.checker).partitioned(start_ms, start_ms + partition.duration_ms);
         let (trace, cuts) = (self.trace.clone(), self.link_cuts.clone());

@@ -8,9 +8,8 @@
 //! queries evaluate the WHERE clause with the oracle's evaluator, never the
 //! engine's.
 //!
-//! Tables are versioned: every WAL entry keeps the state it left (tables are
-//! shared copy-on-write), so the model answers "these rows as of LSN x" for
-//! the checker's consistent-prefix check.
+//! The model keeps every committed transaction (by LSN) for the checker, which
+//! follows each shape's rows as of every LSN from them.
 //!
 //! The slot's side of the replication contract is checked, not assumed: an
 //! acknowledgement below the confirmed LSN or past what was sent is an
@@ -57,28 +56,19 @@ pub enum Mutation {
     },
 }
 
-type TableRows = Arc<BTreeMap<Vec<Value>, Row>>;
-
-/// The database as one WAL entry left it (cheap: tables are shared).
-#[derive(Clone)]
-struct Version {
-    catalog: Arc<Catalog>,
-    tables: BTreeMap<TableName, TableRows>,
-}
+type TableRows = BTreeMap<Vec<Value>, Row>;
 
 /// The engine broke the slot's side of the replication contract.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContractViolation(pub String);
 
 struct State {
-    catalog: Arc<Catalog>,
+    catalog: Catalog,
     tables: BTreeMap<TableName, TableRows>,
     next_xid: Xid,
     last_lsn: Lsn,
     /// Every committed transaction and schema change, by LSN.
     wal: Vec<(Lsn, ReplicationMessage)>,
-    /// The state before the first WAL entry, then after each one.
-    history: Vec<(Lsn, Version)>,
     slot_confirmed: Lsn,
     /// The highest commit LSN the engine has proven it received (it asked
     /// for what follows).
@@ -104,15 +94,14 @@ impl PgModel {
     pub fn new(catalog: Catalog) -> PgModel {
         let tables = catalog
             .tables()
-            .map(|t| (t.name.clone(), Arc::new(BTreeMap::new())))
+            .map(|t| (t.name.clone(), BTreeMap::new()))
             .collect();
         let state = State {
-            catalog: Arc::new(catalog),
+            catalog,
             tables,
             next_xid: 500,
             last_lsn: 1_000,
             wal: Vec::new(),
-            history: Vec::new(),
             slot_confirmed: 1_000,
             parsed: BTreeMap::new(),
             delivered: 0,
@@ -142,7 +131,7 @@ impl PgModel {
             state.wal.is_empty(),
             "seed rows exist before the slot: load them before any commit"
         );
-        let data = Arc::make_mut(state.tables.get_mut(table).expect("table"));
+        let data = state.tables.get_mut(table).expect("table");
         for row in rows {
             schema.check_row(&row).expect("seed rows fit the schema");
             data.insert(pk(&schema, &row), row);
@@ -153,7 +142,6 @@ impl PgModel {
     /// in SQL); a transaction with no change commits nothing to the WAL.
     pub fn commit(&self, mutations: &[Mutation]) -> Option<Transaction> {
         let mut state = self.lock();
-        state.remember_base();
         let mut changes = Vec::new();
         for mutation in mutations {
             if let Some(change) = state.apply(mutation) {
@@ -174,7 +162,6 @@ impl PgModel {
         state
             .wal
             .push((txn.commit_lsn, ReplicationMessage::Transaction(txn.clone())));
-        state.remember(txn.commit_lsn);
         drop(state);
         self.committed.notify(usize::MAX);
         Some(txn)
@@ -184,15 +171,14 @@ impl PgModel {
     /// a relation message in the WAL, as logical replication sends one.
     pub fn add_column(&self, table: &TableName, column: &str) {
         let mut state = self.lock();
-        state.remember_base();
         let mut schema = state.catalog.table(table).expect("table").clone();
         schema.columns.push(engine::schema::Column {
             name: column.to_string(),
             ty: engine::schema::ColumnType::Text,
             not_null: false,
         });
-        Arc::make_mut(&mut state.catalog).upsert(schema.clone());
-        let rows = Arc::make_mut(state.tables.get_mut(table).expect("table"));
+        state.catalog.upsert(schema.clone());
+        let rows = state.tables.get_mut(table).expect("table");
         for row in rows.values_mut() {
             row.push(Value::Null);
         }
@@ -200,7 +186,7 @@ impl PgModel {
         state.last_lsn += 1;
         let lsn = state.last_lsn;
         state.wal.push((lsn, ReplicationMessage::Relation(schema)));
-        state.remember(lsn);
+
         drop(state);
         self.committed.notify(usize::MAX);
     }
@@ -210,7 +196,7 @@ impl PgModel {
     }
 
     pub fn catalog(&self) -> Catalog {
-        (*self.lock().catalog).clone()
+        self.lock().catalog.clone()
     }
 
     /// Tables whose definition changed since the slot was created.
@@ -228,14 +214,13 @@ impl PgModel {
     pub fn snapshot_now(&self, query: &SnapshotQuery) -> SnapshotResult {
         let mut state = self.lock();
         let xid = state.next_xid;
-        let version = state.version_now();
-        let rows = state.query(&version, &query.table, query.where_sql.as_deref());
+        let rows = state.query(&query.table, query.where_sql.as_deref());
         SnapshotResult {
             visibility: Visibility {
                 xmin: xid,
                 xmax: xid,
                 xip_list: Vec::new(),
-                wal_lsn: state.last_lsn,
+                wal_lsn: state.last_txn_lsn().unwrap_or(state.last_lsn),
             },
             rows,
         }
@@ -243,43 +228,7 @@ impl PgModel {
 
     /// `SELECT * FROM table WHERE where_sql`, with the oracle's evaluator.
     pub fn query(&self, table: &TableName, where_sql: Option<&str>) -> Vec<Row> {
-        let mut state = self.lock();
-        let version = state.version_now();
-        state.query(&version, table, where_sql)
-    }
-
-    /// The same query as of `lsn`: over the state the last WAL entry at or
-    /// below it left (the seed data if there is none).
-    pub fn query_at(&self, table: &TableName, where_sql: Option<&str>, lsn: Lsn) -> Vec<Row> {
-        let mut state = self.lock();
-        let version = state.version_at(lsn);
-        state.query(&version, table, where_sql)
-    }
-
-    /// The table's definition as of `lsn`.
-    pub fn table_at(&self, name: &TableName, lsn: Lsn) -> TableSchema {
-        let state = self.lock();
-        let version = state.version_at(lsn);
-        version.catalog.table(name).expect("table").clone()
-    }
-
-    /// Whether `row` of `table` (as defined at `lsn`) satisfies `where_sql`,
-    /// by the oracle's evaluator.
-    pub fn row_matches(
-        &self,
-        table: &TableName,
-        where_sql: Option<&str>,
-        row: &[Value],
-        lsn: Lsn,
-    ) -> bool {
-        let mut state = self.lock();
-        let filter = state.filter(where_sql);
-        let version = state.version_at(lsn);
-        matches(
-            version.catalog.table(table).expect("table"),
-            filter.as_ref(),
-            row,
-        )
+        self.lock().query(table, where_sql)
     }
 
     /// The committed transaction with this commit LSN, if there is one.
@@ -294,9 +243,14 @@ impl PgModel {
 
     /// The commit LSN of the last transaction (not schema change), if any.
     pub fn last_txn_lsn(&self) -> Option<Lsn> {
+        self.lock().last_txn_lsn()
+    }
+
+    /// The commit LSN of the last transaction at or below `lsn`, if any.
+    pub fn last_txn_at_or_below(&self, lsn: Lsn) -> Option<Lsn> {
         let state = self.lock();
-        state
-            .wal
+        let end = state.wal.partition_point(|(l, _)| *l <= lsn);
+        state.wal[..end]
             .iter()
             .rev()
             .find_map(|(lsn, m)| matches!(m, ReplicationMessage::Transaction(_)).then_some(*lsn))
@@ -398,33 +352,11 @@ fn pk(schema: &TableSchema, row: &[Value]) -> Vec<Value> {
 }
 
 impl State {
-    /// Keeps the state before the first WAL entry (the seed data).
-    fn remember_base(&mut self) {
-        if self.history.is_empty() {
-            let lsn = self.last_lsn;
-            self.remember(lsn);
-        }
-    }
-
-    /// Keeps the current state as the one WAL entry `lsn` left.
-    fn remember(&mut self, lsn: Lsn) {
-        let version = self.version_now();
-        self.history.push((lsn, version));
-    }
-
-    fn version_now(&self) -> Version {
-        Version {
-            catalog: self.catalog.clone(),
-            tables: self.tables.clone(),
-        }
-    }
-
-    fn version_at(&self, lsn: Lsn) -> Version {
-        let i = self.history.partition_point(|(l, _)| *l <= lsn);
-        match i.checked_sub(1).and_then(|i| self.history.get(i)) {
-            Some((_, version)) => version.clone(),
-            None => self.version_now(),
-        }
+    fn last_txn_lsn(&self) -> Option<Lsn> {
+        self.wal
+            .iter()
+            .rev()
+            .find_map(|(lsn, m)| matches!(m, ReplicationMessage::Transaction(_)).then_some(*lsn))
     }
 
     fn filter(&mut self, where_sql: Option<&str>) -> Option<sqlparser::ast::Expr> {
@@ -438,10 +370,10 @@ impl State {
         })
     }
 
-    fn query(&mut self, version: &Version, table: &TableName, where_sql: Option<&str>) -> Vec<Row> {
+    fn query(&mut self, table: &TableName, where_sql: Option<&str>) -> Vec<Row> {
         let filter = self.filter(where_sql);
-        let schema = version.catalog.table(table).expect("table");
-        let rows = version.tables[table].values();
+        let schema = self.catalog.table(table).expect("table");
+        let rows = self.tables[table].values();
         rows.filter(|row| matches(schema, filter.as_ref(), row))
             .cloned()
             .collect()
@@ -456,7 +388,7 @@ impl State {
                 row.resize(schema.columns.len(), Value::Null);
                 let row = &row;
                 schema.check_row(row).expect("inserted rows fit the schema");
-                let data = Arc::make_mut(self.tables.get_mut(table).expect("table"));
+                let data = self.tables.get_mut(table).expect("table");
                 let key = pk(&schema, row);
                 if data.contains_key(&key) {
                     return None; // ON CONFLICT DO NOTHING
@@ -474,7 +406,7 @@ impl State {
             } => {
                 let schema = self.catalog.table(table).expect("table").clone();
                 let old = self.tables[table].get(key)?.clone();
-                let data = Arc::make_mut(self.tables.get_mut(table).expect("table"));
+                let data = self.tables.get_mut(table).expect("table");
                 let mut new = old.clone();
                 for (column, value) in set {
                     new[schema.column_index(column).expect("known column")] = value.clone();
@@ -493,8 +425,7 @@ impl State {
                 })
             }
             Mutation::Delete { table, pk: key } => {
-                self.tables[table].get(key)?;
-                let old = Arc::make_mut(self.tables.get_mut(table).expect("table")).remove(key)?;
+                let old = self.tables.get_mut(table).expect("table").remove(key)?;
                 Some(Change::Delete {
                     table: table.clone(),
                     old,

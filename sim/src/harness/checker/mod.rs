@@ -6,13 +6,13 @@
 //! - `ack-contract`: an acknowledgement never goes backwards (below the
 //!   slot's confirmed LSN or an earlier one), never passes what the engine
 //!   received, and never passes a transaction routed to a shape that the
-//!   shape has neither skipped nor made durable (nor durably removed);
+//!   shape has neither skipped nor made durable (nor durably removed); and a
+//!   shape restored after its removal began was not acknowledged past;
 //! - `ack-liveness`: at quiescence the slot reaches the last committed
 //!   transaction within the check deadline (see [`Checker::ack_holdup`]);
 //! - `lost-shape`: a shape is removed for a reason the harness does not accept
 //!   (see [`Checker::accepted`]), or boot drops one whose metadata said
 //!   complete and whose storage was durable;
-//! - `phantom-shape`: boot restores a shape the metadata never durably held;
 //! - `unexplained-409`, `prefix-mismatch`, `wire`, `latency`: the reads
 //!   ([`reads`]).
 //!
@@ -82,8 +82,9 @@ impl Verdict {
 enum Fate {
     /// The engine removed it (at run time or at boot).
     Removed(RemovalReason),
-    /// A kill lost it before the metadata database knew it durably.
-    Lost(&'static str),
+    /// A kill lost it before the metadata database knew it durably: its add
+    /// (`MetadataLost`) or its snapshot completion (`SnapshotIncomplete`).
+    Lost(RemovalReason),
 }
 
 /// The checker's model of one handle.
@@ -94,8 +95,9 @@ struct HandleState {
     in_db: bool,
     /// The metadata database holds its snapshot completion.
     complete_in_db: bool,
-    /// Its removal began (storage may be partly gone).
-    removal_started: bool,
+    /// Its removal began (storage may be partly gone), when the engine had
+    /// received up to this LSN.
+    removed_at: Option<Lsn>,
     fate: Option<Fate>,
     /// The harness accepts its fate (a 409 for it is explained).
     explained: bool,
@@ -125,9 +127,14 @@ pub struct Checker {
     handle_shape: BTreeMap<String, usize>,
     /// Per shape, the handle of its latest answer.
     latest_handle: Vec<Option<String>>,
+    /// Per shape, the changes of a transaction whose last change has not
+    /// arrived yet (with the handle and LSN they belong to).
+    open_txns: Vec<Option<(String, Lsn, Vec<reads::WireChange>)>>,
     run: RunState,
     /// Removals the harness asked for.
     requested: BTreeSet<String>,
+    /// Shapes (by handle) whose files got an injected I/O error.
+    io_faulted: BTreeSet<String>,
     pub coverage: Coverage,
     /// Per shape: its oracle rows after each commit that changed them.
     timelines: Vec<Vec<(Lsn, Arc<KeyedRows>)>>,
@@ -146,9 +153,7 @@ pub struct Checker {
 
 pub type SharedChecker = Arc<Mutex<Checker>>;
 
-fn now_ms() -> u64 {
-    madsim::time::TimeHandle::current().elapsed().as_millis() as u64
-}
+use crate::host::now_ms;
 
 impl Checker {
     pub fn new(
@@ -174,7 +179,9 @@ impl Checker {
             })
             .collect();
         let schema = Arc::new(pg.table(&standard::level(4)));
+        let open_txns = (0..shapes.len()).map(|_| None).collect();
         Checker {
+            open_txns,
             schema,
             filters,
             trace,
@@ -186,6 +193,7 @@ impl Checker {
             handle_shape: BTreeMap::new(),
             run: RunState::default(),
             requested: BTreeSet::new(),
+            io_faulted: BTreeSet::new(),
             coverage: Coverage::default(),
             timelines,
             commit_ms: BTreeMap::new(),
@@ -287,9 +295,9 @@ impl Checker {
         }
         for state in self.handles.values_mut().filter(|s| s.fate.is_none()) {
             let lost = if !state.in_db {
-                "metadata-lost"
+                RemovalReason::MetadataLost
             } else if !state.complete_in_db {
-                "snapshot-incomplete"
+                RemovalReason::SnapshotIncomplete
             } else {
                 continue;
             };
@@ -319,7 +327,7 @@ impl Checker {
     }
 
     /// Why the slot has not reached `target`: the shape holding it back, or
-    /// what the engine failed to do. `None` if nothing explains it.
+    /// what the engine failed to do.
     pub fn ack_holdup(&self, target: Lsn) -> String {
         if self.run.received < target {
             return format!(
@@ -361,7 +369,10 @@ impl Checker {
             } => {
                 self.run.confirmed.get_or_insert(*confirmed_lsn);
                 self.run.received = self.run.received.max(*confirmed_lsn);
-                self.run.catch_up_to = Some(*wal_end_lsn);
+                // Caught up once the last transaction at connect (not a
+                // schema change, which is never routed) is routed.
+                self.run.catch_up_to =
+                    Some(self.pg.last_txn_at_or_below(*wal_end_lsn).unwrap_or(0));
                 self.caught_up_maybe();
             }
             Event::ShapeCreated { handle } => {
@@ -481,15 +492,19 @@ impl Checker {
         self.handles.entry(handle.to_string()).or_default()
     }
 
+    /// Boot restored a shape. One whose removal had begun (its tombstone
+    /// was lost with the write buffer) is back in service, but it was routed
+    /// nothing after its removal: the slot must still hold all of that.
     fn restored(&mut self, handle: &str) {
+        let confirmed = self.pg.slot_confirmed();
         let state = self.handle(handle);
-        let durable = state.in_db && state.complete_in_db;
-        // A removal whose tombstone the kill lost: back in service.
-        (state.fate, state.removal_started, state.explained) = (None, false, false);
-        if !durable {
-            let why =
-                format!("boot restored {handle}, which the metadata database never held complete");
-            self.fail("phantom-shape", why, Some(handle));
+        let removed_at = state.removed_at;
+        (state.fate, state.removed_at, state.explained) = (None, None, false);
+        if let Some(removed_at) = removed_at.filter(|&r| confirmed > r) {
+            let why = format!(
+                "boot restored {handle}, removed at lsn {removed_at}, but the slot was acknowledged to {confirmed}: what it missed since can never be replayed"
+            );
+            self.fail("ack-contract", why, Some(handle));
         }
     }
 
@@ -498,18 +513,23 @@ impl Checker {
     /// error was injected into its files.
     fn accepted(&self, handle: &str, reason: &RemovalReason) -> bool {
         match reason {
-            RemovalReason::TableChanged { .. } => !self.pg.altered_tables().is_empty(),
+            RemovalReason::TableChanged { oid, .. } => self
+                .pg
+                .altered_tables()
+                .iter()
+                .any(|t| self.pg.table(t).oid == *oid),
             RemovalReason::Requested => self.requested.contains(handle),
             other => other.storage_failure().is_some_and(|f| {
-                matches!(f.kind, StorageFailureKind::Io(_)) && self.coverage.io_errors_injected > 0
+                matches!(f.kind, StorageFailureKind::Io(_)) && self.io_faulted.contains(handle)
             }),
         }
     }
 
     fn removed(&mut self, handle: &str, reason: &RemovalReason) {
         let accepted = self.accepted(handle, reason);
+        let received = self.run.received;
         let state = self.handle(handle);
-        state.removal_started = true;
+        state.removed_at.get_or_insert(received);
         state.fate = Some(Fate::Removed(reason.clone()));
         state.explained = accepted;
         if !accepted {
@@ -521,16 +541,18 @@ impl Checker {
     fn boot_dropped(&mut self, handle: &str, reason: &RemovalReason) {
         let accepted = self.accepted(handle, reason);
         let state = self.handle(handle).clone();
-        // What the metadata database says explains some drops by itself.
+        // What the metadata database says explains some drops by itself; a
+        // shape whose removal had begun may be dropped for any reason.
         let explained = match reason {
             RemovalReason::MetadataLost => !state.in_db,
             RemovalReason::SnapshotIncomplete => !state.complete_in_db,
-            RemovalReason::OpenFailed(f) if f.kind == StorageFailureKind::Missing => {
-                state.removal_started
-            }
-            _ => state.removal_started,
-        };
+            _ => false,
+        } || state.removed_at.is_some();
         let state = self.handle(handle);
+        if *reason == RemovalReason::SnapshotIncomplete {
+            // Boot deleted the row from the metadata database itself.
+            (state.in_db, state.complete_in_db) = (false, false);
+        }
         if state.fate.is_none() {
             state.fate = Some(Fate::Removed(reason.clone()));
             state.explained = accepted || explained;

@@ -15,12 +15,13 @@
 //!   a live request for which data already exists is answered at once, not
 //!   after the long-poll timeout.
 
-use super::{Checker, Fate, now_ms};
+use super::{Checker, Fate};
 use crate::client::{Applied, ChangeSeen, ClientRow, ShapeClient};
 use crate::harness::checks::Failure;
+use crate::host::now_ms;
 use crate::oracle::rows::{self, electric_key, electric_key_of_text, rendered};
 use engine::api::{Request, Response};
-use engine::replication::{Change, Lsn};
+use engine::replication::{Change, Lsn, Transaction};
 use engine::schema::{TableSchema, Value};
 
 /// The request an answer is for, as the client sent it.
@@ -59,6 +60,7 @@ impl Checker {
     }
 
     fn conflict(&mut self, ctx: &ReadContext<'_>) -> Result<(), (&'static str, String)> {
+        self.open_txns[ctx.shape] = None; // the client starts over
         let sent = ctx.request.params.get("handle").cloned();
         let Some(sent) = sent else {
             return Err((
@@ -68,7 +70,7 @@ impl Checker {
         };
         let state = self.handles.get(&sent).cloned().unwrap_or_default();
         let explained = match &state.fate {
-            Some(Fate::Lost(why)) => Some(why.to_string()),
+            Some(Fate::Lost(why)) => Some(why.name().to_string()),
             Some(Fate::Removed(reason)) if state.explained => Some(reason.name().to_string()),
             _ => None,
         };
@@ -100,9 +102,8 @@ impl Checker {
             .to_string();
         self.handle_shape.insert(handle.clone(), ctx.shape);
         self.latest_handle[ctx.shape] = Some(handle.clone());
-        let schema = self.schema.clone();
         for change in &applied.changes {
-            self.wire(ctx.shape, &schema, change)
+            self.wire(ctx.shape, &handle, change)
                 .map_err(|why| ("wire", why))?;
             let lsn = change.headers.lsn;
             if let (Some(lsn), Some(g)) =
@@ -131,19 +132,20 @@ impl Checker {
         self.latency(ctx).map_err(|why| ("latency", why))
     }
 
-    /// A change is what the Postgres model's transaction says it is.
-    fn wire(
-        &mut self,
-        shape: usize,
-        schema: &TableSchema,
-        change: &ChangeSeen,
-    ) -> Result<(), String> {
-        let expected_key = electric_key_of_text(schema, &change.value);
+    /// A change is well formed and comes from a committed transaction; once
+    /// the transaction's last change for the shape arrives, the whole
+    /// sequence is what the Postgres model's transaction renders to for this
+    /// shape (which changes, in which order, at which `op_position`, with
+    /// which values, key changes and `last`).
+    fn wire(&mut self, shape: usize, handle: &str, change: &ChangeSeen) -> Result<(), String> {
+        let schema = self.schema.clone();
+        let expected_key = electric_key_of_text(&schema, &change.value);
         if expected_key.as_deref() != Some(change.key.as_str()) {
-            return Err(format!(
+            let why = format!(
                 "key {} does not follow from its value {:?}",
                 change.key, change.value
-            ));
+            );
+            return Err(why);
         }
         let h = &change.headers;
         let relation = (schema.name.schema.clone(), schema.name.name.clone());
@@ -164,87 +166,102 @@ impl Checker {
             )
         })?;
         if h.txids.as_deref() != Some(&[txn.xid][..]) {
-            return Err(format!(
+            let why = format!(
                 "lsn {lsn} has xid {}, the change says txids {:?}",
                 txn.xid, h.txids
-            ));
+            );
+            return Err(why);
         }
-        let source = txn
-            .changes
-            .get((position / 2) as usize)
-            .filter(|c| *c.table() == schema.name);
-        let Some(source) = source else {
-            return Err(format!(
-                "op_position {position} of lsn {lsn} is no change of {}",
-                schema.name
-            ));
+        let seen = WireChange {
+            operation: h.operation.clone(),
+            op_position: position,
+            last: h.last,
+            rendered: Rendered {
+                key: change.key.clone(),
+                value: change.value.clone(),
+                old_value: change.old_value.clone(),
+                key_change_to: h.key_change_to.clone(),
+                key_change_from: h.key_change_from.clone(),
+            },
         };
-        let expected = self.render(shape, schema, source, position % 2 == 1, &h.operation)?;
-        let got = Rendered {
-            key: change.key.clone(),
-            value: change.value.clone(),
-            old_value: change.old_value.clone(),
-            key_change_to: h.key_change_to.clone(),
-            key_change_from: h.key_change_from.clone(),
-        };
+        let open = &mut self.open_txns[shape];
+        if open
+            .as_ref()
+            .is_some_and(|(h, l, _)| h != handle || *l != lsn)
+        {
+            *open = None; // another handle's log, or the client gave up on it
+        }
+        let (_, _, changes) = open.get_or_insert_with(|| (handle.to_string(), lsn, Vec::new()));
+        changes.push(seen);
+        if !h.last {
+            return Ok(());
+        }
+        let (_, _, got) = open.take().expect("just pushed");
+        let expected = self.expected(shape, &schema, &txn);
         if got != expected {
             return Err(format!(
-                "{} at {lsn}_{position} is {got:?}, the Postgres change {source:?} renders as {expected:?}",
-                h.operation
+                "lsn {lsn} arrived as {got:#?}, the Postgres transaction renders for this shape as {expected:#?}"
             ));
         }
         Ok(())
     }
 
-    /// How shape `shape` must render `change` as an `operation` (the second
-    /// half of a split key change if `second`).
-    fn render(
-        &self,
-        shape: usize,
-        schema: &TableSchema,
-        change: &Change,
-        second: bool,
-        operation: &str,
-    ) -> Result<Rendered, String> {
-        let replica_full = self.shapes[shape].replica_full;
+    /// What shape `shape` must receive for `txn`: per change (in order), an
+    /// insert, update or delete, a key change as a delete and an insert, or
+    /// nothing; the last one flagged `last`.
+    fn expected(&self, shape: usize, schema: &TableSchema, txn: &Transaction) -> Vec<WireChange> {
+        let full = self.shapes[shape].replica_full;
         let in_shape = |row: &[Value]| self.matches(shape, schema, row);
-        let pk_changed =
-            |old: &[Value], new: &[Value]| schema.primary_key.iter().any(|&i| old[i] != new[i]);
-        let insert = |new: &[Value]| {
-            Rendered::row(schema, new, rendered(schema, new, 0..schema.columns.len()))
+        let mut out = Vec::new();
+        let mut push = |operation: &str, op_position: u64, rendered: Rendered| {
+            let operation = operation.to_string();
+            out.push(WireChange {
+                operation,
+                op_position,
+                last: false,
+                rendered,
+            });
         };
-        Ok(match (operation, second, change) {
-            ("insert", false, Change::Insert { new, .. }) => insert(new),
-            ("insert", false, Change::Update { old, new, .. })
-                if !in_shape(old) && in_shape(new) =>
-            {
-                insert(new)
+        for (k, change) in txn.changes.iter().enumerate() {
+            let at = 2 * k as u64;
+            if *change.table() != schema.name {
+                continue;
             }
-            ("insert", true, Change::Update { old, new, .. })
-                if pk_changed(old, new) && in_shape(old) && in_shape(new) =>
-            {
-                Rendered {
-                    key_change_from: Some(electric_key(schema, old)),
-                    ..insert(new)
+            match change {
+                Change::Insert { new, .. } if in_shape(new) => {
+                    push("insert", at, Rendered::inserted(schema, new))
                 }
-            }
-            ("delete", false, Change::Delete { old, .. }) => {
-                Rendered::deleted(schema, old, replica_full)
-            }
-            ("delete", false, Change::Update { old, new, .. }) if in_shape(old) => {
-                let to = (in_shape(new) && pk_changed(old, new)).then(|| electric_key(schema, new));
-                Rendered {
-                    key_change_to: to,
-                    ..Rendered::deleted(schema, old, replica_full)
+                Change::Delete { old, .. } if in_shape(old) => {
+                    push("delete", at, Rendered::deleted(schema, old, full))
                 }
+                Change::Update { old, new, .. } => match (in_shape(old), in_shape(new)) {
+                    (false, true) => push("insert", at, Rendered::inserted(schema, new)),
+                    (true, false) => push("delete", at, Rendered::deleted(schema, old, full)),
+                    (true, true) if schema.primary_key.iter().any(|&i| old[i] != new[i]) => {
+                        let (from, to) = (electric_key(schema, old), electric_key(schema, new));
+                        let gone = Rendered {
+                            key_change_to: Some(to),
+                            ..Rendered::deleted(schema, old, full)
+                        };
+                        push("delete", at, gone);
+                        let came = Rendered {
+                            key_change_from: Some(from),
+                            ..Rendered::inserted(schema, new)
+                        };
+                        push("insert", at + 1, came);
+                    }
+                    (true, true) if old != new => {
+                        push("update", at, Rendered::updated(schema, old, new, full))
+                    }
+                    _ => {}
+                },
+                _ => {}
             }
-            ("update", false, Change::Update { old, new, .. })
-                if !pk_changed(old, new) && in_shape(old) && in_shape(new) =>
-            {
-                Rendered::updated(schema, old, new, replica_full)
-            }
-            _ => return Err(format!("a {operation} cannot come from {change:?}")),
-        })
+        }
+        if let Some(last) = out.last_mut() {
+            last.last = true;
+        }
+        out
     }
 
     /// Outside fault windows, the first change after the client's known LSN
@@ -287,7 +304,7 @@ impl Checker {
 
 /// A change as a client receives it: what the wire check compares.
 #[derive(Debug, PartialEq, Eq)]
-struct Rendered {
+pub(super) struct Rendered {
     key: String,
     value: ClientRow,
     old_value: Option<ClientRow>,
@@ -295,7 +312,21 @@ struct Rendered {
     key_change_from: Option<String>,
 }
 
+/// One change of a transaction as a shape's client receives it.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct WireChange {
+    operation: String,
+    op_position: u64,
+    last: bool,
+    rendered: Rendered,
+}
+
 impl Rendered {
+    /// An insert: the whole row.
+    fn inserted(schema: &TableSchema, new: &[Value]) -> Rendered {
+        Rendered::row(schema, new, rendered(schema, new, 0..schema.columns.len()))
+    }
+
     fn row(schema: &TableSchema, row: &[Value], value: ClientRow) -> Rendered {
         Rendered {
             key: electric_key(schema, row),
