@@ -137,7 +137,7 @@ async fn ready(stack: &Inner) -> bool {
 
 /// The current handle for the entry's shape, for a 409.
 async fn refetch(stack: &Arc<Inner>, entry: &ShapeEntry) -> Response {
-    match stack.get_or_create((*entry.shape).clone()).await {
+    match stack.get_or_create(entry.shape.clone()).await {
         Ok(handle) => Response::must_refetch(handle.as_str()),
         Err(why) => Response::unavailable(&format!("could not create the shape: {why}"), 1),
     }

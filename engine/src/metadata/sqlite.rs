@@ -75,29 +75,60 @@ pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Runs a statement through the connection's statement cache (the same few
+/// statements run for every buffered operation).
+fn exec(tx: &Transaction<'_>, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    tx.prepare_cached(sql)?.execute(params)
+}
+
 pub fn apply(tx: &Transaction<'_>, op: &MetaOp) -> rusqlite::Result<()> {
     match op {
         MetaOp::Add(row) => {
             let request = serde_json::to_string(&row.request).expect("requests serialize");
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO shapes (handle, shape, comparable, hash, snapshot_complete) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![row.handle.as_str(), request, row.comparable, row.hash, row.snapshot_complete],
+                params![
+                    row.handle.as_str(),
+                    request,
+                    row.comparable,
+                    row.hash,
+                    row.snapshot_complete
+                ],
             )?;
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO relations (handle, oid) VALUES (?1, ?2)",
                 params![row.handle.as_str(), row.oid],
             )?;
-            tx.execute("UPDATE shape_count SET count = count + 1 WHERE id = 1", [])?;
+            exec(
+                tx,
+                "UPDATE shape_count SET count = count + 1 WHERE id = 1",
+                [],
+            )?;
         }
         MetaOp::Remove(handle) => {
-            let deleted = tx.execute("DELETE FROM shapes WHERE handle = ?1", [handle.as_str()])?;
-            tx.execute("DELETE FROM relations WHERE handle = ?1", [handle.as_str()])?;
+            let deleted = exec(
+                tx,
+                "DELETE FROM shapes WHERE handle = ?1",
+                [handle.as_str()],
+            )?;
+            exec(
+                tx,
+                "DELETE FROM relations WHERE handle = ?1",
+                [handle.as_str()],
+            )?;
             if deleted > 0 {
-                tx.execute("UPDATE shape_count SET count = count - 1 WHERE id = 1", [])?;
+                exec(
+                    tx,
+                    "UPDATE shape_count SET count = count - 1 WHERE id = 1",
+                    [],
+                )?;
             }
         }
         MetaOp::SnapshotComplete(handle) => {
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE shapes SET snapshot_complete = 1 WHERE handle = ?1",
                 [handle.as_str()],
             )?;

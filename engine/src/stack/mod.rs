@@ -109,7 +109,7 @@ pub(crate) struct Inner {
     catalog: Mutex<Catalog>,
     /// Requests already checked against the current catalog (the hot path
     /// would otherwise parse the same WHERE clause on every poll).
-    checked: Mutex<BTreeMap<ShapeRequest, Shape>>,
+    checked: Mutex<BTreeMap<ShapeRequest, Arc<Shape>>>,
     registry: Mutex<Registry>,
     /// `None` until replication first connects.
     pub tracker: Arc<SharedTracker>,
@@ -236,13 +236,13 @@ impl Inner {
 
     /// Checks a request against the catalog, remembering the answer for the
     /// same request (until the catalog changes).
-    pub fn checked_shape(&self, request: &ShapeRequest) -> Result<Shape, ShapeError> {
+    pub fn checked_shape(&self, request: &ShapeRequest) -> Result<Arc<Shape>, ShapeError> {
         /// Bound on remembered requests: past it the cache starts over.
         const CHECKED_LIMIT: usize = 10_000;
         if let Some(shape) = self.checked.lock().expect("checked shapes").get(request) {
             return Ok(shape.clone());
         }
-        let shape = Shape::new(&self.catalog.lock().expect("catalog"), request)?;
+        let shape = Arc::new(Shape::new(&self.catalog.lock().expect("catalog"), request)?);
         let mut checked = self.checked.lock().expect("checked shapes");
         if checked.len() >= CHECKED_LIMIT {
             checked.clear();
@@ -340,7 +340,7 @@ impl Inner {
 
     /// The live handle for `shape`, creating the shape (and starting its
     /// snapshot) if there is none.
-    pub async fn get_or_create(self: &Arc<Self>, shape: Shape) -> Result<ShapeHandle, String> {
+    pub async fn get_or_create(self: &Arc<Self>, shape: Arc<Shape>) -> Result<ShapeHandle, String> {
         let _creating = self.creating.lock().await;
         // Shutdown and schema changes hold the creation lock while they work:
         // re-check what they may have changed while this request waited.
@@ -394,7 +394,7 @@ impl Inner {
         self.env().emit(Event::ShapeCreated {
             handle: handle.clone(),
         });
-        self.register(handle.clone(), Arc::new(shape), writer, Start::New);
+        self.register(handle.clone(), shape, writer, Start::New);
         Ok(handle)
     }
 

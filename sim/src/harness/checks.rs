@@ -10,7 +10,7 @@ use super::net;
 use super::trace::{SharedTrace, record};
 use crate::client::Applied;
 use crate::client::{Outcome, ShapeClient};
-use crate::oracle::rows::{self, KeyedRows};
+use crate::oracle::rows::{self, KeyedRows, OracleRows};
 use crate::pg::PgModel;
 use crate::standard;
 use engine::offset::LogOffset;
@@ -86,7 +86,7 @@ use crate::host::now_ms;
 fn stuck(
     index: usize,
     client: &ShapeClient,
-    oracle: &KeyedRows,
+    oracle: &OracleRows,
     pg: &PgModel,
 ) -> (&'static str, String) {
     let (check, why) = if client.up_to_date && !pg.all_delivered() {
@@ -100,7 +100,7 @@ fn stuck(
             "up to date with {} rows, the oracle has {}: {}",
             client.rows.len(),
             oracle.len(),
-            rows::diff(&client.rows, oracle)
+            rows::diff(&client.rows, &rows::keyed(oracle))
         );
         ("mismatch", why)
     } else {
@@ -261,7 +261,7 @@ pub async fn converge(
             Err(failure) => break Err(failure),
         };
         match applied.outcome {
-            Outcome::Data { .. } if client.up_to_date && client.rows == *oracle => {
+            Outcome::Data { .. } if client.up_to_date && rows::same(&client.rows, &oracle) => {
                 let mut checker = checker::lock(checker);
                 let checks = &mut checker.coverage.checks;
                 checks.total += 1;

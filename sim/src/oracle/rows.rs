@@ -7,9 +7,35 @@ use crate::client::ClientRow;
 use crate::pg::PgModel;
 use engine::schema::{TableName, TableSchema, Value};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Rows by their Electric key.
 pub type KeyedRows = BTreeMap<String, ClientRow>;
+
+/// Rows by their Electric key, as a persistent map: the oracle keeps every
+/// shape's rows as of every commit, and versions share their structure.
+pub type OracleRows = imbl::OrdMap<String, Arc<ClientRow>>;
+
+pub fn persistent(rows: KeyedRows) -> OracleRows {
+    rows.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()
+}
+
+/// Whether a client holds exactly the oracle's rows.
+pub fn same(client: &KeyedRows, oracle: &OracleRows) -> bool {
+    client.len() == oracle.len()
+        && client
+            .iter()
+            .zip(oracle.iter())
+            .all(|((ck, cv), (ok, ov))| ck == ok && cv == &**ov)
+}
+
+/// The oracle's rows as a plain map (for reports).
+pub fn keyed(oracle: &OracleRows) -> KeyedRows {
+    oracle
+        .iter()
+        .map(|(k, v)| (k.clone(), (**v).clone()))
+        .collect()
+}
 
 /// Postgres' text output (what `col::text` gives) of a value; NULL is `None`.
 pub fn pg_text(value: &Value) -> Option<String> {

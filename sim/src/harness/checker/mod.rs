@@ -30,7 +30,7 @@ pub use reads::ReadContext;
 use super::checks::Failure;
 use super::coverage::Coverage;
 use super::trace::{SharedTrace, record};
-use crate::oracle::rows::{self, KeyedRows, electric_key};
+use crate::oracle::rows::{self, OracleRows, electric_key};
 use crate::oracle::where_eval;
 use crate::pg::PgModel;
 use crate::scenario::ShapeSpec;
@@ -137,7 +137,7 @@ pub struct Checker {
     io_faulted: BTreeSet<String>,
     pub coverage: Coverage,
     /// Per shape: its oracle rows after each commit that changed them.
-    timelines: Vec<Vec<(Lsn, Arc<KeyedRows>)>>,
+    timelines: Vec<Vec<(Lsn, OracleRows)>>,
     /// Simulated time of each commit.
     commit_ms: BTreeMap<Lsn, u64>,
     /// Windows of simulated time in which a fault was active (end `None`:
@@ -166,7 +166,7 @@ impl Checker {
             .iter()
             .map(|s| {
                 let rows = super::checks::oracle_rows(&pg, s.where_clause.as_deref());
-                vec![(pg.last_lsn(), Arc::new(rows))]
+                vec![(pg.last_lsn(), rows::persistent(rows))]
             })
             .collect();
         let latest_handle = vec![None; shapes.len()];
@@ -214,7 +214,7 @@ impl Checker {
     }
 
     /// The oracle's rows for shape `index` now.
-    pub fn oracle_now(&self, index: usize) -> Arc<KeyedRows> {
+    pub fn oracle_now(&self, index: usize) -> OracleRows {
         self.timelines[index]
             .last()
             .expect("a timeline starts with the seed")
@@ -223,7 +223,7 @@ impl Checker {
     }
 
     /// The oracle's rows for shape `index` as of `lsn`.
-    fn oracle_at(&self, index: usize, lsn: Lsn) -> Arc<KeyedRows> {
+    fn oracle_at(&self, index: usize, lsn: Lsn) -> OracleRows {
         let timeline = &self.timelines[index];
         let i = timeline.partition_point(|(l, _)| *l <= lsn);
         timeline[i.saturating_sub(1)].1.clone()
@@ -264,7 +264,8 @@ impl Checker {
             if !touched {
                 continue;
             }
-            let mut current = (*self.oracle_now(index)).clone();
+            let previous = self.oracle_now(index);
+            let mut current = previous.clone();
             for change in &changes {
                 let [old, new] = sides(change);
                 if let Some(old) = old {
@@ -272,16 +273,21 @@ impl Checker {
                 }
                 if let Some(new) = new.filter(|row| self.matches(index, &schema, row)) {
                     let rendered = rows::rendered(&schema, new, 0..schema.columns.len());
-                    current.insert(electric_key(&schema, new), rendered);
+                    current.insert(electric_key(&schema, new), Arc::new(rendered));
                 }
             }
-            debug_assert_eq!(
-                current,
-                super::checks::oracle_rows(&self.pg, self.shapes[index].where_clause.as_deref()),
+            debug_assert!(
+                rows::same(
+                    &super::checks::oracle_rows(
+                        &self.pg,
+                        self.shapes[index].where_clause.as_deref()
+                    ),
+                    &current
+                ),
                 "the incremental oracle agrees with a full query"
             );
-            if current != *self.oracle_now(index) {
-                self.timelines[index].push((txn.commit_lsn, Arc::new(current)));
+            if current != previous {
+                self.timelines[index].push((txn.commit_lsn, current));
             }
         }
     }

@@ -119,12 +119,12 @@ impl Checker {
         if let Some(g) = applied.up_to_date {
             self.coverage.checks.prefix += 1;
             let oracle = self.oracle_at(ctx.shape, g);
-            if client.rows != *oracle {
+            if !rows::same(&client.rows, &oracle) {
                 let why = format!(
                     "up to date at lsn {g} with {} rows, the oracle as of {g} has {}: {}",
                     client.rows.len(),
                     oracle.len(),
-                    rows::diff(&client.rows, &oracle)
+                    rows::diff(&client.rows, &rows::keyed(&oracle))
                 );
                 return Err(("prefix-mismatch", why));
             }
