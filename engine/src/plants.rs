@@ -42,6 +42,9 @@ pub struct Plants {
     /// A consumer does not wake long-polling readers after a commit: they
     /// see new data only at their timeout.
     pub lost_wakeup: bool,
+    /// A failed fsync of a shape log is treated as success: the flush
+    /// records as durable what may never reach the disk.
+    pub fsync_error_ignored: bool,
 
     /// Real bug (Electric's bug 3, found here by the harness, fixed): an
     /// offset past a log still being replayed after a crash gets 400.

@@ -464,17 +464,19 @@ impl ShapeLogWriter {
             self.record_durable(commit_at_start).await?;
         }
         self.env.crash_point(CrashPoint::LogFlushAfterWrite).await;
-        if !self.buffer.is_empty() {
-            storage
-                .sync(&log)
-                .await
-                .map_err(LogError::io("sync", &log))?;
-        }
-        if !self.unindexed.is_empty() {
-            storage
-                .sync(&chunks)
-                .await
-                .map_err(LogError::io("sync", &chunks))?;
+        let ignore_failed_sync = crate::planted!(self.config, fsync_error_ignored);
+        for (dirty, path) in [
+            (!self.buffer.is_empty(), &log),
+            (!self.unindexed.is_empty(), &chunks),
+        ] {
+            let synced = if dirty {
+                storage.sync(path).await
+            } else {
+                Ok(())
+            };
+            if !ignore_failed_sync {
+                synced.map_err(LogError::io("sync", path))?;
+            }
         }
         self.env.crash_point(CrashPoint::LogFlushAfterSync).await;
         self.record_durable(commit_at_start).await?;

@@ -2,7 +2,8 @@
 //!
 //! 1. stop serving (requests get 503) and stop the intake;
 //! 2. ask every consumer to flush everything it received (a consumer still
-//!    taking its snapshot finishes it first) and wait for all of them;
+//!    taking its snapshot finishes it first) and wait for all of them, and
+//!    for every removal in progress to be durable;
 //! 3. acknowledge the final LSN to the slot;
 //! 4. flush the metadata write buffer to SQLite;
 //! 5. write the clean-shutdown marker (temp file, sync, rename, sync dir).
@@ -65,7 +66,7 @@ pub(super) async fn shutdown(stack: Arc<Inner>) -> bool {
             futures::future::Either::Right(_) => false,
         }
     };
-    let idle = stack.tracker.with(|t| t.is_idle()).unwrap_or(true);
+    let idle = wait_idle(&stack, deadline_ms).await;
     let mut clean = drained && idle;
     acknowledge_final(&stack).await;
 
@@ -82,6 +83,22 @@ pub(super) async fn shutdown(stack: Arc<Inner>) -> bool {
         write_marker(&stack).await;
     }
     finish(&stack, clean)
+}
+
+/// Waits (until `deadline_ms`) for the flush tracker to hold nothing back:
+/// every shape flushed, every removal durable (a removed shape's consumer
+/// deletes its storage on its own).
+async fn wait_idle(stack: &Inner, deadline_ms: u64) -> bool {
+    loop {
+        let changed = stack.tracker.changed.listen();
+        if stack.tracker.with(|t| t.is_idle()).unwrap_or(true) {
+            return true;
+        }
+        let left_ms = deadline_ms.saturating_sub(stack.now_ms());
+        if left_ms == 0 || !stack.wait(changed, left_ms).await && stack.now_ms() >= deadline_ms {
+            return stack.tracker.with(|t| t.is_idle()).unwrap_or(true);
+        }
+    }
 }
 
 /// Tells the slot everything is durable. Best effort: if it fails, the next

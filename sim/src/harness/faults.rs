@@ -5,10 +5,19 @@
 //!   whole engine node is paused on the spot (no other engine task runs
 //!   another step) and the supervisor, woken, kills the node: a kill exactly
 //!   at that point.
-//! - [`SlowStorage`]: the simulated disk with latency on every write and sync,
+//! - [`SimStorage`]: the simulated disk with latency on every write and sync,
 //!   so that a kill drawn at a random time can land between any two of them
-//!   (between a flush's write and its fsync, say).
+//!   (between a flush's write and its fsync, say), and injected I/O errors:
+//!   each write, sync, rename and read of a shape's files fails with
+//!   probability `io_error_rate` (EIO; ENOSPC for a third of the writes). A
+//!   failed sync has Linux's page-cache semantics
+//!   ([`MemStorage::fail_sync`]). Every injection is traced and reported to
+//!   the state checker (it accepts a removal for an I/O error only for the
+//!   shape whose files got one). The storage root (the clean-shutdown marker,
+//!   the `shapes` directory itself) is never faulted: a real engine would
+//!   crash and restart on such errors, which the restart kinds model.
 
+use super::checker::{self, SharedChecker};
 use super::trace::{SharedTrace, record};
 use async_trait::async_trait;
 use engine::env::{CrashPoint, CrashPoints, MemStorage, Storage};
@@ -101,18 +110,48 @@ impl CrashPoints for ArmedCrash {
     }
 }
 
-/// [`MemStorage`] with simulated latency on writes and syncs (reads are
-/// served from the page cache).
-pub struct SlowStorage {
-    inner: MemStorage,
-    max_latency_us: u64,
+/// A storage operation that may be faulted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoOp {
+    Write,
+    Sync,
+    Rename,
+    Read,
 }
 
-impl SlowStorage {
-    pub fn new(inner: MemStorage, max_latency_us: u64) -> SlowStorage {
-        SlowStorage {
+/// [`MemStorage`] with simulated latency on writes and syncs (reads are
+/// served from the page cache) and injected I/O errors.
+pub struct SimStorage {
+    inner: MemStorage,
+    max_latency_us: u64,
+    io_error_rate: f64,
+    checker: SharedChecker,
+    trace: SharedTrace,
+}
+
+/// The shape whose files `path` is under (`shapes/<handle>/...`), if any.
+fn shape_of(path: &str) -> Option<&str> {
+    let mut parts = path.split('/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(engine::stack::SHAPES_DIR), Some(handle), Some(_)) => Some(handle),
+        _ => None,
+    }
+}
+
+impl SimStorage {
+    pub fn new(
+        inner: MemStorage,
+        max_latency_us: u64,
+        io_error_rate: f64,
+        checker: SharedChecker,
+        trace: SharedTrace,
+    ) -> SimStorage {
+        SimStorage {
             inner,
             max_latency_us,
+            io_error_rate,
+            checker,
+            trace,
         }
     }
 
@@ -122,10 +161,42 @@ impl SlowStorage {
             madsim::time::sleep(Duration::from_micros(us)).await;
         }
     }
+
+    /// Whether `op` on `path` fails now (drawn from the run's seed); an
+    /// injected failure is traced and reported before it is returned.
+    fn fault(&self, op: IoOp, path: &str) -> io::Result<()> {
+        let Some(handle) = shape_of(path).filter(|_| self.io_error_rate > 0.0) else {
+            return Ok(());
+        };
+        let mut rng = madsim::rand::thread_rng();
+        if !rng.gen_bool(self.io_error_rate) {
+            return Ok(());
+        }
+        let full = op == IoOp::Write && rng.gen_bool(1.0 / 3.0);
+        if op == IoOp::Sync {
+            self.inner.fail_sync(path);
+        }
+        record(
+            &self.trace,
+            format_args!(
+                "injected {} on {op:?} {path}",
+                if full { "ENOSPC" } else { "EIO" }
+            ),
+        );
+        checker::lock(&self.checker).io_injected(handle, op);
+        Err(if full {
+            io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!("injected ENOSPC on {path}"),
+            )
+        } else {
+            io::Error::other(format!("injected EIO on {op:?} {path}"))
+        })
+    }
 }
 
 #[async_trait]
-impl Storage for SlowStorage {
+impl Storage for SimStorage {
     async fn create_dir_all(&self, dir: &str) -> io::Result<()> {
         self.delay().await;
         self.inner.create_dir_all(dir).await
@@ -136,9 +207,11 @@ impl Storage for SlowStorage {
     }
     async fn append(&self, path: &str, data: &[u8]) -> io::Result<()> {
         self.delay().await;
+        self.fault(IoOp::Write, path)?;
         self.inner.append(path, data).await
     }
     async fn read_at(&self, path: &str, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        self.fault(IoOp::Read, path)?;
         self.inner.read_at(path, offset, len).await
     }
     async fn size(&self, path: &str) -> io::Result<u64> {
@@ -150,6 +223,7 @@ impl Storage for SlowStorage {
     }
     async fn sync(&self, path: &str) -> io::Result<()> {
         self.delay().await;
+        self.fault(IoOp::Sync, path)?;
         self.inner.sync(path).await
     }
     async fn sync_dir(&self, dir: &str) -> io::Result<()> {
@@ -158,6 +232,7 @@ impl Storage for SlowStorage {
     }
     async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         self.delay().await;
+        self.fault(IoOp::Rename, to)?;
         self.inner.rename(from, to).await
     }
     async fn remove(&self, path: &str) -> io::Result<()> {

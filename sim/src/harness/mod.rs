@@ -14,7 +14,7 @@
 pub mod checker;
 pub mod checks;
 pub mod coverage;
-mod faults;
+pub mod faults;
 pub mod net;
 pub mod panics;
 pub mod trace;

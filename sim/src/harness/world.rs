@@ -4,7 +4,7 @@
 
 use super::checker::{self, CheckedEvents, Checker, SharedChecker};
 use super::checks::{self, CheckRules, Failure, StopSignal};
-use super::faults::{ArmedCrash, SlowStorage};
+use super::faults::{ArmedCrash, SimStorage};
 use super::net;
 use super::panics::on_engine;
 use super::trace::{SharedTrace, record};
@@ -118,7 +118,10 @@ impl World {
         trace: &SharedTrace,
     ) -> NodeHandle {
         let config = super::stack_config(scenario);
-        let disk_latency_us = scenario.timing.disk_latency_us;
+        let (disk_latency_us, io_error_rate) = (
+            scenario.timing.disk_latency_us,
+            scenario.timing.io_error_rate,
+        );
         let sqlite = sqlite_in_memory();
         let (storage, crash, slot, checker, trace) = (
             storage.clone(),
@@ -134,7 +137,13 @@ impl World {
             .init(move || {
                 let env = Env {
                     clock: Arc::new(SimClock),
-                    storage: Arc::new(SlowStorage::new(storage.clone(), disk_latency_us)),
+                    storage: Arc::new(SimStorage::new(
+                        storage.clone(),
+                        disk_latency_us,
+                        io_error_rate,
+                        checker.clone(),
+                        trace.clone(),
+                    )),
                     spawner: Arc::new(SimSpawner),
                     crash_points: Arc::new(crash.clone()),
                     events: Arc::new(CheckedEvents {
@@ -359,6 +368,7 @@ impl World {
             .expect("stack slot")
             .clone()
             .expect("engine running");
+        let shutdown_ms = crate::host::now_ms();
         checker::lock(&self.checker).shutdown_started();
         let (was_ready, clean) = self
             .engine
@@ -371,7 +381,10 @@ impl World {
         self.record(format!(
             "graceful shutdown, ready before: {was_ready}, clean: {clean}"
         ));
-        if was_ready && !clean {
+        // An I/O error injected during the drain may fail a consumer: the
+        // stop is then honestly not clean.
+        let faulted = checker::lock(&self.checker).io_injected_since(shutdown_ms);
+        if was_ready && !clean && !faulted {
             return Err(Failure::new(
                 "graceful-shutdown",
                 "a ready engine did not shut down cleanly within its shutdown timeout".to_string(),

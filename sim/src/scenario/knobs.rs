@@ -50,6 +50,9 @@ pub struct Knobs {
     pub latency_max_ms: u64,
     /// Upper bound of the simulated latency of each storage write or sync.
     pub disk_latency_us: u64,
+    /// Chance that a write, sync, rename or read of a shape's files fails
+    /// (EIO, or ENOSPC for a third of the writes).
+    pub io_error_rate: f64,
     /// Chance that a batch suffers a network partition.
     pub partition_rate: f64,
     pub partition_ms: u64,
@@ -80,6 +83,7 @@ impl Default for Knobs {
             latency_min_ms: 1,
             latency_max_ms: 5,
             disk_latency_us: 500,
+            io_error_rate: 0.0005,
             partition_rate: 0.1,
             partition_ms: 400,
             removal_rate: 0.3,
@@ -137,6 +141,7 @@ impl Knobs {
         rate("packet_loss_rate", self.packet_loss_rate)?;
         rate("partition_rate", self.partition_rate)?;
         rate("removal_rate", self.removal_rate)?;
+        rate("io_error_rate", self.io_error_rate)?;
         if self.shape_count == 0
             || self.batch_count == 0
             || self.txns_per_batch == 0
@@ -221,6 +226,7 @@ knob_args! {
     latency_min_ms: u64,
     latency_max_ms: u64,
     disk_latency_us: u64,
+    io_error_rate: f64,
     partition_rate: f64,
     partition_ms: u64,
     removal_rate: f64,

@@ -160,6 +160,8 @@ pub enum Plant {
     SilentHandleSwitch,
     /// Long-polling readers are not woken by new data, only by their timeout.
     LostWakeup,
+    /// A failed fsync of a shape log is treated as success.
+    FsyncErrorIgnored,
     /// Real bug, fixed (Electric's bug 3): 400 for an offset a crashed log has not replayed yet.
     #[value(name = "out-of-bounds-400")]
     #[serde(rename = "out-of-bounds-400")]
@@ -174,7 +176,7 @@ pub enum Plant {
 
 impl Plant {
     /// The planted bug classes the harness must always find.
-    pub const ALL: [Plant; 10] = [
+    pub const ALL: [Plant; 11] = [
         Plant::SkipShapeDedup,
         Plant::AckPastUnflushed,
         Plant::OffsetBeforeFsync,
@@ -185,6 +187,7 @@ impl Plant {
         Plant::WrongOldValue,
         Plant::SilentHandleSwitch,
         Plant::LostWakeup,
+        Plant::FsyncErrorIgnored,
     ];
     /// Real bugs this project's harness found, re-introduced on demand so that
     /// their corpus entries keep proving something.
@@ -217,6 +220,7 @@ impl Plant {
             wrong_old_value: on(Plant::WrongOldValue),
             silent_handle_switch: on(Plant::SilentHandleSwitch),
             lost_wakeup: on(Plant::LostWakeup),
+            fsync_error_ignored: on(Plant::FsyncErrorIgnored),
             out_of_bounds_400: on(Plant::OutOfBounds400),
             snapshot_attempt_budget: on(Plant::SnapshotAttemptBudget),
             no_sync_on_open: on(Plant::NoSyncOnOpen),
@@ -238,6 +242,9 @@ pub struct Timing {
     pub latency_min_ms: u64,
     pub latency_max_ms: u64,
     pub disk_latency_us: u64,
+    /// Chance that a write, sync, rename or read of a shape's files fails.
+    #[serde(default)]
+    pub io_error_rate: f64,
 }
 
 impl Timing {
@@ -252,6 +259,7 @@ impl Timing {
             latency_min_ms: knobs.latency_min_ms,
             latency_max_ms: knobs.latency_max_ms,
             disk_latency_us: knobs.disk_latency_us,
+            io_error_rate: knobs.io_error_rate,
         }
     }
 }

@@ -135,6 +135,13 @@ pub struct Checker {
     requested: BTreeSet<String>,
     /// Shapes (by handle) whose files got an injected I/O error.
     io_faulted: BTreeSet<String>,
+    /// Shapes whose write, sync or rename failed: nothing may be reported
+    /// durable for them any more.
+    write_faulted: BTreeSet<String>,
+    /// When the last I/O error was injected.
+    last_io_fault_ms: Option<u64>,
+    /// When the last shape was removed at run time, and why.
+    last_removal: Option<(u64, String)>,
     pub coverage: Coverage,
     /// Per shape: its oracle rows after each commit that changed them.
     timelines: Vec<Vec<(Lsn, OracleRows)>>,
@@ -194,6 +201,9 @@ impl Checker {
             run: RunState::default(),
             requested: BTreeSet::new(),
             io_faulted: BTreeSet::new(),
+            write_faulted: BTreeSet::new(),
+            last_io_fault_ms: None,
+            last_removal: None,
             coverage: Coverage::default(),
             timelines,
             commit_ms: BTreeMap::new(),
@@ -327,6 +337,21 @@ impl Checker {
         self.requested.insert(handle.to_string());
     }
 
+    /// An I/O error was injected into `handle`'s files.
+    pub fn io_injected(&mut self, handle: &str, op: super::faults::IoOp) {
+        self.coverage.io_errors_injected += 1;
+        self.io_faulted.insert(handle.to_string());
+        if op != super::faults::IoOp::Read {
+            self.write_faulted.insert(handle.to_string());
+        }
+        self.last_io_fault_ms = Some(now_ms());
+    }
+
+    /// Whether an I/O error was injected at or after `ms`.
+    pub fn io_injected_since(&self, ms: u64) -> bool {
+        self.last_io_fault_ms.is_some_and(|at| at >= ms)
+    }
+
     /// The handle shape `index` was last served under, if any.
     pub fn latest_handle(&self, index: usize) -> Option<String> {
         self.latest_handle[index].clone()
@@ -442,6 +467,12 @@ impl Checker {
     }
 
     fn durable(&mut self, handle: &str, offset: LogOffset) {
+        if self.write_faulted.contains(handle) {
+            let why = format!(
+                "{handle} reported durable to {offset} after a write or sync of its files failed: what the failure covered may never reach the disk"
+            );
+            return self.fail("durability", why, Some(handle));
+        }
         let tx = offset.tx().unwrap_or(0);
         if let Some(pending) = self.run.pending.get_mut(handle) {
             pending.retain(|&lsn| lsn > tx);
@@ -532,6 +563,7 @@ impl Checker {
     }
 
     fn removed(&mut self, handle: &str, reason: &RemovalReason) {
+        self.last_removal = Some((now_ms(), reason.name().to_string()));
         let accepted = self.accepted(handle, reason);
         let received = self.run.received;
         let state = self.handle(handle);

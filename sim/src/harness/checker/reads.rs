@@ -63,10 +63,19 @@ impl Checker {
         self.open_txns[ctx.shape] = None; // the client starts over
         let sent = ctx.request.params.get("handle").cloned();
         let Some(sent) = sent else {
-            return Err((
-                "unexplained-409",
-                "409 for a request without a handle".into(),
-            ));
+            // A first request (no handle yet) is answered 409 only if the
+            // shape it was being served from was removed meanwhile; that
+            // removal was judged when it happened (`lost-shape`).
+            return match self.last_removal.clone().filter(|(at, _)| *at >= ctx.sent_ms) {
+                Some((_, reason)) => {
+                    self.coverage.conflict(&reason);
+                    Ok(())
+                }
+                None => Err((
+                    "unexplained-409",
+                    "409 for a first request (no handle), and no shape was removed while it was served".into(),
+                )),
+            };
         };
         let state = self.handles.get(&sent).cloned().unwrap_or_default();
         let explained = match &state.fate {

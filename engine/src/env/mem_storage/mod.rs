@@ -9,7 +9,13 @@
 //!   nothing to do here beyond counting it ([`MemStorage::process_crash`]);
 //! - a *power loss* ([`MemStorage::power_loss`]) reverts every file to its
 //!   durable bytes, possibly keeping a torn prefix of what was written after the
-//!   last sync, and reverts directory entries that were not dir-synced.
+//!   last sync (as written, as zeros or as garbage), and reverts each
+//!   directory entry that was not dir-synced (independently, when torn).
+//!
+//! A *failed sync* ([`MemStorage::fail_sync`], for a host that injects I/O
+//! errors) has Linux's page-cache semantics: the unsynced bytes stay readable
+//! but are marked clean without reaching the disk, so a later successful sync
+//! does not make them durable and a power loss leaves zeros in their place.
 //!
 //! The storage is a cheap handle (`Arc`) so that a simulator can keep it alive
 //! across the kills of the node that uses it.
@@ -35,9 +41,10 @@ pub enum PowerLoss {
     DropUnsynced,
     /// Everything written reached the platter (as good as a process crash).
     KeepWritten,
-    /// Per file: unsynced bytes dropped, or kept as a torn prefix cut at a random
-    /// byte. Per directory: unsynced entries dropped, or (less often) kept. All
-    /// choices are drawn from `seed`, in inode order.
+    /// Per file: unsynced bytes dropped, or a torn prefix of them kept, cut
+    /// at a random byte, as written, as zeros or as garbage. Per directory
+    /// entry: an unsynced change kept or reverted, each on its own. All
+    /// choices are drawn from `seed`, in inode and name order.
     Torn { seed: u64 },
 }
 
@@ -50,7 +57,12 @@ pub struct PowerLossReport {
     pub files_torn: u64,
     /// Files that lost unsynced bytes or had an unsynced truncate undone.
     pub files_changed: u64,
-    /// Directories whose unsynced entries were reverted.
+    /// Kept torn tails that reached the disk as zeros, or as garbage.
+    pub tails_zeroed: u64,
+    pub tails_garbage: u64,
+    /// Bytes a failed sync had left only in the page cache, now zeros.
+    pub bytes_lost_to_failed_syncs: u64,
+    /// Directories whose unsynced entries were reverted (wholly or partly).
     pub dirs_reverted: u64,
 }
 
@@ -89,13 +101,15 @@ enum Inode {
 }
 
 /// Invariant: durable bytes = `data[..synced_len]` followed by `durable_tail`,
-/// and `synced_len <= data.len()`.
+/// and `synced_len <= data.len()`, except the `holes`, which are zeros on disk.
 #[derive(Default)]
 struct FileNode {
     data: Vec<u8>,
     synced_len: usize,
     /// Durable bytes beyond `synced_len` that a truncate removed from `data`.
     durable_tail: Vec<u8>,
+    /// Byte ranges a failed sync marked clean without writing them.
+    holes: Vec<(usize, usize)>,
 }
 
 #[derive(Default)]
@@ -134,6 +148,10 @@ fn split(path: &str) -> (&str, &str) {
 
 impl FileNode {
     fn truncate(&mut self, len: usize) {
+        for hole in &mut self.holes {
+            hole.1 = hole.1.min(len);
+        }
+        self.holes.retain(|(start, end)| start < end);
         if len < self.synced_len {
             let mut tail = self.data[len..self.synced_len].to_vec();
             tail.extend_from_slice(&self.durable_tail);
@@ -148,6 +166,15 @@ impl FileNode {
         self.durable_tail.clear();
     }
 
+    /// A failed fsync: the unsynced bytes are marked clean, never written.
+    fn fail_sync(&mut self) {
+        if self.synced_len < self.data.len() {
+            self.holes.push((self.synced_len, self.data.len()));
+        }
+        self.sync();
+    }
+
+    /// Reverts to the durable bytes (or a torn prefix); reports what changed.
     /// Reverts to the durable bytes (or a torn prefix); reports what changed.
     fn lose_power(
         &mut self,
@@ -172,13 +199,90 @@ impl FileNode {
         report.files_changed += u64::from(dropped > 0 || (tail_pending && keep_unsynced.is_none()));
         match keep_unsynced {
             // The truncate (if any) reached the disk, and a prefix of the new bytes.
-            Some(keep) => self.data.truncate(self.synced_len + keep),
+            Some(keep) => {
+                self.data.truncate(self.synced_len + keep);
+                if matches!(policy, PowerLoss::Torn { .. }) && keep > 0 {
+                    self.tear(keep, rng, report);
+                }
+            }
             None => {
                 self.data.truncate(self.synced_len);
                 self.data.extend_from_slice(&self.durable_tail);
             }
         }
+        for (start, end) in std::mem::take(&mut self.holes) {
+            let end = end.min(self.data.len());
+            if start < end {
+                self.data[start..end].fill(0);
+                report.bytes_lost_to_failed_syncs += (end - start) as u64;
+            }
+        }
         self.sync();
+    }
+
+    /// A kept unsynced tail of `kept` bytes reached the disk as written, as
+    /// zeros or as garbage (one in three each).
+    fn tear(&mut self, kept: usize, rng: &mut ChaCha8Rng, report: &mut PowerLossReport) {
+        let tail = self.data.len() - kept..self.data.len();
+        match rng.next_u64() % 3 {
+            0 => {}
+            1 => {
+                self.data[tail].fill(0);
+                report.tails_zeroed += 1;
+            }
+            _ => {
+                self.data[tail]
+                    .iter_mut()
+                    .for_each(|b| *b = rng.next_u64() as u8);
+                report.tails_garbage += 1;
+            }
+        }
+    }
+}
+
+impl DirNode {
+    /// Each entry whose current and durable states differ keeps its change
+    /// or loses it; torn, each on its own (a change survives one time in
+    /// four).
+    fn lose_power(
+        &mut self,
+        policy: PowerLoss,
+        rng: &mut ChaCha8Rng,
+        report: &mut PowerLossReport,
+    ) {
+        if self.entries == self.durable_entries {
+            return;
+        }
+        let names: BTreeSet<String> = self
+            .entries
+            .keys()
+            .chain(self.durable_entries.keys())
+            .cloned()
+            .collect();
+        let mut reverted = false;
+        for name in names {
+            let (now, durable) = (
+                self.entries.get(&name).copied(),
+                self.durable_entries.get(&name).copied(),
+            );
+            if now == durable {
+                continue;
+            }
+            let keep = match policy {
+                PowerLoss::DropUnsynced => false,
+                PowerLoss::KeepWritten => true,
+                PowerLoss::Torn { .. } => rng.next_u64().is_multiple_of(4),
+            };
+            let survivor = if keep { now } else { durable };
+            reverted |= !keep;
+            for map in [&mut self.entries, &mut self.durable_entries] {
+                match survivor {
+                    Some(id) => map.insert(name.clone(), id),
+                    None => map.remove(&name),
+                };
+            }
+        }
+        report.dirs_reverted += u64::from(reverted);
     }
 }
 
@@ -276,25 +380,20 @@ impl MemStorage {
         for inode in state.inodes.values_mut() {
             match inode {
                 Inode::File(file) => file.lose_power(policy, &mut rng, &mut report),
-                Inode::Dir(dir) => {
-                    let keep = match policy {
-                        PowerLoss::DropUnsynced => false,
-                        PowerLoss::KeepWritten => true,
-                        PowerLoss::Torn { .. } => {
-                            dir.entries != dir.durable_entries && rng.next_u64().is_multiple_of(4)
-                        }
-                    };
-                    if keep {
-                        dir.durable_entries = dir.entries.clone();
-                    } else {
-                        report.dirs_reverted += u64::from(dir.entries != dir.durable_entries);
-                        dir.entries = dir.durable_entries.clone();
-                    }
-                }
+                Inode::Dir(dir) => dir.lose_power(policy, &mut rng, &mut report),
             }
         }
         state.collect_garbage();
         report
+    }
+
+    /// A failed fsync of `path` (for a host injecting I/O errors): its
+    /// unsynced bytes stay readable but will never be durable (see the
+    /// module comment). Missing files are ignored.
+    pub fn fail_sync(&self, path: &str) {
+        if let Ok(file) = self.lock().file(path) {
+            file.fail_sync();
+        }
     }
 
     /// Bytes of `path` that would survive a power loss that drops all unsynced data.
@@ -496,114 +595,4 @@ impl Storage for MemStorage {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use futures::executor::block_on;
-
-    #[test]
-    fn passes_the_storage_conformance_suite() {
-        block_on(crate::env::conformance::run_all(&MemStorage::new()));
-    }
-
-    #[test]
-    fn power_loss_keeps_synced_bytes_and_dir_synced_entries_only() {
-        block_on(async {
-            let s = MemStorage::new();
-            s.create_dir_all("d").await.unwrap();
-            s.sync_dir("").await.unwrap();
-            s.write("d/synced", b"hello").await.unwrap();
-            s.sync("d/synced").await.unwrap();
-            s.sync_dir("d").await.unwrap();
-            s.append("d/synced", b" world").await.unwrap();
-            s.write("d/unlinked", b"data").await.unwrap();
-            s.sync("d/unlinked").await.unwrap(); // data synced, entry not
-
-            s.process_crash();
-            assert_eq!(s.read("d/synced").await.unwrap(), b"hello world");
-
-            let report = s.power_loss(PowerLoss::DropUnsynced);
-            assert_eq!(s.read("d/synced").await.unwrap(), b"hello");
-            assert!(!s.exists("d/unlinked").await.unwrap());
-            assert_eq!(s.stats().power_losses, 1);
-            let lost = PowerLossReport {
-                bytes_dropped: 6,
-                files_torn: 0,
-                files_changed: 1,
-                dirs_reverted: 1,
-            };
-            assert_eq!(report, lost, "what the power loss did is reported");
-            assert!(!s.power_loss(PowerLoss::DropUnsynced).changed_anything());
-        });
-    }
-
-    #[test]
-    fn power_loss_reverts_an_unsynced_truncate_and_rename() {
-        block_on(async {
-            let s = MemStorage::new();
-            s.write("a", b"0123456789").await.unwrap();
-            s.write("b", b"old").await.unwrap();
-            s.sync("a").await.unwrap();
-            s.sync("b").await.unwrap();
-            s.sync_dir("").await.unwrap();
-            s.truncate("a", 4).await.unwrap();
-            s.append("a", b"XY").await.unwrap();
-            s.write("tmp", b"new").await.unwrap();
-            s.sync("tmp").await.unwrap();
-            s.rename("tmp", "b").await.unwrap();
-            assert_eq!(s.read("b").await.unwrap(), b"new");
-            s.power_loss(PowerLoss::DropUnsynced);
-            assert_eq!(s.read("a").await.unwrap(), b"0123456789");
-            assert_eq!(s.read("b").await.unwrap(), b"old");
-            assert!(!s.exists("tmp").await.unwrap());
-        });
-    }
-
-    #[test]
-    fn torn_power_loss_keeps_a_prefix_and_is_deterministic_per_seed() {
-        let run = |seed| {
-            block_on(async {
-                let s = MemStorage::new();
-                s.write("f", b"durable|").await.unwrap();
-                s.sync("f").await.unwrap();
-                s.sync_dir("").await.unwrap();
-                s.append("f", b"unsynced-tail-of-some-length")
-                    .await
-                    .unwrap();
-                s.power_loss(PowerLoss::Torn { seed });
-                s.read("f").await.unwrap()
-            })
-        };
-        let full = b"durable|unsynced-tail-of-some-length";
-        let mut lengths = BTreeSet::new();
-        for seed in 0..64 {
-            let bytes = run(seed);
-            assert!(
-                full.starts_with(&bytes) && bytes.len() >= 8,
-                "seed {seed}: {bytes:?}"
-            );
-            assert_eq!(bytes, run(seed), "seed {seed} is not deterministic");
-            lengths.insert(bytes.len());
-        }
-        assert!(
-            lengths.len() > 4,
-            "torn cuts should vary across seeds: {lengths:?}"
-        );
-    }
-
-    #[test]
-    fn unlinked_inodes_are_collected() {
-        block_on(async {
-            let s = MemStorage::new();
-            for _ in 0..(GC_AFTER_UNLINKS * 2) {
-                s.write("f", &[0u8; 64]).await.unwrap();
-                s.write("g", b"x").await.unwrap();
-                s.rename("g", "f").await.unwrap();
-            }
-            assert!(
-                s.lock().inodes.len() < 16,
-                "inodes leak: {}",
-                s.lock().inodes.len()
-            );
-        });
-    }
-}
+mod tests;
