@@ -373,10 +373,11 @@ impl Consumer {
         self.writer
             .append_snapshot_row(Operation::Control, String::new(), end)
             .await?;
-        self.writer.finish_snapshot().await?;
+        let last_chunk = self.writer.finish_snapshot().await?;
         self.ctx.env.emit(Event::SnapshotCompleted {
             handle: handle.clone(),
             rows: result.rows.len() as u64,
+            chunks: last_chunk + 1,
         });
         self.ctx.db.mark_snapshot_complete(&handle).await;
         self.entry.changed.notify(usize::MAX);

@@ -231,8 +231,12 @@ async fn read(stack: &Arc<Inner>, entry: &Arc<ShapeEntry>, params: &Params) -> R
             }
         };
         let mut up_to_date = chunk_end >= latest.max(offset) && offset != LogOffset::BEFORE_ALL;
-        let settled =
-            seen >= entry.snapshot_lsn() || crate::planted!(stack.config, unsettled_snapshot);
+        // Only an up-to-date that names `seen` (not live with a transaction
+        // to name) needs replication to have reached the snapshot.
+        let names_seen = !params.live || chunk_end.tx().is_none_or(|tx| tx == 0);
+        let settled = seen >= entry.snapshot_lsn()
+            || !names_seen
+            || crate::planted!(stack.config, unsettled_snapshot);
         if up_to_date && !settled {
             // The snapshot is ahead of replication: it reflects transactions
             // not every shape has applied yet. Wait for them (bounded).

@@ -44,6 +44,14 @@ crash_points! {
         "Before a batch of buffered shape metadata is committed to SQLite.",
     ShutdownAfterDrain => "shutdown.after_drain":
         "Graceful shutdown: every shape flushed, metadata not yet flushed, no marker.",
+    CreateBeforeMeta => "log.create.before_meta":
+        "Shape creation: the directory tree is durable, the log metadata not yet written.",
+    RemoveAfterMeta => "log.remove.after_meta":
+        "Shape removal: the log metadata is durably gone, the rest of the files not yet.",
+    OpenAfterTrim => "log.open.after_trim":
+        "Recovery: a log was trimmed to its durable offset, its shape not yet restored.",
+    BootBeforeReplication => "boot.before_replication":
+        "Boot: shapes restored and orphans removed, replication not yet started.",
 }
 
 impl fmt::Display for CrashPoint {

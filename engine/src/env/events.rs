@@ -62,7 +62,11 @@ pub enum Event {
     SnapshotStarted { handle: ShapeHandle },
     /// A shape's snapshot is durably complete in its log metadata (the
     /// metadata database's completion is queued).
-    SnapshotCompleted { handle: ShapeHandle, rows: u64 },
+    SnapshotCompleted {
+        handle: ShapeHandle,
+        rows: u64,
+        chunks: u64,
+    },
     /// A transaction was registered with the flush tracker and is being sent
     /// to these shapes (possibly none).
     TxnRouted { lsn: Lsn, shapes: Vec<ShapeHandle> },
@@ -271,8 +275,15 @@ impl fmt::Display for Event {
             Event::ShapeRemoved { handle, reason } => write!(f, "removed {handle}: {reason}"),
             Event::StorageRemoved { handle } => write!(f, "storage of {handle} removed"),
             Event::SnapshotStarted { handle } => write!(f, "snapshot of {handle} started"),
-            Event::SnapshotCompleted { handle, rows } => {
-                write!(f, "snapshot of {handle} complete: {rows} rows")
+            Event::SnapshotCompleted {
+                handle,
+                rows,
+                chunks,
+            } => {
+                write!(
+                    f,
+                    "snapshot of {handle} complete: {rows} rows in {chunks} chunks"
+                )
             }
             Event::TxnRouted { lsn, shapes } => {
                 write!(f, "routed lsn {lsn} to [")?;

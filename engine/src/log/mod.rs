@@ -27,7 +27,7 @@ pub use recover::Trimmed;
 pub use writer::ShapeLogWriter;
 
 use crate::env::events::{StorageFailure, StorageFailureKind};
-use crate::env::{Env, join, parent};
+use crate::env::{CrashPoint, Env, join, parent};
 use crate::offset::LogOffset;
 use std::io;
 
@@ -195,6 +195,7 @@ impl ShapeLog {
             .sync_dir(parent(dir))
             .await
             .map_err(LogError::io("sync_dir", parent(dir)))?;
+        env.crash_point(CrashPoint::CreateBeforeMeta).await;
         // The metadata goes last: its presence means the layout is complete.
         let meta = LogMeta::default();
         meta::write(env, dir, &meta).await?;
@@ -220,11 +221,13 @@ impl ShapeLog {
     pub async fn remove(env: &Env, dir: &str) -> Result<(), LogError> {
         let meta_file = join(dir, meta::META_FILE);
         match env.storage.remove(&meta_file).await {
-            Ok(()) => env
-                .storage
-                .sync_dir(dir)
-                .await
-                .map_err(LogError::io("sync_dir", dir))?,
+            Ok(()) => {
+                env.storage
+                    .sync_dir(dir)
+                    .await
+                    .map_err(LogError::io("sync_dir", dir))?;
+                env.crash_point(CrashPoint::RemoveAfterMeta).await;
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(LogError::io("remove", &meta_file)(e)),
         }

@@ -20,7 +20,7 @@ use super::codec::{self, CHUNK_ENTRY_BYTES, ChunkEntry};
 use super::meta::{self, META_TMP_FILE, SnapshotState};
 use super::writer::{OpenChunk, ShapeLogWriter};
 use super::{CHUNKS_FILE, LOG_FILE, LogConfig, LogError, SNAPSHOT_DIR};
-use crate::env::{Env, join};
+use crate::env::{CrashPoint, Env, join};
 use crate::offset::LogOffset;
 
 /// What recovery found: the kept chunks and where the log continues.
@@ -104,6 +104,7 @@ pub(super) async fn open(
         crate::planted!(config, no_trim_on_open),
     )
     .await?;
+    env.crash_point(CrashPoint::OpenAfterTrim).await;
     Ok(ShapeLogWriter::new(
         env.clone(),
         dir.to_string(),

@@ -69,6 +69,7 @@ pub(super) async fn boot(stack: Arc<Inner>) {
         restore(&stack, &catalog, row, clean).await;
     }
     remove_orphans(&stack).await;
+    env.crash_point(CrashPoint::BootBeforeReplication).await;
 
     let (replicating, acking, flushing) = (stack.clone(), stack.clone(), stack.clone());
     env.spawner.spawn(

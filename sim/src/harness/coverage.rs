@@ -5,6 +5,7 @@
 //! inject has a counter here from the start, so a summary says what was
 //! exercised and what was not (a zero is a finding).
 
+use crate::scenario::RestartKind;
 use engine::env::CrashPoint;
 use engine::env::PowerLossReport;
 use serde::Serialize;
@@ -42,6 +43,26 @@ pub struct PowerLosses {
     pub dirs_reverted: u64,
 }
 
+/// Paths that only rare timing reaches, counted so that a sweep shows it
+/// reached them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Paths {
+    /// The engine lost its replication connection and connected again
+    /// without a restart.
+    pub replication_reconnects: u64,
+    /// A second kill landed while the restarted engine booted.
+    pub kills_during_boot: u64,
+    /// Shapes created while acknowledgements lagged behind the last commit,
+    /// killed before their first flush.
+    pub created_while_ack_lags: u64,
+    /// Snapshots still in progress when a graceful shutdown started.
+    pub snapshot_in_progress_at_shutdown: u64,
+    /// Snapshots of more than one chunk.
+    pub multi_chunk_snapshots: u64,
+    /// Shapes removed whose storage was not yet gone when the engine was killed.
+    pub killed_before_removal_durable: u64,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Checks {
     /// Client views compared with the oracle at the end of a check.
@@ -69,6 +90,7 @@ pub struct Coverage {
     /// 409s, by the removal reason that explains each.
     pub conflicts: BTreeMap<String, u64>,
     pub checks: Checks,
+    pub paths: Paths,
 }
 
 impl Default for Coverage {
@@ -83,14 +105,14 @@ impl Default for Coverage {
             io_errors_injected: 0,
             conflicts: BTreeMap::new(),
             checks: Checks::default(),
+            paths: Paths::default(),
         }
     }
 }
 
 impl Coverage {
-    pub fn restart(&mut self, kind: &str) {
-        assert!(RESTART_KINDS.contains(&kind), "unknown restart kind {kind}");
-        *self.restarts.entry(kind.to_string()).or_default() += 1;
+    pub fn restart(&mut self, kind: RestartKind) {
+        *self.restarts.entry(kind.name().to_string()).or_default() += 1;
     }
 
     pub fn point(&mut self, point: CrashPoint) -> &mut PointCount {
@@ -132,6 +154,9 @@ impl Coverage {
         }
         let (c, d) = (&mut self.checks, &other.checks);
         add!(c, d; total, non_empty, rows_compared, prefix, changes, latency, acks);
+        let (p, q) = (&mut self.paths, &other.paths);
+        add!(p, q; replication_reconnects, kills_during_boot, created_while_ack_lags,
+            snapshot_in_progress_at_shutdown, multi_chunk_snapshots, killed_before_removal_durable);
     }
 
     /// The short table a text summary prints.
@@ -170,6 +195,16 @@ impl Coverage {
             conflicts.join(", ")
         };
         out.push_str(&format!("  409s          {conflicts}\n"));
+        let p = &self.paths;
+        out.push_str(&format!(
+            "  rare paths    {} replication reconnects, {} kills during boot, {} created while acks lag, {} snapshots at shutdown, {} multi-chunk snapshots, {} kills before a removal was durable\n",
+            p.replication_reconnects,
+            p.kills_during_boot,
+            p.created_while_ack_lags,
+            p.snapshot_in_progress_at_shutdown,
+            p.multi_chunk_snapshots,
+            p.killed_before_removal_durable
+        ));
         let c = &self.checks;
         out.push_str(&format!(
             "  checks        {} ({} non-empty, {} rows compared); {} prefixes, {} changes, {} latencies, {} acks judged",
@@ -186,7 +221,7 @@ mod tests {
     #[test]
     fn a_sweep_sums_its_runs_and_keeps_every_key() {
         let mut run = Coverage::default();
-        run.restart("power");
+        run.restart(RestartKind::Power);
         run.point(CrashPoint::MetadataFlush).armed += 1;
         run.conflict("requested");
         run.checks.total = 2;

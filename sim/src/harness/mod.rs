@@ -17,6 +17,7 @@ pub mod coverage;
 pub mod faults;
 pub mod net;
 pub mod panics;
+mod restarts;
 pub mod trace;
 mod world;
 

@@ -55,9 +55,9 @@ pub struct PgNext {
     pub after: Lsn,
     pub relations_seen: usize,
 }
-/// An acknowledgement on replication connection `.0`.
+/// The `.1`-th acknowledgement on replication connection `.0`.
 #[derive(Serialize, Deserialize)]
-pub struct PgAck(pub u64, pub Lsn);
+pub struct PgAck(pub u64, pub u64, pub Lsn);
 #[derive(Serialize, Deserialize)]
 pub struct PgCatalog;
 #[derive(Serialize, Deserialize)]
@@ -138,14 +138,14 @@ pub async fn serve_postgres(pg: PgModel, trace: SharedTrace, verdict: Arc<Verdic
         }
     });
     let (model, t) = (pg.clone(), trace.clone());
-    ep.add_rpc_handler(move |PgAck(connection, lsn)| {
+    ep.add_rpc_handler(move |PgAck(connection, seq, lsn)| {
         let (model, trace, verdict) = (model.clone(), t.clone(), verdict.clone());
         async move {
             record(
                 &trace,
                 format_args!("slot acknowledged to lsn {lsn} (connection {connection})"),
             );
-            if let Err(ContractViolation(why)) = model.acknowledge(connection, lsn) {
+            if let Err(ContractViolation(why)) = model.acknowledge(connection, seq, lsn) {
                 verdict.fail(Failure::new("engine-contract", why, None, &trace));
             }
         }
@@ -210,6 +210,9 @@ impl RemotePg {
 struct RemoteStream {
     ep: Endpoint,
     connection: u64,
+    /// Acknowledgements sent so far: each carries its number, so that the
+    /// slot applies them in the order sent (as one TCP connection would).
+    acks_sent: std::sync::atomic::AtomicU64,
     cursor: Mutex<StreamCursor>,
 }
 
@@ -220,6 +223,7 @@ impl ReplicationSource for RemotePg {
         let stream = Arc::new(RemoteStream {
             ep: self.ep.clone(),
             connection,
+            acks_sent: Default::default(),
             cursor: Mutex::new(StreamCursor::at(confirmed_lsn)),
         });
         Ok(Connection {
@@ -255,7 +259,16 @@ impl ReplicationStream for RemoteStream {
 
     async fn acknowledge(&self, lsn: Lsn) -> Result<(), SourceError> {
         self.ep
-            .call_timeout(pg_addr(), PgAck(self.connection, lsn), RPC_TIMEOUT)
+            .call_timeout(
+                pg_addr(),
+                PgAck(
+                    self.connection,
+                    self.acks_sent
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                    lsn,
+                ),
+                RPC_TIMEOUT,
+            )
             .await
             .map_err(|e| SourceError(e.to_string()))
     }

@@ -10,9 +10,9 @@ use super::panics::on_engine;
 use super::trace::{SharedTrace, record};
 use crate::client::ShapeClient;
 use crate::host::{SimClock, SimSpawner, sqlite_in_memory};
-use crate::scenario::{Link, Restart, RestartKind, Scenario};
+use crate::scenario::{Link, RestartKind, Scenario};
 use crate::standard;
-use engine::env::{CrashPoint, Env, MemStorage, PowerLoss};
+use engine::env::{CrashPoint, Env, MemStorage};
 use engine::stack::{Host, Stack};
 use madsim::net::Endpoint;
 use madsim::rand::Rng as _;
@@ -23,20 +23,20 @@ use std::time::Duration;
 
 /// The nodes of a run and the state that outlives engine kills.
 pub(super) struct World {
-    scenario: Scenario,
-    pub trace: SharedTrace,
-    pub checker: SharedChecker,
-    storage: MemStorage,
-    crash: ArmedCrash,
-    engine: NodeHandle,
-    postgres_id: madsim::task::NodeId,
-    clients_node: NodeHandle,
-    stack: Arc<Mutex<Option<Stack>>>,
-    pg: crate::pg::PgModel,
-    clients: Vec<ShapeClient>,
-    endpoint: Endpoint,
+    pub(super) scenario: Scenario,
+    pub(super) trace: SharedTrace,
+    pub(super) checker: SharedChecker,
+    pub(super) storage: MemStorage,
+    pub(super) crash: ArmedCrash,
+    pub(super) engine: NodeHandle,
+    pub(super) postgres_id: madsim::task::NodeId,
+    pub(super) clients_node: NodeHandle,
+    pub(super) stack: Arc<Mutex<Option<Stack>>>,
+    pub(super) pg: crate::pg::PgModel,
+    pub(super) clients: Vec<ShapeClient>,
+    pub(super) endpoint: Endpoint,
     /// Partitions in force, per link.
-    link_cuts: Arc<Mutex<BTreeMap<Link, u32>>>,
+    pub(super) link_cuts: Arc<Mutex<BTreeMap<Link, u32>>>,
 }
 
 /// Clients polling in the background.
@@ -176,7 +176,7 @@ impl World {
             .build()
     }
 
-    fn record(&self, event: String) {
+    pub(super) fn record(&self, event: String) {
         record(&self.trace, event);
     }
 
@@ -192,7 +192,9 @@ impl World {
             if let Some(partition) = self.scenario.partitions.get(&number).cloned() {
                 self.partition(partition);
             }
-            let kill = restart.as_ref().filter(|r| r.kind != RestartKind::Graceful);
+            let kill = restart
+                .as_ref()
+                .filter(|r| matches!(r.kind, RestartKind::Crash | RestartKind::Power));
             if let Some((name, nth)) = kill.and_then(|r| r.crash_point.clone()) {
                 let point: CrashPoint = name
                     .parse()
@@ -201,22 +203,20 @@ impl World {
                 checker::lock(&self.checker).coverage.point(point).armed += 1;
                 self.record(format!("armed crash point {point} (visit {nth})"));
             }
-            // Clients poll throughout the batch (and any kill after it).
+            // Clients poll throughout the batch and its restart, as a
+            // deployment restarts under live traffic.
             let polling = self.start_polling();
             if let Some(removal) = self.scenario.removals.get(&number).cloned() {
                 self.remove_shape(removal);
             }
             self.commit_batch(number).await;
-            if let Some(r) = kill.cloned() {
-                self.kill(&r).await;
-            }
+            let restarted = match restart {
+                Some(r) => self.restart(&r).await,
+                None => Ok(()),
+            };
             self.stop_polling(polling).await?;
+            restarted?;
             self.check(&format!("batch {number}")).await?;
-            if restart.is_some_and(|r| r.kind == RestartKind::Graceful) {
-                self.graceful_restart().await?;
-                self.check(&format!("graceful restart after batch {number}"))
-                    .await?;
-            }
             if self.scenario.client_restarts.contains(&number) {
                 // Fresh clients catch up while the next batch commits.
                 self.clients = fresh_clients(&self.scenario);
@@ -319,91 +319,6 @@ impl World {
         }
     }
 
-    /// A brutal kill (and, for `power`, a power loss), at the armed crash point
-    /// or after the drawn delay, then a restart.
-    async fn kill(&mut self, restart: &Restart) {
-        if restart.crash_point.is_some() {
-            let window = restart.kill_delay_ms + self.scenario.timing.kill_window_ms + 1_000;
-            if !self.crash.wait_fired(window).await {
-                self.record("the armed crash point was not reached: kill anyway".to_string());
-            }
-        } else {
-            madsim::time::sleep(Duration::from_millis(restart.kill_delay_ms)).await;
-        }
-        let handle = Handle::current();
-        handle.kill(self.engine.id());
-        *self.stack.lock().expect("stack slot") = None;
-        let fired = self.crash.fired();
-        self.crash.disarm();
-        let mut checker = checker::lock(&self.checker);
-        if let Some(point) = fired {
-            checker.coverage.point(point).fired += 1;
-        }
-        checker.killed(true);
-        let kind = match restart.kind {
-            RestartKind::Power => {
-                let report = self.storage.power_loss(PowerLoss::Torn {
-                    seed: restart.power_seed,
-                });
-                checker.coverage.power_loss(&report);
-                self.record(format!("power loss: {report:?}"));
-                "power"
-            }
-            _ => "crash",
-        };
-        checker.coverage.restart(kind);
-        drop(checker);
-        self.record(format!("{:?} kill of the engine", restart.kind));
-        handle.restart(self.engine.id());
-        self.engine = handle.get_node(self.engine.id()).expect("engine node");
-    }
-
-    /// Shuts the engine down through its coordinator and restarts it. An
-    /// engine that was ready must stop cleanly (everything flushed, marker
-    /// written) within its shutdown timeout.
-    async fn graceful_restart(&mut self) -> Result<(), Failure> {
-        let stack = self
-            .stack
-            .lock()
-            .expect("stack slot")
-            .clone()
-            .expect("engine running");
-        let shutdown_ms = crate::host::now_ms();
-        checker::lock(&self.checker).shutdown_started();
-        let (was_ready, clean) = self
-            .engine
-            .spawn(on_engine(async move {
-                let ready = stack.status() == engine::stack::Status::Ready;
-                (ready, stack.shutdown().await)
-            }))
-            .await
-            .expect("shutdown task");
-        self.record(format!(
-            "graceful shutdown, ready before: {was_ready}, clean: {clean}"
-        ));
-        // An I/O error injected during the drain may fail a consumer: the
-        // stop is then honestly not clean.
-        let faulted = checker::lock(&self.checker).io_injected_since(shutdown_ms);
-        if was_ready && !clean && !faulted {
-            return Err(Failure::new(
-                "graceful-shutdown",
-                "a ready engine did not shut down cleanly within its shutdown timeout".to_string(),
-                None,
-                &self.trace,
-            ));
-        }
-        let handle = Handle::current();
-        handle.kill(self.engine.id());
-        *self.stack.lock().expect("stack slot") = None;
-        let mut checker = checker::lock(&self.checker);
-        checker.killed(!clean);
-        checker.coverage.restart("graceful");
-        drop(checker);
-        handle.restart(self.engine.id());
-        self.engine = handle.get_node(self.engine.id()).expect("engine node");
-        Ok(())
-    }
-
     /// Cuts a link for a while. Partitions of one link may overlap: the link
     /// heals when the last of them ends.
     fn partition(&self, partition: crate::scenario::Partition) {
@@ -413,7 +328,12 @@ impl World {
         };
         let now_ms = crate::host::now_ms();
         let start_ms = now_ms + partition.start_ms;
-        checker::lock(&self.checker).partitioned(start_ms, start_ms + partition.duration_ms);
+        let postgres = partition.link == Link::EnginePostgres;
+        checker::lock(&self.checker).partitioned(
+            start_ms,
+            start_ms + partition.duration_ms,
+            postgres,
+        );
         let (trace, cuts) = (self.trace.clone(), self.link_cuts.clone());
         drop(madsim::task::spawn(async move {
             madsim::time::sleep(Duration::from_millis(partition.start_ms)).await;

@@ -77,6 +77,8 @@ struct State {
     sent: Lsn,
     /// Replication connections so far; acknowledgements carry theirs.
     connections: u64,
+    /// The connection and sequence number of the last acknowledgement applied.
+    last_ack: Option<(u64, u64)>,
     /// Tables whose definition changed after the slot was created.
     altered: Vec<TableName>,
     /// WHERE clauses already parsed by the oracle's evaluator.
@@ -107,6 +109,7 @@ impl PgModel {
             delivered: 0,
             sent: 0,
             connections: 0,
+            last_ack: None,
             altered: Vec::new(),
         };
         PgModel {
@@ -288,15 +291,27 @@ impl PgModel {
         self.committed.listen()
     }
 
-    /// The slot's side of an acknowledgement on connection `connection`.
-    /// One from an older connection is ignored (its walsender is gone, as in
-    /// Postgres). The engine may never acknowledge below the confirmed LSN
-    /// nor past what the slot has sent.
-    pub fn acknowledge(&self, connection: u64, lsn: Lsn) -> Result<(), ContractViolation> {
+    /// The slot's side of an acknowledgement: the `seq`-th sent on
+    /// connection `connection`. One from an older connection is ignored (its
+    /// walsender is gone, as in Postgres), and so is one overtaken in the
+    /// network by a later one (TCP would have delivered it first; the later
+    /// one supersedes it). The engine may never acknowledge below the
+    /// confirmed LSN nor past what the slot has sent.
+    pub fn acknowledge(
+        &self,
+        connection: u64,
+        seq: u64,
+        lsn: Lsn,
+    ) -> Result<(), ContractViolation> {
         let mut state = self.lock();
-        if connection != state.connections {
+        if connection != state.connections
+            || state
+                .last_ack
+                .is_some_and(|(c, s)| c == connection && s > seq)
+        {
             return Ok(());
         }
+        state.last_ack = Some((connection, seq));
         if lsn < state.slot_confirmed {
             return Err(ContractViolation(format!(
                 "acknowledged lsn {lsn}, below the slot's confirmed lsn {} (backwards)",
@@ -470,6 +485,7 @@ impl StreamCursor {
 struct PgStream {
     model: PgModel,
     connection: u64,
+    acks_sent: std::sync::atomic::AtomicU64,
     cursor: Mutex<StreamCursor>,
 }
 
@@ -480,6 +496,7 @@ impl ReplicationSource for PgModel {
         let stream = Arc::new(PgStream {
             model: self.clone(),
             connection,
+            acks_sent: Default::default(),
             cursor: Mutex::new(StreamCursor::at(confirmed_lsn)),
         });
         Ok(Connection {
@@ -507,8 +524,11 @@ impl ReplicationStream for PgStream {
     }
 
     async fn acknowledge(&self, lsn: Lsn) -> Result<(), SourceError> {
+        let seq = self
+            .acks_sent
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.model
-            .acknowledge(self.connection, lsn)
+            .acknowledge(self.connection, seq, lsn)
             .unwrap_or_else(|ContractViolation(why)| panic!("engine-contract: {why}"));
         Ok(())
     }

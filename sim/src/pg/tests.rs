@@ -53,16 +53,18 @@ fn the_slot_refuses_acknowledgements_backwards_or_past_what_it_sent() {
     let pg = model();
     let txn = pg.commit(&[set_value("l4-1", "v1")]).unwrap();
     let (connection, confirmed, _) = pg.connect();
-    let past = pg.acknowledge(connection, txn.commit_lsn).unwrap_err();
+    let past = pg.acknowledge(connection, 0, txn.commit_lsn).unwrap_err();
     assert!(past.0.contains("past everything sent"), "{past:?}");
     assert!(pg.message_after(confirmed, usize::MAX).is_some());
-    pg.acknowledge(connection, txn.commit_lsn).unwrap();
+    pg.acknowledge(connection, 1, txn.commit_lsn).unwrap();
     assert_eq!(pg.slot_confirmed(), txn.commit_lsn);
-    let back = pg.acknowledge(connection, confirmed).unwrap_err();
+    // One sent earlier but overtaken in the network is superseded, not backwards.
+    pg.acknowledge(connection, 0, confirmed).unwrap();
+    let back = pg.acknowledge(connection, 2, confirmed).unwrap_err();
     assert!(back.0.contains("backwards"), "{back:?}");
     // A connection that is gone no longer speaks for the slot.
     let (newer, _, _) = pg.connect();
     assert!(newer > connection);
-    pg.acknowledge(connection, confirmed).unwrap();
+    pg.acknowledge(connection, 3, confirmed).unwrap();
     assert_eq!(pg.slot_confirmed(), txn.commit_lsn);
 }

@@ -19,15 +19,28 @@ use std::collections::{BTreeMap, BTreeSet};
 const VALUES: [&str; 6] = ["v0", "v1", "v5", "v10", "v15", "v19"];
 const LIKE_PATTERNS: [&str; 5] = ["v%", "v1%", "v_", "%5", "%1%"];
 
-/// Crash points worth arming: where a kill splits a multi-step write.
-const ARMABLE: [CrashPoint; 7] = [
+/// Crash points every batch reaches (flushes and their metadata writes).
+const EVERY_BATCH: [CrashPoint; 4] = [
     CrashPoint::LogFlushAfterWrite,
     CrashPoint::LogFlushAfterSync,
     CrashPoint::MetaAfterTempWrite,
     CrashPoint::MetaAfterRename,
+];
+
+/// Crash points a batch reaches when it removes (and so re-creates) a shape.
+const SHAPE_CHANGES: [CrashPoint; 5] = [
     CrashPoint::SnapshotAfterChunk,
     CrashPoint::SnapshotBeforeComplete,
     CrashPoint::MetadataFlush,
+    CrashPoint::CreateBeforeMeta,
+    CrashPoint::RemoveAfterMeta,
+];
+
+/// Crash points a booting engine reaches, and how many visits to pick from
+/// (a log is trimmed per restored shape; replication starts once).
+const BOOT: [(CrashPoint, u32); 2] = [
+    (CrashPoint::OpenAfterTrim, 3),
+    (CrashPoint::BootBeforeReplication, 1),
 ];
 
 pub fn expand(seed: u64, knobs: &Knobs) -> Scenario {
@@ -59,13 +72,28 @@ pub fn expand(seed: u64, knobs: &Knobs) -> Scenario {
     let mut removals = BTreeMap::new();
     for batch in 1..=knobs.batch_count {
         let last = batch == knobs.batch_count;
+        if rng.random_bool(knobs.removal_rate) {
+            let removal = Removal {
+                shape: rng.random_range(0..knobs.shape_count),
+                at_ms: rng.random_range(0..=knobs.kill_window_ms),
+            };
+            removals.insert(batch, removal);
+        }
         if knobs.restart_server_every > 0 && batch % knobs.restart_server_every == 0 && !last {
-            restarts.insert(batch, restart(&mut rng, knobs));
+            let shapes_change = removals.contains_key(&batch);
+            restarts.insert(batch, restart(&mut rng, knobs, shapes_change));
         }
         if knobs.restart_client_every > 0 && batch % knobs.restart_client_every == 0 && !last {
             client_restarts.insert(batch);
         }
-        if rng.random_bool(knobs.partition_rate) {
+        if rng.random_bool(knobs.long_partition_rate) {
+            let partition = Partition {
+                link: Link::EnginePostgres,
+                start_ms: rng.random_range(0..=knobs.kill_window_ms),
+                duration_ms: knobs.long_partition_ms,
+            };
+            partitions.insert(batch, partition);
+        } else if rng.random_bool(knobs.partition_rate) {
             let link = if rng.random_bool(0.5) {
                 Link::EnginePostgres
             } else {
@@ -80,13 +108,6 @@ pub fn expand(seed: u64, knobs: &Knobs) -> Scenario {
                     duration_ms: knobs.partition_ms,
                 },
             );
-        }
-        if rng.random_bool(knobs.removal_rate) {
-            let removal = Removal {
-                shape: rng.random_range(0..knobs.shape_count),
-                at_ms: rng.random_range(0..=knobs.kill_window_ms),
-            };
-            removals.insert(batch, removal);
         }
     }
     let sched_seed = rng.random();
@@ -114,31 +135,55 @@ pub fn expand(seed: u64, knobs: &Knobs) -> Scenario {
     }
 }
 
-fn restart(rng: &mut ChaCha8Rng, knobs: &Knobs) -> Restart {
+/// A restart of the kind the knobs ask for, armed (or not) at a crash point
+/// the batch will reach (`shapes_change`: it removes and re-creates a shape),
+/// maybe with a second kill during boot.
+fn restart(rng: &mut ChaCha8Rng, knobs: &Knobs, shapes_change: bool) -> Restart {
     let kind = match knobs.restart_type {
         RestartType::Graceful => RestartKind::Graceful,
         RestartType::Crash => RestartKind::Crash,
         RestartType::Power => RestartKind::Power,
+        RestartType::InterruptedGraceful => RestartKind::InterruptedGraceful,
         RestartType::Mixed => *[
             RestartKind::Graceful,
             RestartKind::Crash,
             RestartKind::Power,
+            RestartKind::InterruptedGraceful,
         ]
         .choose(rng)
-        .expect("three kinds"),
+        .expect("four kinds"),
     };
-    let crash_point = (kind != RestartKind::Graceful && rng.random_bool(knobs.crash_point_rate))
+    let point = |point: CrashPoint, visits: u32, rng: &mut ChaCha8Rng| {
+        Some((point.name().to_string(), rng.random_range(0..visits)))
+    };
+    let armed = kind != RestartKind::Graceful && rng.random_bool(knobs.crash_point_rate);
+    let crash_point = match kind {
+        _ if !armed => None,
+        RestartKind::InterruptedGraceful => point(CrashPoint::ShutdownAfterDrain, 1, rng),
+        _ if shapes_change && rng.random_bool(0.5) => {
+            point(*SHAPE_CHANGES.choose(rng).expect("points"), 1, rng)
+        }
+        _ => point(*EVERY_BATCH.choose(rng).expect("points"), 4, rng),
+    };
+    let boot_kill = kind != RestartKind::Graceful && rng.random_bool(knobs.boot_kill_rate);
+    let boot_crash_point = boot_kill
         .then(|| {
-            (
-                ARMABLE.choose(rng).expect("points").name().to_string(),
-                rng.random_range(0..4u32),
-            )
-        });
+            let (boot_point, visits) = *BOOT.choose(rng).expect("points");
+            point(boot_point, visits, rng)
+        })
+        .flatten();
+    // An interrupted shutdown takes milliseconds: a drawn kill lands in it.
+    let delay_ms = if kind == RestartKind::InterruptedGraceful {
+        knobs.kill_window_ms / 10
+    } else {
+        knobs.kill_window_ms
+    };
     Restart {
         kind,
-        kill_delay_ms: rng.random_range(0..=knobs.kill_window_ms),
+        kill_delay_ms: rng.random_range(0..=delay_ms),
         crash_point,
         power_seed: rng.random(),
+        boot_crash_point,
     }
 }
 

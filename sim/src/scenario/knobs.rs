@@ -12,6 +12,7 @@ pub enum RestartType {
     Graceful,
     Crash,
     Power,
+    InterruptedGraceful,
     /// Each restart draws its kind.
     Mixed,
 }
@@ -41,6 +42,13 @@ pub struct Knobs {
     pub kill_window_ms: u64,
     /// Share of crash and power restarts that arm a crash point.
     pub crash_point_rate: f64,
+    /// Share of kills followed by a second kill while the engine boots.
+    pub boot_kill_rate: f64,
+    /// Chance that a batch partitions Postgres from the engine for
+    /// `long_partition_ms`: long enough for the engine to drop the
+    /// replication connection and reconnect.
+    pub long_partition_rate: f64,
+    pub long_partition_ms: u64,
     /// Share of shapes with `replica=full`.
     pub replica_full_rate: f64,
     /// Rows of `level_4` in the seed data.
@@ -77,6 +85,9 @@ impl Default for Knobs {
             check_timeout_ms: 20_000,
             kill_window_ms: 120,
             crash_point_rate: 0.5,
+            boot_kill_rate: 0.25,
+            long_partition_rate: 0.03,
+            long_partition_ms: 12_000,
             replica_full_rate: 0.5,
             level4_rows: 40,
             packet_loss_rate: 0.0,
@@ -137,6 +148,8 @@ impl Knobs {
             }
         };
         rate("crash_point_rate", self.crash_point_rate)?;
+        rate("boot_kill_rate", self.boot_kill_rate)?;
+        rate("long_partition_rate", self.long_partition_rate)?;
         rate("replica_full_rate", self.replica_full_rate)?;
         rate("packet_loss_rate", self.packet_loss_rate)?;
         rate("partition_rate", self.partition_rate)?;
@@ -220,6 +233,9 @@ knob_args! {
     check_timeout_ms: u64,
     kill_window_ms: u64,
     crash_point_rate: f64,
+    boot_kill_rate: f64,
+    long_partition_rate: f64,
+    long_partition_ms: u64,
     replica_full_rate: f64,
     level4_rows: usize,
     packet_loss_rate: f64,

@@ -77,6 +77,21 @@ pub enum RestartKind {
     Crash,
     /// As `Crash`, then unsynced data is dropped or torn and unsynced directory entries vanish.
     Power,
+    /// A graceful shutdown killed midway (at its armed crash point, or after
+    /// the kill delay): the coordinator does not finish.
+    InterruptedGraceful,
+}
+
+impl RestartKind {
+    /// The stable name (coverage keys, reports).
+    pub fn name(self) -> &'static str {
+        match self {
+            RestartKind::Graceful => "graceful",
+            RestartKind::Crash => "crash",
+            RestartKind::Power => "power",
+            RestartKind::InterruptedGraceful => "interrupted-graceful",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +105,10 @@ pub struct Restart {
     pub crash_point: Option<(String, u32)>,
     /// Seeds the torn writes of a power loss.
     pub power_seed: u64,
+    /// A second kill (of the same kind) while the restarted engine boots,
+    /// at this crash point (and visit).
+    #[serde(default)]
+    pub boot_crash_point: Option<(String, u32)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -338,14 +357,19 @@ impl Scenario {
             if !(1..=batches).contains(&batch) {
                 return Err(out_of_range("restarts", batch));
             }
-            if let Some((name, _)) = &restart.crash_point {
+            let points = [
+                ("crash_point", &restart.crash_point),
+                ("boot_crash_point", &restart.boot_crash_point),
+            ];
+            for (field, point) in points {
+                let Some((name, _)) = point else { continue };
                 if restart.kind == RestartKind::Graceful {
                     return Err(format!(
-                        "restarts.{batch}.crash_point: a graceful restart cannot kill at a crash point"
+                        "restarts.{batch}.{field}: a graceful restart cannot kill at a crash point"
                     ));
                 }
                 name.parse::<engine::env::CrashPoint>()
-                    .map_err(|e| format!("restarts.{batch}.crash_point: {e}"))?;
+                    .map_err(|e| format!("restarts.{batch}.{field}: {e}"))?;
             }
         }
         for &batch in scenario.client_restarts.iter() {

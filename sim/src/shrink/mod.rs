@@ -313,6 +313,7 @@ impl Shrinker {
             .filter(|(_, r)| r.crash_point.is_some())
             .map(|(b, _)| *b)
             .collect();
+        // (boot crash points are dropped by `simplify`.)
         for batch in armed {
             let mut candidate = s.clone();
             candidate
@@ -397,14 +398,23 @@ impl Shrinker {
                 let restart = c.restarts.get_mut(&batch).expect("restart");
                 let milder = match restart.kind {
                     RestartKind::Power => RestartKind::Crash,
-                    RestartKind::Crash => RestartKind::Graceful,
+                    RestartKind::Crash | RestartKind::InterruptedGraceful => RestartKind::Graceful,
                     RestartKind::Graceful => return false,
                 };
                 restart.kind = milder;
                 if milder == RestartKind::Graceful {
-                    restart.crash_point = None; // a graceful restart kills nothing
+                    // A graceful restart kills nothing.
+                    (restart.crash_point, restart.boot_crash_point) = (None, None);
                 }
                 true
+            }));
+            tries.push(Box::new(move |c| {
+                c.restarts
+                    .get_mut(&batch)
+                    .expect("restart")
+                    .boot_crash_point
+                    .take()
+                    .is_some()
             }));
             tries.push(Box::new(move |c| {
                 std::mem::replace(

@@ -140,8 +140,16 @@ pub struct Checker {
     write_faulted: BTreeSet<String>,
     /// When the last I/O error was injected.
     last_io_fault_ms: Option<u64>,
+    /// Windows in which Postgres was cut off from the engine.
+    postgres_cuts: Vec<(u64, u64)>,
     /// When the last shape was removed at run time, and why.
     last_removal: Option<(u64, String)>,
+    /// For the rare-path counters: shapes created while acknowledgements
+    /// lagged and not yet durable; removals not yet durable; snapshots in
+    /// progress.
+    created_lagging: BTreeSet<String>,
+    removing: BTreeSet<String>,
+    snapshotting: BTreeSet<String>,
     pub coverage: Coverage,
     /// Per shape: its oracle rows after each commit that changed them.
     timelines: Vec<Vec<(Lsn, OracleRows)>>,
@@ -203,7 +211,11 @@ impl Checker {
             io_faulted: BTreeSet::new(),
             write_faulted: BTreeSet::new(),
             last_io_fault_ms: None,
+            postgres_cuts: Vec::new(),
             last_removal: None,
+            created_lagging: BTreeSet::new(),
+            removing: BTreeSet::new(),
+            snapshotting: BTreeSet::new(),
             coverage: Coverage::default(),
             timelines,
             commit_ms: BTreeMap::new(),
@@ -306,6 +318,10 @@ impl Checker {
     /// metadata database did not hold durably is lost.
     pub fn killed(&mut self, lossy: bool) {
         self.faults.push((now_ms(), None));
+        let paths = &mut self.coverage.paths;
+        paths.created_while_ack_lags += std::mem::take(&mut self.created_lagging).len() as u64;
+        paths.killed_before_removal_durable += std::mem::take(&mut self.removing).len() as u64;
+        self.snapshotting.clear();
         if !lossy {
             return;
         }
@@ -325,11 +341,27 @@ impl Checker {
     /// A graceful shutdown began: a fault window until the next run caught up.
     pub fn shutdown_started(&mut self) {
         self.faults.push((now_ms(), None));
+        self.coverage.paths.snapshot_in_progress_at_shutdown += self.snapshotting.len() as u64;
     }
 
     /// A partition of either link from `start_ms` to `end_ms`.
-    pub fn partitioned(&mut self, start_ms: u64, end_ms: u64) {
+    pub fn partitioned(&mut self, start_ms: u64, end_ms: u64, postgres: bool) {
         self.faults.push((start_ms, Some(end_ms)));
+        if postgres {
+            self.postgres_cuts.push((start_ms, end_ms));
+        }
+    }
+
+    /// Whether an injected I/O error or a cut between the engine and
+    /// Postgres touched `from..=now`: either can keep a graceful shutdown
+    /// from finishing cleanly (a failed shape, a snapshot that cannot end).
+    pub fn faulted_since(&self, from: u64) -> bool {
+        let now = now_ms();
+        self.last_io_fault_ms.is_some_and(|at| at >= from)
+            || self
+                .postgres_cuts
+                .iter()
+                .any(|&(s, e)| s <= now && e >= from)
     }
 
     /// The harness asks the engine to remove this handle.
@@ -345,11 +377,6 @@ impl Checker {
             self.write_faulted.insert(handle.to_string());
         }
         self.last_io_fault_ms = Some(now_ms());
-    }
-
-    /// Whether an I/O error was injected at or after `ms`.
-    pub fn io_injected_since(&self, ms: u64) -> bool {
-        self.last_io_fault_ms.is_some_and(|at| at >= ms)
     }
 
     /// The handle shape `index` was last served under, if any.
@@ -398,6 +425,9 @@ impl Checker {
                 confirmed_lsn,
                 wal_end_lsn,
             } => {
+                if self.run.confirmed.is_some() {
+                    self.coverage.paths.replication_reconnects += 1;
+                }
                 self.run.confirmed.get_or_insert(*confirmed_lsn);
                 self.run.received = self.run.received.max(*confirmed_lsn);
                 // Caught up once the last transaction at connect (not a
@@ -407,12 +437,24 @@ impl Checker {
                 self.caught_up_maybe();
             }
             Event::ShapeCreated { handle } => {
-                self.handles
-                    .insert(handle.to_string(), HandleState::default());
+                self.handle(handle.as_str());
+                self.snapshotting.insert(handle.to_string());
+                if self
+                    .pg
+                    .last_txn_lsn()
+                    .is_some_and(|l| self.pg.slot_confirmed() < l)
+                {
+                    self.created_lagging.insert(handle.to_string());
+                }
+            }
+            Event::SnapshotCompleted { handle, chunks, .. } => {
+                self.snapshotting.remove(handle.as_str());
+                self.coverage.paths.multi_chunk_snapshots += u64::from(*chunks > 1);
             }
             Event::ShapeRemoved { handle, reason } => self.removed(handle.as_str(), reason),
             Event::StorageRemoved { handle } => {
                 self.run.pending.remove(handle.as_str());
+                self.removing.remove(handle.as_str());
             }
             Event::TxnRouted { lsn, shapes } => self.routed(*lsn, shapes),
             Event::TxnSkipped { handle, lsn, .. } => {
@@ -434,7 +476,6 @@ impl Checker {
             | Event::ForeignDirRemoved { .. }
             | Event::Ready
             | Event::SnapshotStarted { .. }
-            | Event::SnapshotCompleted { .. }
             | Event::ShutdownStarted
             | Event::ShutdownFinished { .. } => {}
         }
@@ -467,6 +508,7 @@ impl Checker {
     }
 
     fn durable(&mut self, handle: &str, offset: LogOffset) {
+        self.created_lagging.remove(handle);
         if self.write_faulted.contains(handle) {
             let why = format!(
                 "{handle} reported durable to {offset} after a write or sync of its files failed: what the failure covered may never reach the disk"
@@ -533,6 +575,8 @@ impl Checker {
     /// was lost with the write buffer) is back in service, but it was routed
     /// nothing after its removal: the slot must still hold all of that.
     fn restored(&mut self, handle: &str) {
+        // A new writer, from what its files hold durably.
+        self.write_faulted.remove(handle);
         let confirmed = self.pg.slot_confirmed();
         let state = self.handle(handle);
         let removed_at = state.removed_at;
@@ -564,6 +608,9 @@ impl Checker {
 
     fn removed(&mut self, handle: &str, reason: &RemovalReason) {
         self.last_removal = Some((now_ms(), reason.name().to_string()));
+        self.removing.insert(handle.to_string());
+        self.snapshotting.remove(handle);
+        self.created_lagging.remove(handle);
         let accepted = self.accepted(handle, reason);
         let received = self.run.received;
         let state = self.handle(handle);
@@ -586,7 +633,10 @@ impl Checker {
             RemovalReason::SnapshotIncomplete => !state.complete_in_db,
             _ => false,
         } || state.removed_at.is_some();
+        let received = self.run.received;
         let state = self.handle(handle);
+        // Its storage is being removed: a kill may leave it partly gone.
+        state.removed_at.get_or_insert(received);
         if *reason == RemovalReason::SnapshotIncomplete {
             // Boot deleted the row from the metadata database itself.
             (state.in_db, state.complete_in_db) = (false, false);
