@@ -45,6 +45,10 @@ pub struct Plants {
     /// A failed fsync of a shape log is treated as success: the flush
     /// records as durable what may never reach the disk.
     pub fsync_error_ignored: bool,
+    /// Boot recovers the disk before it holds the replication slot: during
+    /// a rolling restart the new instance works on the disk the old one
+    /// still serves from.
+    pub boot_before_slot: bool,
 
     /// Real bug (Electric's bug 3, found here by the harness, fixed): an
     /// offset past a log still being replayed after a crash gets 400.

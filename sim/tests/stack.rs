@@ -164,6 +164,7 @@ impl World {
     async fn kill_and_restart(&self) {
         let handle = Handle::current();
         handle.kill(self.node_id);
+        self.durable.pg.release_slot(); // its connection closed with the process
         *self.stack.lock().unwrap() = None;
         madsim::time::sleep(Duration::from_millis(5)).await;
         handle.restart(self.node_id);

@@ -1,6 +1,8 @@
 //! Boot: from whatever the previous run left on disk to a serving stack.
 //!
 //! Recovery rules, in order (each inconsistency and what happens to it):
+//! 0. the replication slot is taken (waiting while another instance holds
+//!    it): one instance at a time recovers and writes the disk;
 //! 1. the clean-shutdown marker is read and removed (durably): the stack knows
 //!    whether the previous stop was clean;
 //! 2. metadata: shapes whose snapshot never completed are deleted from SQLite
@@ -32,6 +34,12 @@ use std::sync::Arc;
 
 pub(super) async fn boot(stack: Arc<Inner>) {
     let env = stack.env().clone();
+    // The slot first: while another instance holds it (a rolling restart),
+    // this one touches neither storage nor metadata.
+    let early_slot = match crate::planted!(stack.config, boot_before_slot) {
+        false => Some(replication::acquire_slot(&stack).await),
+        true => None,
+    };
     let clean = consume_marker(&stack).await;
     *stack.previous_stop_clean.lock().expect("marker") = Some(clean);
     env.emit(Event::BootStarted {
@@ -69,12 +77,16 @@ pub(super) async fn boot(stack: Arc<Inner>) {
         restore(&stack, &catalog, row, clean).await;
     }
     remove_orphans(&stack).await;
+    let slot = match early_slot {
+        Some(slot) => slot,
+        None => replication::acquire_slot(&stack).await,
+    };
     env.crash_point(CrashPoint::BootBeforeReplication).await;
 
     let (replicating, acking, flushing) = (stack.clone(), stack.clone(), stack.clone());
     env.spawner.spawn(
         "replication",
-        Box::pin(async move { replication::run(replicating).await }),
+        Box::pin(async move { replication::run(replicating, slot).await }),
     );
     env.spawner.spawn(
         "acknowledge",

@@ -1,7 +1,8 @@
 //! Replication intake and acknowledgement.
 //!
-//! The intake task connects to the slot (reconnecting after any error; the
-//! slot replays everything after its confirmed LSN), skips transactions at or
+//! Boot takes the slot first ([`acquire_slot`]); the intake task streams from
+//! it (reconnecting after any error; the slot replays everything after its
+//! confirmed LSN), skips transactions at or
 //! below the last one it processed (global de-duplication), routes each new
 //! one to the shapes it touches, registers it with the flush tracker *before*
 //! sending it (so no flush report can arrive for an unknown transaction), and
@@ -23,9 +24,20 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-pub(super) async fn run(stack: Arc<Inner>) {
+/// Streams from the slot, starting with the connection boot acquired, and
+/// reconnects whenever the stream fails, until the intake is told to stop.
+pub(super) async fn run(stack: Arc<Inner>, first: Connection) {
     let mut last_processed: Lsn = 0;
-    while let Some(stream) = connect(&stack, &mut last_processed).await {
+    let mut next = Some(first);
+    loop {
+        let connection = match next.take() {
+            Some(connection) => connection,
+            None => match establish(&stack).await {
+                Some(connection) => connection,
+                None => break,
+            },
+        };
+        let stream = adopt(&stack, connection, &mut last_processed);
         if !stream_until_lost(&stack, &*stream, &mut last_processed).await {
             break;
         }
@@ -41,60 +53,83 @@ pub(super) async fn run(stack: Arc<Inner>) {
     stack.status_changed.notify(usize::MAX);
 }
 
-/// Connects to the slot (retrying), sets up the flush tracker on the first
-/// connection and serves from then on. `None` if the intake is stopping.
-async fn connect(
-    stack: &Arc<Inner>,
-    last_processed: &mut Lsn,
-) -> Option<Arc<dyn ReplicationStream>> {
+/// Takes the replication slot: connects, retrying while it fails (Postgres
+/// unreachable, or the slot still held by another instance, as during a
+/// rolling restart). Boot holds it before it touches storage, so two
+/// instances never recover or write one disk at the same time.
+pub(super) async fn acquire_slot(stack: &Inner) -> Connection {
+    loop {
+        match stack.host.source.start().await {
+            Ok(connection) => return connection,
+            Err(_) => {
+                stack
+                    .env()
+                    .clock
+                    .sleep_ms(stack.config.retry_backoff_ms)
+                    .await
+            }
+        }
+    }
+}
+
+/// Connects to the slot again (retrying); `None` if the intake is stopping.
+async fn establish(stack: &Arc<Inner>) -> Option<Connection> {
     loop {
         let stop = stack.stop_intake.listen();
         if stack.intake_stopping.load(Ordering::SeqCst) {
             return None;
         }
         let start = std::pin::pin!(stack.host.source.start());
-        let started = match future::select(start, stop).await {
-            Either::Left((started, _)) => started,
-            Either::Right(_) => return None,
-        };
-        let Ok(Connection {
-            confirmed_lsn,
-            wal_end_lsn,
-            stream,
-        }) = started
-        else {
-            stack
-                .env()
-                .clock
-                .sleep_ms(stack.config.retry_backoff_ms)
-                .await;
-            continue;
-        };
-        stack.env().emit(Event::ReplicationConnected {
-            confirmed_lsn,
-            wal_end_lsn,
-        });
-        {
-            let mut tracker = stack.tracker.lock();
-            if tracker.is_none() {
-                #[allow(unused_mut)] // mutated only by a planted bug
-                let mut fresh = FlushTracker::new(confirmed_lsn);
-                #[cfg(feature = "plants")]
-                if stack.config.plants.ack_past_unflushed {
-                    fresh.plant_ack_past_unflushed();
-                }
-                *tracker = Some(fresh);
+        match future::select(start, stop).await {
+            Either::Left((Ok(connection), _)) => return Some(connection),
+            Either::Left((Err(_), _)) => {
+                stack
+                    .env()
+                    .clock
+                    .sleep_ms(stack.config.retry_backoff_ms)
+                    .await
             }
+            Either::Right(_) => return None,
         }
-        *last_processed = (*last_processed).max(confirmed_lsn);
-        stack.upstream_lsn.fetch_max(wal_end_lsn, Ordering::SeqCst);
-        *stack.stream.lock().expect("stream") = Some(stream.clone());
-        if stack.status() == Status::Booting {
-            stack.set_status(Status::Ready);
-            stack.env().emit(Event::Ready);
-        }
-        return Some(stream);
     }
+}
+
+/// Starts serving from a connection: sets up the flush tracker on the first
+/// one, and the stack is ready.
+fn adopt(
+    stack: &Inner,
+    connection: Connection,
+    last_processed: &mut Lsn,
+) -> Arc<dyn ReplicationStream> {
+    let Connection {
+        confirmed_lsn,
+        wal_end_lsn,
+        stream,
+    } = connection;
+    stack.env().emit(Event::ReplicationConnected {
+        confirmed_lsn,
+        wal_end_lsn,
+    });
+    {
+        let mut tracker = stack.tracker.lock();
+        if tracker.is_none() {
+            #[allow(unused_mut)] // mutated only by a planted bug
+            let mut fresh = FlushTracker::new(confirmed_lsn);
+            #[cfg(feature = "plants")]
+            if stack.config.plants.ack_past_unflushed {
+                fresh.plant_ack_past_unflushed();
+            }
+            *tracker = Some(fresh);
+        }
+    }
+    *last_processed = (*last_processed).max(confirmed_lsn);
+    stack.upstream_lsn.fetch_max(wal_end_lsn, Ordering::SeqCst);
+    *stack.stream.lock().expect("stream") = Some(stream.clone());
+    if stack.status() == Status::Booting {
+        stack.set_status(Status::Ready);
+        stack.env().emit(Event::Ready);
+    }
+    stream
 }
 
 /// Processes the stream until it fails (true: reconnect) or the intake is

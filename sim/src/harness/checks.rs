@@ -6,7 +6,7 @@
 //! committed transaction (`ack-liveness`).
 
 use super::checker::{self, ReadContext, SharedChecker};
-use super::net;
+use super::net::ClientNet;
 use super::trace::{SharedTrace, record};
 use crate::client::Applied;
 use crate::client::{Outcome, ShapeClient};
@@ -14,7 +14,6 @@ use crate::oracle::rows::{self, KeyedRows, OracleRows};
 use crate::pg::PgModel;
 use crate::standard;
 use engine::offset::LogOffset;
-use madsim::net::Endpoint;
 use serde::Serialize;
 use std::time::Duration;
 
@@ -119,7 +118,7 @@ pub async fn exchange(
     index: usize,
     client: &mut ShapeClient,
     checker: &SharedChecker,
-    ep: &Endpoint,
+    net: &ClientNet,
     timeout_ms: u64,
 ) -> Result<Option<Applied>, Failure> {
     let trace = checker::lock(checker).trace.clone();
@@ -137,7 +136,7 @@ pub async fn exchange(
             client.offset, client.live, client.handle
         ),
     );
-    let Some(response) = net::get(ep, request.clone(), timeout_ms).await else {
+    let Some(response) = net.get(request.clone(), timeout_ms).await else {
         record(&trace, format_args!("client {index}: request lost"));
         return Ok(None);
     };
@@ -186,7 +185,7 @@ pub async fn poll(
     index: usize,
     client: &mut ShapeClient,
     checker: &SharedChecker,
-    ep: &Endpoint,
+    net: &ClientNet,
     timeout_ms: u64,
     stop: &StopSignal,
 ) -> Result<(), Failure> {
@@ -195,7 +194,7 @@ pub async fn poll(
         if stop.is_stopped() {
             return Ok(());
         }
-        let exchange = std::pin::pin!(exchange(index, client, checker, ep, timeout_ms));
+        let exchange = std::pin::pin!(exchange(index, client, checker, net, timeout_ms));
         let applied = match futures::future::select(exchange, stopped).await {
             futures::future::Either::Left((result, _)) => result?,
             futures::future::Either::Right(_) => return Ok(()),
@@ -218,7 +217,7 @@ pub async fn converge(
     client: &mut ShapeClient,
     checker: &SharedChecker,
     pg: &PgModel,
-    ep: &Endpoint,
+    net: &ClientNet,
     rules: &CheckRules,
 ) -> Result<(), Failure> {
     let trace = checker::lock(checker).trace.clone();
@@ -255,7 +254,7 @@ pub async fn converge(
             let (check, why) = stuck(index, client, &oracle, pg);
             break Err(Failure::new(check, why, Some(index), &trace));
         }
-        let applied = match exchange(index, client, checker, ep, rules.request_timeout_ms).await {
+        let applied = match exchange(index, client, checker, net, rules.request_timeout_ms).await {
             Ok(Some(applied)) => applied,
             Ok(None) => continue,
             Err(failure) => break Err(failure),

@@ -116,9 +116,21 @@ pub fn execute(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
     };
     // A panic's record is taken even after a clean run, so none is left behind.
     let panicked = panics::take(&thread_name);
+    // The verdict the checker reached before any panic (the panic may be
+    // its consequence: an engine's `expect` on a storage call the disk
+    // owner check failed, say). A poisoned checker recorded nothing first.
+    let verdict = slot
+        .lock()
+        .expect("checker slot")
+        .as_ref()
+        .and_then(|c| c.lock().ok().map(|checker| checker.verdict.clone()));
     let failure = match joined {
         Ok(result) => result.err().map(|f| *f),
-        Err(payload) => Some(panic_failure(panicked, &*payload, &trace)),
+        Err(payload) => Some(
+            verdict
+                .and_then(|v| v.failure())
+                .unwrap_or_else(|| panic_failure(panicked, &*payload, &trace)),
+        ),
     };
     let coverage = slot
         .lock()

@@ -11,7 +11,7 @@
 use super::checker::Verdict;
 use super::checks::Failure;
 use super::trace::{SharedTrace, record};
-use crate::pg::{ContractViolation, PgModel, StreamCursor, StreamItem};
+use crate::pg::{ContractViolation, PgModel, SlotBusy, StreamCursor, StreamItem};
 use async_trait::async_trait;
 use engine::api;
 use engine::replication::{
@@ -29,14 +29,25 @@ use std::time::Duration;
 
 pub const PG_IP: &str = "10.0.0.1";
 pub const ENGINE_IP: &str = "10.0.0.2";
+/// The second engine instance's address (the new one of a rolling restart).
+pub const ENGINE_B_IP: &str = "10.0.0.4";
 pub const CLIENT_IP: &str = "10.0.0.3";
 
 pub fn pg_addr() -> SocketAddr {
     format!("{PG_IP}:5432").parse().expect("address")
 }
 
-pub fn engine_addr() -> SocketAddr {
-    format!("{ENGINE_IP}:3000").parse().expect("address")
+/// The API address of the engine instance at `ip`.
+pub fn engine_addr(ip: &str) -> SocketAddr {
+    format!("{ip}:3000").parse().expect("address")
+}
+
+/// Where clients send requests: the serving instance, switched at a rolling
+/// restart's handover (a load balancer's job).
+pub type EngineRoute = Arc<Mutex<SocketAddr>>;
+
+fn route(to: &EngineRoute) -> SocketAddr {
+    *to.lock().expect("engine route")
 }
 
 macro_rules! rpc {
@@ -48,10 +59,14 @@ macro_rules! rpc {
     };
 }
 
+/// A replication connection request from the engine instance at `client`.
 #[derive(Serialize, Deserialize)]
-pub struct PgStart;
+pub struct PgStart {
+    pub client: String,
+}
 #[derive(Serialize, Deserialize)]
 pub struct PgNext {
+    pub connection: u64,
     pub after: Lsn,
     pub relations_seen: usize,
 }
@@ -67,7 +82,7 @@ pub struct ShapeGet(pub api::Request);
 #[derive(Serialize, Deserialize)]
 pub struct ShapeDelete(pub api::Request);
 
-rpc!(PgStart => (u64, Lsn, Lsn));
+rpc!(PgStart => Result<(u64, Lsn, Lsn), String>);
 rpc!(PgNext => Option<StreamItem>);
 rpc!(PgAck => ());
 rpc!(PgCatalog => Catalog);
@@ -90,17 +105,24 @@ pub async fn serve_postgres(pg: PgModel, trace: SharedTrace, verdict: Arc<Verdic
     let ep = Endpoint::bind(pg_addr()).await.expect("bind postgres");
     let model = pg.clone();
     let t = trace.clone();
-    ep.add_rpc_handler(move |_: PgStart| {
+    ep.add_rpc_handler(move |req: PgStart| {
         let (model, trace) = (model.clone(), t.clone());
         async move {
-            let (connection, confirmed, wal_end) = model.connect();
-            record(
-                &trace,
-                format_args!(
-                    "replication connection {connection}: slot at {confirmed}, WAL at {wal_end}"
-                ),
-            );
-            (connection, confirmed, wal_end)
+            match model.connect(&req.client, crate::host::now_ms()) {
+                Ok((connection, confirmed, wal_end)) => {
+                    record(
+                        &trace,
+                        format_args!(
+                            "replication connection {connection}: slot at {confirmed}, WAL at {wal_end}"
+                        ),
+                    );
+                    Ok((connection, confirmed, wal_end))
+                }
+                Err(SlotBusy(holder)) => {
+                    record(&trace, format_args!("replication refused: the slot is held by connection {holder}"));
+                    Err(format!("replication slot is active for connection {holder}"))
+                }
+            }
         }
     });
     let (model, t) = (pg.clone(), trace.clone());
@@ -110,6 +132,7 @@ pub async fn serve_postgres(pg: PgModel, trace: SharedTrace, verdict: Arc<Verdic
             // Asking for what follows `after` proves the engine received
             // everything up to it (a sent answer may still be lost).
             model.note_delivered(req.after);
+            model.touch(req.connection, crate::host::now_ms());
             let committed = model.commits();
             let item = match model.message_after(req.after, req.relations_seen) {
                 Some(item) => Some(item),
@@ -178,15 +201,21 @@ pub async fn serve_postgres(pg: PgModel, trace: SharedTrace, verdict: Arc<Verdic
 /// The engine's view of Postgres across the network.
 pub struct RemotePg {
     ep: Endpoint,
+    /// The engine instance's address (Postgres tells clients apart by it).
+    ip: String,
     trace: SharedTrace,
 }
 
 impl RemotePg {
-    pub async fn connect(trace: SharedTrace) -> RemotePg {
-        let ep = Endpoint::bind(format!("{ENGINE_IP}:0"))
+    pub async fn connect(ip: &str, trace: SharedTrace) -> RemotePg {
+        let ep = Endpoint::bind(format!("{ip}:0"))
             .await
             .expect("bind engine client endpoint");
-        RemotePg { ep, trace }
+        RemotePg {
+            ep,
+            ip: ip.to_string(),
+            trace,
+        }
     }
 
     async fn call<R: Rpc>(&self, request: R) -> Result<R::Response, SourceError> {
@@ -219,7 +248,12 @@ struct RemoteStream {
 #[async_trait]
 impl ReplicationSource for RemotePg {
     async fn start(&self) -> Result<Connection, SourceError> {
-        let (connection, confirmed_lsn, wal_end_lsn) = self.call(PgStart).await?;
+        let (connection, confirmed_lsn, wal_end_lsn) = self
+            .call(PgStart {
+                client: self.ip.to_string(),
+            })
+            .await?
+            .map_err(SourceError)?;
         let stream = Arc::new(RemoteStream {
             ep: self.ep.clone(),
             connection,
@@ -241,6 +275,7 @@ impl ReplicationStream for RemoteStream {
         loop {
             let cursor = *self.cursor.lock().expect("cursor");
             let request = PgNext {
+                connection: self.connection,
                 after: cursor.after,
                 relations_seen: cursor.relations_seen,
             };
@@ -286,8 +321,8 @@ impl PostgresQueries for RemotePg {
 }
 
 /// Serves client requests on the engine's node.
-pub async fn serve_engine(stack: engine::stack::Stack) {
-    let ep = Endpoint::bind(engine_addr()).await.expect("bind engine");
+pub async fn serve_engine(stack: engine::stack::Stack, ip: &str) {
+    let ep = Endpoint::bind(engine_addr(ip)).await.expect("bind engine");
     let serving = stack.clone();
     ep.add_rpc_handler(move |ShapeGet(request)| {
         let stack = serving.clone();
@@ -300,28 +335,31 @@ pub async fn serve_engine(stack: engine::stack::Stack) {
     futures::future::pending::<()>().await;
 }
 
-/// A removal request; `None` if it (or its answer) was lost.
-pub async fn delete(
-    ep: &Endpoint,
-    request: api::Request,
-    timeout_ms: u64,
-) -> Option<api::Response> {
-    ep.call_timeout(
-        engine_addr(),
-        ShapeDelete(request),
-        Duration::from_millis(timeout_ms),
-    )
-    .await
-    .ok()
+/// The clients' side of the network: their endpoint and where requests go.
+#[derive(Clone)]
+pub struct ClientNet {
+    pub ep: Endpoint,
+    pub route: EngineRoute,
 }
 
-/// A client's request; `None` if it (or its answer) was lost.
-pub async fn get(ep: &Endpoint, request: api::Request, timeout_ms: u64) -> Option<api::Response> {
-    ep.call_timeout(
-        engine_addr(),
-        ShapeGet(request),
-        Duration::from_millis(timeout_ms),
-    )
-    .await
-    .ok()
+impl ClientNet {
+    /// A removal request; `None` if it (or its answer) was lost.
+    pub async fn delete(&self, request: api::Request, timeout_ms: u64) -> Option<api::Response> {
+        let to = route(&self.route);
+        let timeout = Duration::from_millis(timeout_ms);
+        self.ep
+            .call_timeout(to, ShapeDelete(request), timeout)
+            .await
+            .ok()
+    }
+
+    /// A client's request; `None` if it (or its answer) was lost.
+    pub async fn get(&self, request: api::Request, timeout_ms: u64) -> Option<api::Response> {
+        let to = route(&self.route);
+        let timeout = Duration::from_millis(timeout_ms);
+        self.ep
+            .call_timeout(to, ShapeGet(request), timeout)
+            .await
+            .ok()
+    }
 }

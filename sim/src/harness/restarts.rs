@@ -7,7 +7,12 @@
 //! - `graceful`: the shutdown coordinator runs to its end, then the node is
 //!   killed; a ready engine must stop cleanly;
 //! - `interrupted-graceful`: the coordinator starts and the node is killed
-//!   midway (at `shutdown.after_drain`, or after a few milliseconds).
+//!   midway (at `shutdown.after_drain`, or after a few milliseconds);
+//! - `rolling`: a new instance (the other node) starts while the old one
+//!   serves; it waits for the replication slot before it touches the disk;
+//!   the old one shuts down gracefully and exits (its slot connection
+//!   closes), the clients are routed to the new one, which takes over the
+//!   same slot, disk and metadata database.
 //!
 //! Any kill may be followed by a second one while the restarted engine
 //! boots (at a boot-time crash point): recovery itself must be restartable.
@@ -34,8 +39,44 @@ impl World {
                 return self.graceful_restart().await;
             }
             RestartKind::InterruptedGraceful => self.interrupted_graceful(restart).await,
+            RestartKind::Rolling => return self.rolling(restart).await,
         }
         Ok(())
+    }
+
+    /// The new instance starts beside the old; after the overlap the old
+    /// one stops gracefully and exits, and the new one takes over.
+    async fn rolling(&mut self, restart: &Restart) -> Result<(), Failure> {
+        let handle = Handle::current();
+        handle.restart(self.standby.id());
+        self.standby.node = handle.get_node(self.standby.id()).expect("standby node");
+        self.record(format!(
+            "rolling: a new instance starts at {}",
+            self.standby.ip
+        ));
+        // Meanwhile the new instance must leave the disk alone (the disk
+        // owner check fails the run if it touches it).
+        madsim::time::sleep(Duration::from_millis(restart.kill_delay_ms)).await;
+        let clean = self.graceful_stop().await?;
+        self.exit_engine(!clean);
+        std::mem::swap(&mut self.engine, &mut self.standby);
+        *self.net.route.lock().expect("engine route") = super::net::engine_addr(self.engine.ip);
+        self.crash.set_node(self.engine.id());
+        self.record(format!("rolling: clients are routed to {}", self.engine.ip));
+        checker::lock(&self.checker)
+            .coverage
+            .restart(RestartKind::Rolling);
+        Ok(())
+    }
+
+    /// The serving instance's process exits (its slot connection closes
+    /// with it); `lossy` if it stopped without a clean shutdown.
+    fn exit_engine(&mut self, lossy: bool) {
+        Handle::current().kill(self.engine.id());
+        self.disk_owner.exited(self.engine.ip);
+        self.pg.release_slot();
+        *self.engine.stack.lock().expect("stack slot") = None;
+        checker::lock(&self.checker).killed(lossy);
     }
 
     /// A crash or power kill after a batch, at the armed crash point or
@@ -56,16 +97,13 @@ impl World {
     /// Kills the node now (a power loss too for `power`), accounts for it,
     /// and restarts the node.
     fn kill_now(&mut self, kind: RestartKind, power_seed: u64) {
-        let handle = Handle::current();
-        handle.kill(self.engine.id());
-        *self.stack.lock().expect("stack slot") = None;
         let fired = self.crash.fired();
         self.crash.disarm();
+        self.exit_engine(true);
         let mut checker = checker::lock(&self.checker);
         if let Some(point) = fired {
             checker.coverage.point(point).fired += 1;
         }
-        checker.killed(true);
         if kind == RestartKind::Power {
             let report = self
                 .storage
@@ -77,8 +115,14 @@ impl World {
             drop(checker);
         }
         self.record(format!("{} kill of the engine", kind.name()));
+        self.start_engine();
+    }
+
+    /// Starts the serving instance's node again.
+    fn start_engine(&mut self) {
+        let handle = Handle::current();
         handle.restart(self.engine.id());
-        self.engine = handle.get_node(self.engine.id()).expect("engine node");
+        self.engine.node = handle.get_node(self.engine.id()).expect("engine node");
     }
 
     /// A second kill while the restarted engine boots, at the restart's
@@ -108,17 +152,29 @@ impl World {
         checker::lock(&self.checker).coverage.restart(restart.kind);
     }
 
-    /// Shuts the engine down through its coordinator and restarts it. An
-    /// engine that was ready must stop cleanly (everything flushed, marker
-    /// written) within its shutdown timeout, unless a fault during the drain
-    /// explains it (an injected I/O error failed a shape; Postgres was cut
-    /// off while a snapshot had to finish).
+    /// Shuts the engine down through its coordinator and restarts it.
     async fn graceful_restart(&mut self) -> Result<(), Failure> {
+        let clean = self.graceful_stop().await?;
+        self.exit_engine(!clean);
+        checker::lock(&self.checker)
+            .coverage
+            .restart(RestartKind::Graceful);
+        self.start_engine();
+        Ok(())
+    }
+
+    /// Runs the serving instance's shutdown coordinator to its end; whether
+    /// it was clean. An engine that was ready must stop cleanly (everything
+    /// flushed, marker written) within its shutdown timeout, unless a fault
+    /// during the drain explains it (an injected I/O error failed a shape;
+    /// Postgres was cut off while a snapshot had to finish).
+    async fn graceful_stop(&mut self) -> Result<bool, Failure> {
         let stack = self.running_stack();
         let shutdown_ms = crate::host::now_ms();
         checker::lock(&self.checker).shutdown_started();
         let (was_ready, clean) = self
             .engine
+            .node
             .spawn(on_engine(async move {
                 let ready = stack.status() == engine::stack::Status::Ready;
                 (ready, stack.shutdown().await)
@@ -137,16 +193,7 @@ impl World {
                 &self.trace,
             ));
         }
-        let handle = Handle::current();
-        handle.kill(self.engine.id());
-        *self.stack.lock().expect("stack slot") = None;
-        let mut checker = checker::lock(&self.checker);
-        checker.killed(!clean);
-        checker.coverage.restart(RestartKind::Graceful);
-        drop(checker);
-        handle.restart(self.engine.id());
-        self.engine = handle.get_node(self.engine.id()).expect("engine node");
-        Ok(())
+        Ok(clean)
     }
 
     /// A graceful shutdown killed midway: at `shutdown.after_drain` if the
@@ -164,6 +211,7 @@ impl World {
         });
         let shutdown = self
             .engine
+            .node
             .spawn(on_engine(async move { stack.shutdown().await }));
         drop(shutdown); // detached: the kill ends it
         if armed.is_some() {
@@ -179,7 +227,8 @@ impl World {
     }
 
     fn running_stack(&self) -> engine::stack::Stack {
-        self.stack
+        self.engine
+            .stack
             .lock()
             .expect("stack slot")
             .clone()

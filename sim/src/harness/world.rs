@@ -4,8 +4,8 @@
 
 use super::checker::{self, CheckedEvents, Checker, SharedChecker};
 use super::checks::{self, CheckRules, Failure, StopSignal};
-use super::faults::{ArmedCrash, SimStorage};
-use super::net;
+use super::faults::{ArmedCrash, DiskOwner, FaultPlan, SimStorage};
+use super::net::{self, ClientNet};
 use super::panics::on_engine;
 use super::trace::{SharedTrace, record};
 use crate::client::ShapeClient;
@@ -27,16 +27,46 @@ pub(super) struct World {
     pub(super) trace: SharedTrace,
     pub(super) checker: SharedChecker,
     pub(super) storage: MemStorage,
+    /// Which live instance uses the disk (freed when its process exits).
+    pub(super) disk_owner: DiskOwner,
     pub(super) crash: ArmedCrash,
-    pub(super) engine: NodeHandle,
+    /// The serving engine instance: its node, stack and address.
+    pub(super) engine: Instance,
+    /// The other instance: the new one of a rolling restart (not running
+    /// otherwise).
+    pub(super) standby: Instance,
     pub(super) postgres_id: madsim::task::NodeId,
     pub(super) clients_node: NodeHandle,
-    pub(super) stack: Arc<Mutex<Option<Stack>>>,
     pub(super) pg: crate::pg::PgModel,
     pub(super) clients: Vec<ShapeClient>,
-    pub(super) endpoint: Endpoint,
+    pub(super) net: ClientNet,
     /// Partitions in force, per link.
     pub(super) link_cuts: Arc<Mutex<BTreeMap<Link, u32>>>,
+}
+
+/// One engine instance: its node, the stack it runs, the address it serves.
+pub(super) struct Instance {
+    pub(super) node: NodeHandle,
+    pub(super) stack: Arc<Mutex<Option<Stack>>>,
+    pub(super) ip: &'static str,
+}
+
+impl Instance {
+    pub(super) fn id(&self) -> madsim::task::NodeId {
+        self.node.id()
+    }
+}
+
+/// What outlives an engine process: the disk (shape storage) and, on it,
+/// the metadata database. One per deployment, handed from instance to
+/// instance (Electric's rig once gave each instance its own storage but a
+/// shared metadata store: no deployment looks like that).
+#[derive(Clone)]
+struct Disk {
+    storage: MemStorage,
+    sqlite: engine::metadata::SqliteConn,
+    owner: DiskOwner,
+    faults: FaultPlan,
 }
 
 /// Clients polling in the background.
@@ -65,7 +95,13 @@ impl World {
         )));
         let storage = MemStorage::new();
         let crash = ArmedCrash::new(trace.clone());
-        let stack: Arc<Mutex<Option<Stack>>> = Arc::default();
+        let disk_owner = DiskOwner::default();
+        let disk = Disk {
+            storage: storage.clone(),
+            sqlite: sqlite_in_memory(),
+            owner: disk_owner.clone(),
+            faults: FaultPlan::new(scenario.sched_seed, scenario.timing.io_error_rate),
+        };
 
         let verdict = checker::lock(&checker).verdict.clone();
         let (pg_node, pg_trace) = (pg.clone(), trace.clone());
@@ -75,13 +111,16 @@ impl World {
             .ip(net::PG_IP.parse().expect("ip"))
             .init(move || net::serve_postgres(pg_node.clone(), pg_trace.clone(), verdict.clone()))
             .build();
-        let engine = Self::engine_node(&scenario, &storage, &crash, &stack, &checker, &trace);
+        let engine = Self::engine_node(&scenario, &disk, &crash, &checker, &trace, net::ENGINE_IP);
+        let standby =
+            Self::engine_node(&scenario, &disk, &crash, &checker, &trace, net::ENGINE_B_IP);
+        handle.kill(standby.id()); // started only for a rolling restart
         let clients_node = handle
             .create_node()
             .name("clients")
             .ip(net::CLIENT_IP.parse().expect("ip"))
             .build();
-        let endpoint = clients_node
+        let ep = clients_node
             .spawn(async {
                 Endpoint::bind(format!("{}:0", net::CLIENT_IP))
                     .await
@@ -89,6 +128,7 @@ impl World {
             })
             .await
             .expect("bind task");
+        let route = Arc::new(Mutex::new(net::engine_addr(engine.ip)));
         crash.set_node(engine.id());
         let clients = fresh_clients(&scenario);
         World {
@@ -96,51 +136,52 @@ impl World {
             trace,
             checker,
             storage,
+            disk_owner,
             crash,
             engine,
+            standby,
             postgres_id: postgres.id(),
             clients_node,
-            stack,
             pg,
             clients,
-            endpoint,
+            net: ClientNet { ep, route },
             link_cuts: Arc::default(),
         }
     }
 
-    /// The engine's node: every (re)start boots a stack on the durable state.
+    /// An engine instance at `ip`: every (re)start of its node boots a
+    /// stack on the disk.
     fn engine_node(
         scenario: &Scenario,
-        storage: &MemStorage,
+        disk: &Disk,
         crash: &ArmedCrash,
-        slot: &Arc<Mutex<Option<Stack>>>,
         checker: &SharedChecker,
         trace: &SharedTrace,
-    ) -> NodeHandle {
+        ip: &'static str,
+    ) -> Instance {
         let config = super::stack_config(scenario);
-        let (disk_latency_us, io_error_rate) = (
-            scenario.timing.disk_latency_us,
-            scenario.timing.io_error_rate,
-        );
-        let sqlite = sqlite_in_memory();
-        let (storage, crash, slot, checker, trace) = (
-            storage.clone(),
+        let timing = &scenario.timing;
+        let disk_latency_us = timing.disk_latency_us;
+        let slot: Arc<Mutex<Option<Stack>>> = Arc::default();
+        let (disk, crash, stack_slot, checker, trace) = (
+            disk.clone(),
             crash.clone(),
             slot.clone(),
             checker.clone(),
             trace.clone(),
         );
-        Handle::current()
+        let node = Handle::current()
             .create_node()
-            .name("engine")
-            .ip(net::ENGINE_IP.parse().expect("ip"))
+            .name(format!("engine {ip}"))
+            .ip(ip.parse().expect("ip"))
             .init(move || {
                 let env = Env {
                     clock: Arc::new(SimClock),
                     storage: Arc::new(SimStorage::new(
-                        storage.clone(),
+                        (disk.storage.clone(), disk.owner.clone()),
+                        ip,
                         disk_latency_us,
-                        io_error_rate,
+                        disk.faults.clone(),
                         checker.clone(),
                         trace.clone(),
                     )),
@@ -151,9 +192,10 @@ impl World {
                         trace: trace.clone(),
                     }),
                 };
-                let (sqlite, slot, trace) = (sqlite.clone(), slot.clone(), trace.clone());
+                let (sqlite, slot, trace) =
+                    (disk.sqlite.clone(), stack_slot.clone(), trace.clone());
                 on_engine(async move {
-                    let remote = Arc::new(net::RemotePg::connect(trace).await);
+                    let remote = Arc::new(net::RemotePg::connect(ip, trace).await);
                     {
                         // A kill never lands inside a transaction (the engine does
                         // not await in one), but be sure none is left open.
@@ -170,10 +212,15 @@ impl World {
                     };
                     let stack = Stack::start(host, config);
                     *slot.lock().expect("stack slot") = Some(stack.clone());
-                    net::serve_engine(stack).await;
+                    net::serve_engine(stack, ip).await;
                 })
             })
-            .build()
+            .build();
+        Instance {
+            node,
+            stack: slot,
+            ip,
+        }
     }
 
     pub(super) fn record(&self, event: String) {
@@ -240,11 +287,10 @@ impl World {
             .into_iter()
             .enumerate()
             .map(|(index, mut client)| {
-                let (ep, checker, stop) =
-                    (self.endpoint.clone(), self.checker.clone(), stop.clone());
+                let (net, checker, stop) = (self.net.clone(), self.checker.clone(), stop.clone());
                 self.clients_node.spawn(async move {
                     let result =
-                        checks::poll(index, &mut client, &checker, &ep, timeout_ms, &stop).await;
+                        checks::poll(index, &mut client, &checker, &net, timeout_ms, &stop).await;
                     (client, result)
                 })
             })
@@ -268,11 +314,7 @@ impl World {
     /// An operator removes the shape's current handle (`DELETE /v1/shape`)
     /// `at_ms` into the batch.
     fn remove_shape(&self, removal: crate::scenario::Removal) {
-        let (ep, checker, trace) = (
-            self.endpoint.clone(),
-            self.checker.clone(),
-            self.trace.clone(),
-        );
+        let (net, checker, trace) = (self.net.clone(), self.checker.clone(), self.trace.clone());
         let timeout_ms = self.request_timeout_ms();
         drop(self.clients_node.spawn(async move {
             madsim::time::sleep(Duration::from_millis(removal.at_ms)).await;
@@ -284,9 +326,7 @@ impl World {
             };
             checker::lock(&checker).removal_requested(&handle);
             let request = engine::api::Request::new([("handle", handle.as_str())]);
-            let status = net::delete(&ep, request, timeout_ms)
-                .await
-                .map(|r| r.status);
+            let status = net.delete(request, timeout_ms).await.map(|r| r.status);
             record(
                 &trace,
                 format_args!("removal of shape {} ({handle}): {status:?}", removal.shape),
@@ -322,10 +362,14 @@ impl World {
     /// Cuts a link for a while. Partitions of one link may overlap: the link
     /// heals when the last of them ends.
     fn partition(&self, partition: crate::scenario::Partition) {
-        let (a, b) = match partition.link {
-            Link::EnginePostgres => (self.engine.id(), self.postgres_id),
-            Link::ClientsEngine => (self.clients_node.id(), self.engine.id()),
+        // Both engine instances sit on the cut side: a partition in force
+        // across a rolling restart cuts the new instance off too.
+        let engines = [self.engine.id(), self.standby.id()];
+        let other = match partition.link {
+            Link::EnginePostgres => self.postgres_id,
+            Link::ClientsEngine => self.clients_node.id(),
         };
+        let links = engines.map(|engine| (engine, other));
         let now_ms = crate::host::now_ms();
         let start_ms = now_ms + partition.start_ms;
         let postgres = partition.link == Link::EnginePostgres;
@@ -345,8 +389,10 @@ impl World {
                 *count
             };
             if cut == 1 {
-                net.clog_link(a, b);
-                net.clog_link(b, a);
+                for (a, b) in links {
+                    net.clog_link(a, b);
+                    net.clog_link(b, a);
+                }
             }
             record(
                 &trace,
@@ -364,8 +410,10 @@ impl World {
                 *count
             };
             if left == 0 {
-                net.unclog_link(a, b);
-                net.unclog_link(b, a);
+                for (a, b) in links {
+                    net.unclog_link(a, b);
+                    net.unclog_link(b, a);
+                }
                 record(
                     &trace,
                     format_args!("partition {:?} healed", partition.link),
@@ -385,14 +433,15 @@ impl World {
         });
         let mut tasks = Vec::new();
         for (index, mut client) in std::mem::take(&mut self.clients).into_iter().enumerate() {
-            let (ep, rules, checker, pg) = (
-                self.endpoint.clone(),
+            let (net, rules, checker, pg) = (
+                self.net.clone(),
                 rules.clone(),
                 self.checker.clone(),
                 self.pg.clone(),
             );
             tasks.push(self.clients_node.spawn(async move {
-                let result = checks::converge(index, &mut client, &checker, &pg, &ep, &rules).await;
+                let result =
+                    checks::converge(index, &mut client, &checker, &pg, &net, &rules).await;
                 (client, result)
             }));
         }

@@ -58,6 +58,14 @@ pub enum Mutation {
 
 type TableRows = BTreeMap<Vec<Value>, Row>;
 
+/// How long a silent replication connection keeps the slot (Postgres'
+/// `wal_sender_timeout`, shortened like the engine's own silence detection).
+pub const WAL_SENDER_TIMEOUT_MS: u64 = 10_000;
+
+/// The slot is held by this other connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotBusy(pub u64);
+
 /// The engine broke the slot's side of the replication contract.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContractViolation(pub String);
@@ -79,6 +87,9 @@ struct State {
     connections: u64,
     /// The connection and sequence number of the last acknowledgement applied.
     last_ack: Option<(u64, u64)>,
+    /// The connection holding the slot: its number, its client (an engine
+    /// instance's address) and when it was last heard from.
+    holder: Option<(u64, String, u64)>,
     /// Tables whose definition changed after the slot was created.
     altered: Vec<TableName>,
     /// WHERE clauses already parsed by the oracle's evaluator.
@@ -110,6 +121,7 @@ impl PgModel {
             sent: 0,
             connections: 0,
             last_ack: None,
+            holder: None,
             altered: Vec::new(),
         };
         PgModel {
@@ -278,12 +290,39 @@ impl PgModel {
         item
     }
 
-    /// A new replication connection: its number (acknowledgements name it),
-    /// the slot's confirmed LSN and the WAL's end.
-    pub fn connect(&self) -> (u64, Lsn, Lsn) {
+    /// A new replication connection from `client` at `now_ms`: its number
+    /// (acknowledgements name it), the slot's confirmed LSN and the WAL's
+    /// end. Refused while another client's connection holds the slot:
+    /// Postgres lets one walsender use a slot, and lets it go when the
+    /// connection closes ([`PgModel::release_slot`]; a client that connects
+    /// again has closed its previous connection, even one whose answer it
+    /// never received) or has been silent for [`WAL_SENDER_TIMEOUT_MS`].
+    pub fn connect(&self, client: &str, now_ms: u64) -> Result<(u64, Lsn, Lsn), SlotBusy> {
         let mut state = self.lock();
+        if let Some((holder, holder_client, seen_ms)) = &state.holder
+            && holder_client != client
+            && now_ms.saturating_sub(*seen_ms) < WAL_SENDER_TIMEOUT_MS
+        {
+            return Err(SlotBusy(*holder));
+        }
         state.connections += 1;
-        (state.connections, state.slot_confirmed, state.last_lsn)
+        state.holder = Some((state.connections, client.to_string(), now_ms));
+        Ok((state.connections, state.slot_confirmed, state.last_lsn))
+    }
+
+    /// Connection `connection` was heard from at `now_ms`.
+    pub fn touch(&self, connection: u64, now_ms: u64) {
+        let mut state = self.lock();
+        if let Some((holder, _, seen_ms)) = &mut state.holder
+            && *holder == connection
+        {
+            *seen_ms = now_ms;
+        }
+    }
+
+    /// The process holding the slot died: its connection closed.
+    pub fn release_slot(&self) {
+        self.lock().holder = None;
     }
 
     /// Notified at every commit and schema change.
@@ -492,7 +531,11 @@ struct PgStream {
 #[async_trait]
 impl ReplicationSource for PgModel {
     async fn start(&self) -> Result<Connection, SourceError> {
-        let (connection, confirmed_lsn, wal_end_lsn) = self.connect();
+        // In process, time does not matter: a killed engine's test releases the slot.
+        let (connection, confirmed_lsn, wal_end_lsn) =
+            self.connect("in-process", 0).map_err(|SlotBusy(c)| {
+                SourceError(format!("replication slot is active for connection {c}"))
+            })?;
         let stream = Arc::new(PgStream {
             model: self.clone(),
             connection,

@@ -29,6 +29,7 @@ fn transactions_are_found_by_lsn_and_snapshots_name_the_last_commit() {
     let before = pg.last_lsn();
     let first = pg.commit(&[set_value("l4-1", "v1")]).unwrap();
     pg.add_column(&level4, "note");
+    pg.release_slot();
     let query = engine::replication::SnapshotQuery {
         table: level4.clone(),
         where_sql: None,
@@ -52,7 +53,7 @@ fn transactions_are_found_by_lsn_and_snapshots_name_the_last_commit() {
 fn the_slot_refuses_acknowledgements_backwards_or_past_what_it_sent() {
     let pg = model();
     let txn = pg.commit(&[set_value("l4-1", "v1")]).unwrap();
-    let (connection, confirmed, _) = pg.connect();
+    let (connection, confirmed, _) = pg.connect("a", 0).unwrap();
     let past = pg.acknowledge(connection, 0, txn.commit_lsn).unwrap_err();
     assert!(past.0.contains("past everything sent"), "{past:?}");
     assert!(pg.message_after(confirmed, usize::MAX).is_some());
@@ -62,9 +63,28 @@ fn the_slot_refuses_acknowledgements_backwards_or_past_what_it_sent() {
     pg.acknowledge(connection, 0, confirmed).unwrap();
     let back = pg.acknowledge(connection, 2, confirmed).unwrap_err();
     assert!(back.0.contains("backwards"), "{back:?}");
+    // One connection holds the slot; a silent one loses it.
+    assert_eq!(pg.connect("b", 1), Err(super::SlotBusy(connection)));
+    pg.touch(connection, 5_000);
+    assert!(
+        pg.connect("b", 5_000 + super::WAL_SENDER_TIMEOUT_MS - 1)
+            .is_err()
+    );
     // A connection that is gone no longer speaks for the slot.
-    let (newer, _, _) = pg.connect();
+    let (newer, _, _) = pg
+        .connect("b", 5_000 + super::WAL_SENDER_TIMEOUT_MS)
+        .unwrap();
     assert!(newer > connection);
     pg.acknowledge(connection, 3, confirmed).unwrap();
     assert_eq!(pg.slot_confirmed(), txn.commit_lsn);
+    // A client that connects again gave up its previous connection (one
+    // whose answer was lost, say): it is not locked out by it.
+    let (again, _, _) = pg
+        .connect("b", 5_000 + super::WAL_SENDER_TIMEOUT_MS + 1)
+        .unwrap();
+    assert!(again > newer);
+    assert_eq!(
+        pg.connect("a", 5_000 + super::WAL_SENDER_TIMEOUT_MS + 2),
+        Err(super::SlotBusy(again))
+    );
 }

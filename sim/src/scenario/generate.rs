@@ -144,19 +144,22 @@ fn restart(rng: &mut ChaCha8Rng, knobs: &Knobs, shapes_change: bool) -> Restart 
         RestartType::Crash => RestartKind::Crash,
         RestartType::Power => RestartKind::Power,
         RestartType::InterruptedGraceful => RestartKind::InterruptedGraceful,
+        RestartType::Rolling => RestartKind::Rolling,
         RestartType::Mixed => *[
             RestartKind::Graceful,
             RestartKind::Crash,
             RestartKind::Power,
             RestartKind::InterruptedGraceful,
+            RestartKind::Rolling,
         ]
         .choose(rng)
-        .expect("four kinds"),
+        .expect("five kinds"),
     };
     let point = |point: CrashPoint, visits: u32, rng: &mut ChaCha8Rng| {
         Some((point.name().to_string(), rng.random_range(0..visits)))
     };
-    let armed = kind != RestartKind::Graceful && rng.random_bool(knobs.crash_point_rate);
+    let kills = !matches!(kind, RestartKind::Graceful | RestartKind::Rolling);
+    let armed = kills && rng.random_bool(knobs.crash_point_rate);
     let crash_point = match kind {
         _ if !armed => None,
         RestartKind::InterruptedGraceful => point(CrashPoint::ShutdownAfterDrain, 1, rng),
@@ -165,7 +168,7 @@ fn restart(rng: &mut ChaCha8Rng, knobs: &Knobs, shapes_change: bool) -> Restart 
         }
         _ => point(*EVERY_BATCH.choose(rng).expect("points"), 4, rng),
     };
-    let boot_kill = kind != RestartKind::Graceful && rng.random_bool(knobs.boot_kill_rate);
+    let boot_kill = kills && rng.random_bool(knobs.boot_kill_rate);
     let boot_crash_point = boot_kill
         .then(|| {
             let (boot_point, visits) = *BOOT.choose(rng).expect("points");

@@ -13,6 +13,7 @@ pub enum RestartType {
     Crash,
     Power,
     InterruptedGraceful,
+    Rolling,
     /// Each restart draws its kind.
     Mixed,
 }

@@ -80,6 +80,9 @@ pub enum RestartKind {
     /// A graceful shutdown killed midway (at its armed crash point, or after
     /// the kill delay): the coordinator does not finish.
     InterruptedGraceful,
+    /// A new instance starts beside the old one, which then shuts down
+    /// gracefully; the new one takes over the slot and the disk.
+    Rolling,
 }
 
 impl RestartKind {
@@ -90,6 +93,7 @@ impl RestartKind {
             RestartKind::Crash => "crash",
             RestartKind::Power => "power",
             RestartKind::InterruptedGraceful => "interrupted-graceful",
+            RestartKind::Rolling => "rolling",
         }
     }
 }
@@ -181,6 +185,8 @@ pub enum Plant {
     LostWakeup,
     /// A failed fsync of a shape log is treated as success.
     FsyncErrorIgnored,
+    /// Boot recovers the disk before it holds the replication slot (two instances on one disk in a rolling restart).
+    BootBeforeSlot,
     /// Real bug, fixed (Electric's bug 3): 400 for an offset a crashed log has not replayed yet.
     #[value(name = "out-of-bounds-400")]
     #[serde(rename = "out-of-bounds-400")]
@@ -195,7 +201,7 @@ pub enum Plant {
 
 impl Plant {
     /// The planted bug classes the harness must always find.
-    pub const ALL: [Plant; 11] = [
+    pub const ALL: [Plant; 12] = [
         Plant::SkipShapeDedup,
         Plant::AckPastUnflushed,
         Plant::OffsetBeforeFsync,
@@ -207,6 +213,7 @@ impl Plant {
         Plant::SilentHandleSwitch,
         Plant::LostWakeup,
         Plant::FsyncErrorIgnored,
+        Plant::BootBeforeSlot,
     ];
     /// Real bugs this project's harness found, re-introduced on demand so that
     /// their corpus entries keep proving something.
@@ -240,6 +247,7 @@ impl Plant {
             silent_handle_switch: on(Plant::SilentHandleSwitch),
             lost_wakeup: on(Plant::LostWakeup),
             fsync_error_ignored: on(Plant::FsyncErrorIgnored),
+            boot_before_slot: on(Plant::BootBeforeSlot),
             out_of_bounds_400: on(Plant::OutOfBounds400),
             snapshot_attempt_budget: on(Plant::SnapshotAttemptBudget),
             no_sync_on_open: on(Plant::NoSyncOnOpen),

@@ -387,6 +387,8 @@ impl Shrinker {
         let mut tries: Vec<Simplification> = vec![
             Box::new(|c| std::mem::replace(&mut c.timing.disk_latency_us, 0) != 0),
             Box::new(|c| std::mem::replace(&mut c.timing.packet_loss_rate, 0.0) != 0.0),
+            // Without injected I/O errors, unless the failure needs them.
+            Box::new(|c| std::mem::replace(&mut c.timing.io_error_rate, 0.0) != 0.0),
             Box::new(|c| {
                 let changed = c.timing.latency_min_ms != c.timing.latency_max_ms;
                 c.timing.latency_min_ms = c.timing.latency_max_ms;
@@ -398,7 +400,9 @@ impl Shrinker {
                 let restart = c.restarts.get_mut(&batch).expect("restart");
                 let milder = match restart.kind {
                     RestartKind::Power => RestartKind::Crash,
-                    RestartKind::Crash | RestartKind::InterruptedGraceful => RestartKind::Graceful,
+                    RestartKind::Crash
+                    | RestartKind::InterruptedGraceful
+                    | RestartKind::Rolling => RestartKind::Graceful,
                     RestartKind::Graceful => return false,
                 };
                 restart.kind = milder;
