@@ -71,6 +71,27 @@ fn every_planted_bug_is_found_by_its_check_within_the_ci_budget() {
     }
 }
 
+/// Seeds of the default scenario whose summed coverage must have no gap.
+const COVERAGE_SEEDS: u64 = 60;
+
+#[test]
+fn sixty_default_seeds_fire_every_crash_point_and_reach_every_fault_and_rare_path() {
+    let knobs = Knobs::default();
+    let mut coverage = sim::harness::coverage::Coverage::default();
+    for seed in 0..COVERAGE_SEEDS {
+        let outcome = cli::run_seed(seed, &knobs, &[], false);
+        assert!(outcome.passed(), "seed {seed}: {:?}", outcome.failure);
+        coverage.add(&outcome.coverage);
+    }
+    let gaps = coverage.gaps();
+    assert!(
+        gaps.is_empty(),
+        "the default scenario stopped reaching what it must (a generator or harness change?):\n  {}\n{}",
+        gaps.join("\n  "),
+        coverage.table()
+    );
+}
+
 #[test]
 fn the_engine_as_it_is_passes_a_few_seeds_of_every_scenario() {
     for file in ["default", "smoke", "restart-heavy"] {

@@ -349,6 +349,11 @@ fn summarize(results: &[(RunOutcome, bool)], wall_s: f64, jobs: usize, json: boo
         sim_s / wall_s
     );
     eprintln!("{}", coverage.table());
+    let gaps = coverage.gaps();
+    if !gaps.is_empty() {
+        eprintln!("not exercised (more seeds, or a scenario with these faults on, reach them):");
+        gaps.iter().for_each(|gap| eprintln!("  {gap}"));
+    }
     if json {
         let summary = json!({
             "seeds": ran,
@@ -360,6 +365,7 @@ fn summarize(results: &[(RunOutcome, bool)], wall_s: f64, jobs: usize, json: boo
             "wall_secs": wall_s,
             "jobs": jobs,
             "coverage": coverage,
+            "coverage_gaps": gaps,
         });
         println!("{summary}");
     }

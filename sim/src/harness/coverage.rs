@@ -20,6 +20,10 @@ pub const RESTART_KINDS: [&str; 5] = [
     "interrupted-graceful",
 ];
 
+/// At most this share (percent) of armed crash points may go unreached in
+/// a sweep: an arm that never fires tested nothing.
+pub const MAX_UNREACHED_PERCENT: u64 = 10;
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct PointCount {
     /// Restarts that armed the point.
@@ -159,6 +163,67 @@ impl Coverage {
             snapshot_in_progress_at_shutdown, multi_chunk_snapshots, killed_before_removal_durable);
     }
 
+    /// What a sweep of the default scenario must have exercised and this
+    /// one did not, one line per gap (empty: nothing missing): every crash
+    /// point armed and fired, at most [`MAX_UNREACHED_PERCENT`] of arms
+    /// unreached, I/O errors injected, files torn by power losses, every
+    /// restart kind, every rare path. A scenario that turns a fault off
+    /// (`smoke`) has gaps by design; the sweep prints them either way.
+    pub fn gaps(&self) -> Vec<String> {
+        let mut gaps = Vec::new();
+        for (name, c) in &self.crash_points {
+            assert!(c.fired <= c.armed, "{name}: fired more often than armed");
+            if c.fired == 0 {
+                gaps.push(format!(
+                    "crash point {name} never fired ({} armed)",
+                    c.armed
+                ));
+            }
+        }
+        let (armed, fired) = self
+            .crash_points
+            .values()
+            .fold((0, 0), |(a, f), c| (a + c.armed, f + c.fired));
+        if (armed - fired) * 100 > armed * MAX_UNREACHED_PERCENT {
+            gaps.push(format!(
+                "{} of {armed} armed crash points were not reached (more than {MAX_UNREACHED_PERCENT}%)",
+                armed - fired
+            ));
+        }
+        if self.io_errors_injected == 0 {
+            gaps.push("no I/O error was injected".to_string());
+        }
+        if self.power_losses.files_torn == 0 {
+            gaps.push("no power loss tore a file".to_string());
+        }
+        for (kind, n) in &self.restarts {
+            if *n == 0 {
+                gaps.push(format!("no {kind} restart"));
+            }
+        }
+        let p = &self.paths;
+        let paths = [
+            ("replication reconnect", p.replication_reconnects),
+            ("kill during boot", p.kills_during_boot),
+            ("shape created while acks lag", p.created_while_ack_lags),
+            (
+                "snapshot in progress at shutdown",
+                p.snapshot_in_progress_at_shutdown,
+            ),
+            ("multi-chunk snapshot", p.multi_chunk_snapshots),
+            (
+                "kill before a removal was durable",
+                p.killed_before_removal_durable,
+            ),
+        ];
+        for (path, n) in paths {
+            if n == 0 {
+                gaps.push(format!("no {path}"));
+            }
+        }
+        gaps
+    }
+
     /// The short table a text summary prints.
     pub fn table(&self) -> String {
         let mut out = String::from("coverage:\n");
@@ -237,5 +302,40 @@ mod tests {
         assert_eq!(sweep.crash_points.len(), CrashPoint::ALL.len());
         assert_eq!((sweep.conflicts["requested"], sweep.checks.total), (2, 4));
         assert!(sweep.table().contains("metadata.flush"));
+    }
+
+    #[test]
+    fn gaps_name_what_a_sweep_missed_and_vanish_when_all_is_reached() {
+        let empty = Coverage::default();
+        let gaps = empty.gaps();
+        assert!(gaps.iter().any(|g| g == "no rolling restart"), "{gaps:?}");
+        assert!(
+            gaps.iter()
+                .any(|g| g.contains("metadata.flush never fired"))
+        );
+        assert!(gaps.contains(&"no I/O error was injected".to_string()));
+
+        let mut full = Coverage::default();
+        for kind in full.restarts.values_mut() {
+            *kind = 1;
+        }
+        for point in full.crash_points.values_mut() {
+            (point.armed, point.fired) = (10, 9);
+        }
+        (full.io_errors_injected, full.power_losses.files_torn) = (1, 1);
+        let p = &mut full.paths;
+        p.replication_reconnects = 1;
+        p.kills_during_boot = 1;
+        p.created_while_ack_lags = 1;
+        p.snapshot_in_progress_at_shutdown = 1;
+        p.multi_chunk_snapshots = 1;
+        p.killed_before_removal_durable = 1;
+        assert_eq!(full.gaps(), Vec::<String>::new());
+        // One more unreached arm per point: 20% unreached.
+        for point in full.crash_points.values_mut() {
+            point.armed += 1;
+            point.fired -= 1;
+        }
+        assert!(full.gaps()[0].contains("were not reached (more than 10%)"));
     }
 }

@@ -47,6 +47,10 @@ impl World {
     /// The new instance starts beside the old; after the overlap the old
     /// one stops gracefully and exits, and the new one takes over.
     async fn rolling(&mut self, restart: &Restart) -> Result<(), Failure> {
+        assert!(
+            self.engine.shares_disk_with(&self.standby),
+            "harness: a rolling restart hands one disk (storage and metadata) to the new instance"
+        );
         let handle = Handle::current();
         handle.restart(self.standby.id());
         self.standby.node = handle.get_node(self.standby.id()).expect("standby node");

@@ -49,18 +49,27 @@ pub(super) struct Instance {
     pub(super) node: NodeHandle,
     pub(super) stack: Arc<Mutex<Option<Stack>>>,
     pub(super) ip: &'static str,
+    disk: Disk,
 }
 
 impl Instance {
     pub(super) fn id(&self) -> madsim::task::NodeId {
         self.node.id()
     }
+
+    /// Whether the two instances share one disk: its storage and the
+    /// metadata database on it, together (the harness's own invariant).
+    pub(super) fn shares_disk_with(&self, other: &Instance) -> bool {
+        self.disk.storage.same_disk(&other.disk.storage)
+            && Arc::ptr_eq(&self.disk.sqlite, &other.disk.sqlite)
+    }
 }
 
 /// What outlives an engine process: the disk (shape storage) and, on it,
 /// the metadata database. One per deployment, handed from instance to
-/// instance (Electric's rig once gave each instance its own storage but a
-/// shared metadata store: no deployment looks like that).
+/// instance together (Electric's rig once gave each instance its own
+/// storage but a shared metadata store: no deployment looks like that; a
+/// rolling restart asserts they travel together).
 #[derive(Clone)]
 struct Disk {
     storage: MemStorage,
@@ -160,9 +169,9 @@ impl World {
         ip: &'static str,
     ) -> Instance {
         let config = super::stack_config(scenario);
-        let timing = &scenario.timing;
-        let disk_latency_us = timing.disk_latency_us;
+        let disk_latency_us = scenario.timing.disk_latency_us;
         let slot: Arc<Mutex<Option<Stack>>> = Arc::default();
+        let shared = disk.clone();
         let (disk, crash, stack_slot, checker, trace) = (
             disk.clone(),
             crash.clone(),
@@ -220,6 +229,7 @@ impl World {
             node,
             stack: slot,
             ip,
+            disk: shared,
         }
     }
 

@@ -159,13 +159,13 @@ fn restart(rng: &mut ChaCha8Rng, knobs: &Knobs, shapes_change: bool) -> Restart 
         Some((point.name().to_string(), rng.random_range(0..visits)))
     };
     let kills = !matches!(kind, RestartKind::Graceful | RestartKind::Rolling);
-    let armed = kills && rng.random_bool(knobs.crash_point_rate);
+    // A batch that changes shapes is the only way to the rarest points:
+    // a kill after one is always armed at one of them.
+    let armed = kills && (shapes_change || rng.random_bool(knobs.crash_point_rate));
     let crash_point = match kind {
         _ if !armed => None,
         RestartKind::InterruptedGraceful => point(CrashPoint::ShutdownAfterDrain, 1, rng),
-        _ if shapes_change && rng.random_bool(0.5) => {
-            point(*SHAPE_CHANGES.choose(rng).expect("points"), 1, rng)
-        }
+        _ if shapes_change => point(*SHAPE_CHANGES.choose(rng).expect("points"), 1, rng),
         _ => point(*EVERY_BATCH.choose(rng).expect("points"), 4, rng),
     };
     let boot_kill = kills && rng.random_bool(knobs.boot_kill_rate);

@@ -354,6 +354,11 @@ impl MemStorage {
         MemStorage::default()
     }
 
+    /// Whether `other` is this same disk (a clone of it), not another one.
+    pub fn same_disk(&self, other: &MemStorage) -> bool {
+        Arc::ptr_eq(&self.state, &other.state)
+    }
+
     fn lock(&self) -> MutexGuard<'_, MemState> {
         self.state.lock().expect("mem storage lock poisoned")
     }
