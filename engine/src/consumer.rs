@@ -399,10 +399,11 @@ impl Consumer {
             .offset;
         let replayed = !crate::planted!(self.ctx.config, skip_shape_dedup)
             && self.writer.last_appended().is_some_and(|l| last <= l);
-        let in_snapshot = self
-            .visibility
-            .as_ref()
-            .is_some_and(|v| v.is_visible(txn.xid));
+        let ignore_xip = crate::planted!(self.ctx.config, ignore_xip);
+        let in_snapshot = self.visibility.as_ref().is_some_and(|v| match ignore_xip {
+            false => v.is_visible(txn.xid),
+            true => txn.xid < v.xmax,
+        });
         let skipped = match (replayed, in_snapshot) {
             (true, _) => Some(SkipReason::Replayed),
             (false, true) => Some(SkipReason::InSnapshot),

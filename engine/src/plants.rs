@@ -49,6 +49,10 @@ pub struct Plants {
     /// a rolling restart the new instance works on the disk the old one
     /// still serves from.
     pub boot_before_slot: bool,
+    /// Snapshot visibility treats the transactions in progress when the
+    /// snapshot was taken as visible: their changes are skipped, though the
+    /// snapshot never had them.
+    pub ignore_xip: bool,
 
     /// Real bug (Electric's bug 3, found here by the harness, fixed): an
     /// offset past a log still being replayed after a crash gets 400.

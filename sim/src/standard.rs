@@ -158,6 +158,7 @@ pub fn mutation(pg: &PgModel, op: &Op) -> Option<Mutation> {
             pk: key(id),
             set: vec![("id".into(), text(new_id))],
         },
+        Op::BeganEarlier { .. } | Op::Rollback => return None,
     })
 }
 

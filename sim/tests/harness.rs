@@ -16,7 +16,7 @@ const CI_SEED_BUDGET: u64 = 60;
 
 /// Which check catches each planted bug: the state checker's and the
 /// client's checks catch their plants themselves, not an engine assertion.
-const CAUGHT_BY: [(Plant, &str); 12] = [
+const CAUGHT_BY: [(Plant, &str); 13] = [
     (Plant::SkipShapeDedup, "engine-invariant"),
     (Plant::AckPastUnflushed, "ack-contract"),
     (Plant::OffsetBeforeFsync, "engine-invariant"),
@@ -29,6 +29,7 @@ const CAUGHT_BY: [(Plant, &str); 12] = [
     (Plant::LostWakeup, "latency"),
     (Plant::FsyncErrorIgnored, "durability"),
     (Plant::BootBeforeSlot, "engine-contract"),
+    (Plant::IgnoreXip, "prefix-mismatch"),
 ];
 
 #[test]

@@ -186,10 +186,13 @@ pub async fn serve_postgres(pg: PgModel, trace: SharedTrace, verdict: Arc<Verdic
             record(
                 &trace,
                 format_args!(
-                    "snapshot of {} where {:?}: {} rows",
+                    "snapshot of {} where {:?}: {} rows, xmin {} xmax {} in progress {:?}",
                     query.table,
                     query.where_sql,
-                    result.rows.len()
+                    result.rows.len(),
+                    result.visibility.xmin,
+                    result.visibility.xmax,
+                    result.visibility.xip_list
                 ),
             );
             result

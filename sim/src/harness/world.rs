@@ -10,12 +10,12 @@ use super::panics::on_engine;
 use super::trace::{SharedTrace, record};
 use crate::client::ShapeClient;
 use crate::host::{SimClock, SimSpawner, sqlite_in_memory};
-use crate::scenario::{Link, RestartKind, Scenario};
+use crate::scenario::{Link, Op, RestartKind, Scenario};
 use crate::standard;
 use engine::env::{CrashPoint, Env, MemStorage};
+use engine::replication::Xid;
 use engine::stack::{Host, Stack};
 use madsim::net::Endpoint;
-use madsim::rand::Rng as _;
 use madsim::runtime::{Handle, NodeHandle};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -344,28 +344,69 @@ impl World {
         }));
     }
 
+    /// Commits the batch's transactions in order. A transaction marked
+    /// `BeganEarlier { ahead }` takes its xid before the transaction `ahead`
+    /// places earlier commits (so it is in progress meanwhile); one marked
+    /// `Rollback` aborts at its place.
     async fn commit_batch(&mut self, number: usize) {
         let batch = self.scenario.batches[number - 1].clone();
-        for ops in batch {
-            let mutations: Vec<_> = ops
-                .iter()
-                .filter_map(|op| standard::mutation(&self.pg, op))
-                .collect();
-            match self.pg.commit(&mutations) {
-                Some(txn) => {
-                    self.record(format!(
-                        "commit lsn {} xid {} ({} changes)",
-                        txn.commit_lsn,
-                        txn.xid,
-                        txn.changes.len()
-                    ));
-                    checker::lock(&self.checker).committed(&txn);
+        let begins_at: Vec<usize> = batch
+            .iter()
+            .enumerate()
+            .map(|(place, ops)| match ops.first() {
+                Some(Op::BeganEarlier { ahead }) => place.saturating_sub(usize::from(*ahead)),
+                _ => place,
+            })
+            .collect();
+        let mut xids: Vec<Option<Xid>> = vec![None; batch.len()];
+        for (place, ops) in batch.iter().enumerate() {
+            for (txn, xid) in xids.iter_mut().enumerate() {
+                if begins_at[txn] == place && xid.is_none() {
+                    *xid = Some(self.pg.begin());
                 }
-                None => self.record("commit of a transaction that changed nothing".to_string()),
             }
-            // Space transactions out a little so replication interleaves with them.
-            let gap_ms = madsim::rand::thread_rng().gen_range(0..3u64);
+            let xid = xids[place].expect("begun at or before its place");
+            self.end_transaction(xid, ops);
+            // Space transactions out so replication and snapshots interleave
+            // with them; the pause is a function of the seed and the
+            // transaction's place, so a shrink that empties other
+            // transactions keeps this one's timing.
+            let gap_ms = self.txn_gap_ms(number, place);
             madsim::time::sleep(Duration::from_millis(gap_ms)).await;
+        }
+    }
+
+    /// The pause after the `place`-th commit of batch `number`.
+    fn txn_gap_ms(&self, number: usize, place: usize) -> u64 {
+        use rand::{RngExt as _, SeedableRng as _};
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::hash::DefaultHasher::new();
+        (self.scenario.sched_seed, number, place).hash(&mut hasher);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(hasher.finish());
+        rng.random_range(0..=self.scenario.timing.txn_gap_max_ms)
+    }
+
+    /// COMMIT (or ROLLBACK) of transaction `xid` with these statements.
+    fn end_transaction(&mut self, xid: Xid, ops: &[Op]) {
+        if ops.contains(&Op::Rollback) {
+            self.pg.abort(xid);
+            return self.record(format!("rollback of xid {xid}"));
+        }
+        let mutations: Vec<_> = ops
+            .iter()
+            .filter_map(|op| standard::mutation(&self.pg, op))
+            .collect();
+        match self.pg.commit_as(xid, &mutations) {
+            Some(txn) => {
+                self.record(format!(
+                    "commit lsn {} xid {} ({} changes)",
+                    txn.commit_lsn,
+                    txn.xid,
+                    txn.changes.len()
+                ));
+                checker::lock(&self.checker).committed(&txn);
+            }
+            None => self.record(format!("commit of xid {xid}, which changed nothing")),
         }
     }
 

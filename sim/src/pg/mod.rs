@@ -3,10 +3,15 @@
 //! confirmed LSN outlives every engine restart and which replays every
 //! transaction after it on each connect.
 //!
-//! Transactions run one at a time, so a snapshot taken between them has
-//! `xmin == xmax` (the next xid) and no transaction in progress. Snapshot
-//! queries evaluate the WHERE clause with the oracle's evaluator, never the
-//! engine's.
+//! A transaction takes its xid at BEGIN ([`PgModel::begin`]) and may stay
+//! open while others begin and commit, so xid order is not commit order,
+//! and a snapshot taken meanwhile lists it as in progress (`xmin` the oldest
+//! open xid, `xmax` the next, `xip_list` the open ones). It may also abort:
+//! its xid was in progress for a while and never reaches the WAL. Its
+//! statements are applied at commit, under the model's one lock: what READ
+//! COMMITTED gives these single-row statements, which see the latest
+//! committed row once they hold its lock. Snapshot queries evaluate the WHERE
+//! clause with the oracle's evaluator, never the engine's.
 //!
 //! The model keeps every committed transaction (by LSN) for the checker, which
 //! follows each shape's rows as of every LSN from them.
@@ -74,6 +79,8 @@ struct State {
     catalog: Catalog,
     tables: BTreeMap<TableName, TableRows>,
     next_xid: Xid,
+    /// Transactions begun and neither committed nor aborted.
+    in_progress: std::collections::BTreeSet<Xid>,
     last_lsn: Lsn,
     /// Every committed transaction and schema change, by LSN.
     wal: Vec<(Lsn, ReplicationMessage)>,
@@ -113,6 +120,7 @@ impl PgModel {
             catalog,
             tables,
             next_xid: 500,
+            in_progress: Default::default(),
             last_lsn: 1_000,
             wal: Vec::new(),
             slot_confirmed: 1_000,
@@ -153,10 +161,36 @@ impl PgModel {
         }
     }
 
-    /// Runs one transaction. Statements that match nothing change nothing (as
-    /// in SQL); a transaction with no change commits nothing to the WAL.
+    /// Runs one transaction from BEGIN to COMMIT.
     pub fn commit(&self, mutations: &[Mutation]) -> Option<Transaction> {
+        let xid = self.begin();
+        self.commit_as(xid, mutations)
+    }
+
+    /// BEGIN: a new transaction's xid, in progress until it commits or aborts.
+    pub fn begin(&self) -> Xid {
         let mut state = self.lock();
+        let xid = state.next_xid;
+        state.next_xid += 1;
+        assert!(state.in_progress.insert(xid), "xids are never reused");
+        xid
+    }
+
+    /// ROLLBACK of transaction `xid`: nothing of it reaches a table or the WAL.
+    pub fn abort(&self, xid: Xid) {
+        let ended = self.lock().in_progress.remove(&xid);
+        assert!(ended, "only a transaction in progress aborts");
+    }
+
+    /// COMMIT of transaction `xid`, its statements applied now. Statements
+    /// that match nothing change nothing (as in SQL); a transaction with no
+    /// change commits nothing to the WAL.
+    pub fn commit_as(&self, xid: Xid, mutations: &[Mutation]) -> Option<Transaction> {
+        let mut state = self.lock();
+        assert!(
+            state.in_progress.remove(&xid),
+            "only a transaction in progress commits"
+        );
         let mut changes = Vec::new();
         for mutation in mutations {
             if let Some(change) = state.apply(mutation) {
@@ -166,8 +200,6 @@ impl PgModel {
         if changes.is_empty() {
             return None;
         }
-        let xid = state.next_xid;
-        state.next_xid += 1;
         state.last_lsn += 8 + changes.len() as u64;
         let txn = Transaction {
             xid,
@@ -228,13 +260,14 @@ impl PgModel {
     /// commit can fall between them.
     pub fn snapshot_now(&self, query: &SnapshotQuery) -> SnapshotResult {
         let mut state = self.lock();
-        let xid = state.next_xid;
+        let xmax = state.next_xid;
+        let xmin = state.in_progress.first().copied().unwrap_or(xmax);
         let rows = state.query(&query.table, query.where_sql.as_deref());
         SnapshotResult {
             visibility: Visibility {
-                xmin: xid,
-                xmax: xid,
-                xip_list: Vec::new(),
+                xmin,
+                xmax,
+                xip_list: state.in_progress.iter().copied().collect(),
                 wal_lsn: state.last_txn_lsn().unwrap_or(state.last_lsn),
             },
             rows,

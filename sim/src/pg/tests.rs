@@ -88,3 +88,33 @@ fn the_slot_refuses_acknowledgements_backwards_or_past_what_it_sent() {
         Err(super::SlotBusy(again))
     );
 }
+
+#[test]
+fn snapshots_list_open_transactions_and_xid_order_is_not_commit_order() {
+    let pg = model();
+    let query = engine::replication::SnapshotQuery {
+        table: standard::level(4),
+        where_sql: None,
+    };
+    let early = pg.begin();
+    let aborted = pg.begin();
+    let late = pg.commit(&[set_value("l4-1", "late")]).unwrap();
+    assert!(late.xid > early, "the later BEGIN has the higher xid");
+    let snapshot = pg.snapshot_now(&query);
+    let v = &snapshot.visibility;
+    assert_eq!((v.xmin, v.xmax), (early, late.xid + 1));
+    assert_eq!(v.xip_list, vec![early, aborted]);
+    assert!(v.is_visible(late.xid) && !v.is_visible(early) && !v.is_visible(aborted));
+    assert_eq!(
+        snapshot.rows[0][2],
+        text("late"),
+        "committed work is visible"
+    );
+    pg.abort(aborted);
+    let first = pg.commit_as(early, &[set_value("l4-1", "early")]).unwrap();
+    assert!(first.commit_lsn > late.commit_lsn && first.xid < late.xid);
+    assert_eq!(pg.query(&standard::level(4), None)[0][2], text("early"));
+    let after = pg.snapshot_now(&query).visibility;
+    assert!(after.xip_list.is_empty() && after.xmin == after.xmax);
+    assert_eq!(after.wal_lsn, first.commit_lsn, "an abort writes no WAL");
+}

@@ -59,9 +59,11 @@ pub fn expand(seed: u64, knobs: &Knobs) -> Scenario {
         .map(|_| {
             (0..knobs.txns_per_batch)
                 .map(|_| {
-                    (0..knobs.mutations_per_txn)
+                    let mut ops: Vec<Op> = (0..knobs.mutations_per_txn)
                         .map(|_| workload.op(&mut rng))
-                        .collect()
+                        .collect();
+                    txn_markers(&mut rng, knobs, &mut ops);
+                    ops
                 })
                 .collect()
         })
@@ -189,6 +191,22 @@ fn restart(rng: &mut ChaCha8Rng, knobs: &Knobs, shapes_change: bool) -> Restart 
         boot_crash_point,
     }
 }
+
+/// Concurrency: sometimes a transaction began earlier (it holds an older xid,
+/// in progress, while later ones commit: snapshots meanwhile list it), and
+/// sometimes it rolls back.
+fn txn_markers(rng: &mut ChaCha8Rng, knobs: &Knobs, ops: &mut Vec<Op>) {
+    if rng.random_bool(knobs.concurrent_txn_rate) {
+        let ahead = rng.random_range(1..=MAX_BEGAN_AHEAD);
+        ops.insert(0, Op::BeganEarlier { ahead });
+    }
+    if rng.random_bool(knobs.abort_rate) {
+        ops.push(Op::Rollback);
+    }
+}
+
+/// How many transactions earlier a concurrent one may have begun.
+const MAX_BEGAN_AHEAD: u8 = 4;
 
 /// Tracks which level_4 rows exist so that most statements touch real rows.
 struct Workload {

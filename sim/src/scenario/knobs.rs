@@ -68,6 +68,16 @@ pub struct Knobs {
     /// Chance that a batch removes a shape on request (its clients get 409
     /// and refetch while the batch commits).
     pub removal_rate: f64,
+    /// Share of transactions that began earlier than their place in the
+    /// batch (xid order differs from commit order; snapshots list them in
+    /// progress).
+    pub concurrent_txn_rate: f64,
+    /// Share of transactions that roll back.
+    pub abort_rate: f64,
+    /// Upper bound of the pause between a batch's commits: a batch spans
+    /// about `txns_per_batch * txn_gap_max_ms / 2`, so shapes created during
+    /// it snapshot with transactions in progress.
+    pub txn_gap_max_ms: u64,
 }
 
 impl Default for Knobs {
@@ -99,6 +109,9 @@ impl Default for Knobs {
             partition_rate: 0.1,
             partition_ms: 400,
             removal_rate: 0.3,
+            concurrent_txn_rate: 0.3,
+            abort_rate: 0.05,
+            txn_gap_max_ms: 30,
         }
     }
 }
@@ -155,6 +168,8 @@ impl Knobs {
         rate("packet_loss_rate", self.packet_loss_rate)?;
         rate("partition_rate", self.partition_rate)?;
         rate("removal_rate", self.removal_rate)?;
+        rate("concurrent_txn_rate", self.concurrent_txn_rate)?;
+        rate("abort_rate", self.abort_rate)?;
         rate("io_error_rate", self.io_error_rate)?;
         if self.shape_count == 0
             || self.batch_count == 0
@@ -247,6 +262,9 @@ knob_args! {
     partition_rate: f64,
     partition_ms: u64,
     removal_rate: f64,
+    concurrent_txn_rate: f64,
+    abort_rate: f64,
+    txn_gap_max_ms: u64,
 }
 
 #[cfg(test)]

@@ -58,6 +58,21 @@ pub enum Op {
         id: String,
         new_id: String,
     },
+    /// Not a statement: the transaction's BEGIN came `ahead` transactions
+    /// earlier in its batch, so it held an older xid, in progress, while
+    /// they began and committed.
+    BeganEarlier {
+        ahead: u8,
+    },
+    /// Not a statement: the transaction ends in ROLLBACK.
+    Rollback,
+}
+
+impl Op {
+    /// Whether this is a statement (not a transaction marker).
+    pub fn is_statement(&self) -> bool {
+        !matches!(self, Op::BeganEarlier { .. } | Op::Rollback)
+    }
 }
 
 /// A shape the clients subscribe to (always on `level_4`).
@@ -187,6 +202,8 @@ pub enum Plant {
     FsyncErrorIgnored,
     /// Boot recovers the disk before it holds the replication slot (two instances on one disk in a rolling restart).
     BootBeforeSlot,
+    /// Snapshot visibility treats in-progress xids as visible (their changes are skipped).
+    IgnoreXip,
     /// Real bug, fixed (Electric's bug 3): 400 for an offset a crashed log has not replayed yet.
     #[value(name = "out-of-bounds-400")]
     #[serde(rename = "out-of-bounds-400")]
@@ -201,7 +218,7 @@ pub enum Plant {
 
 impl Plant {
     /// The planted bug classes the harness must always find.
-    pub const ALL: [Plant; 12] = [
+    pub const ALL: [Plant; 13] = [
         Plant::SkipShapeDedup,
         Plant::AckPastUnflushed,
         Plant::OffsetBeforeFsync,
@@ -214,6 +231,7 @@ impl Plant {
         Plant::LostWakeup,
         Plant::FsyncErrorIgnored,
         Plant::BootBeforeSlot,
+        Plant::IgnoreXip,
     ];
     /// Real bugs this project's harness found, re-introduced on demand so that
     /// their corpus entries keep proving something.
@@ -248,6 +266,7 @@ impl Plant {
             lost_wakeup: on(Plant::LostWakeup),
             fsync_error_ignored: on(Plant::FsyncErrorIgnored),
             boot_before_slot: on(Plant::BootBeforeSlot),
+            ignore_xip: on(Plant::IgnoreXip),
             out_of_bounds_400: on(Plant::OutOfBounds400),
             snapshot_attempt_budget: on(Plant::SnapshotAttemptBudget),
             no_sync_on_open: on(Plant::NoSyncOnOpen),
@@ -272,9 +291,17 @@ pub struct Timing {
     /// Chance that a write, sync, rename or read of a shape's files fails.
     #[serde(default)]
     pub io_error_rate: f64,
+    /// Upper bound of the pause between a batch's commits (files written
+    /// before the knob existed paused up to 2 ms).
+    #[serde(default = "Timing::old_txn_gap_max_ms")]
+    pub txn_gap_max_ms: u64,
 }
 
 impl Timing {
+    fn old_txn_gap_max_ms() -> u64 {
+        2
+    }
+
     pub fn from_knobs(knobs: &Knobs) -> Timing {
         Timing {
             long_poll_timeout_ms: knobs.long_poll_timeout_ms,
@@ -287,6 +314,7 @@ impl Timing {
             latency_max_ms: knobs.latency_max_ms,
             disk_latency_us: knobs.disk_latency_us,
             io_error_rate: knobs.io_error_rate,
+            txn_gap_max_ms: knobs.txn_gap_max_ms,
         }
     }
 }
