@@ -6,8 +6,11 @@
 //! level_1_tags (level_1_id TEXT NOT NULL, tag TEXT NOT NULL, PK(level_1_id, tag))
 //! level_2 (id TEXT PK, level_1_id TEXT NOT NULL, active BOOLEAN NOT NULL)   (+ level_2_tags)
 //! level_3 (id TEXT PK, level_2_id TEXT NOT NULL, active BOOLEAN NOT NULL)   (+ level_3_tags)
-//! level_4 (id TEXT PK, level_3_id TEXT NOT NULL, value TEXT NOT NULL)
+//! level_4 (id TEXT PK, level_3_id TEXT NOT NULL, value TEXT NOT NULL,
+//!          note TEXT, rank INT8, flag BOOLEAN NOT NULL)
 //! ```
+//! (`note`, `rank` and `flag` are ours, beyond Electric's schema: NULLs and
+//! non-text types in routing, rendering and three-valued evaluation.)
 //! Seed: `l1-1..l1-5`, `l2-1..l2-5`, `l3-1..l3-5` (each `lN-i` under `l(N-1)-i`,
 //! active when its 0-based index is even), `l4-n` under `l3-((n-1) mod 5 + 1)`
 //! with `value = 'v<n-1>'`; entity `i` has the first `(i mod 4) + 1` of the
@@ -60,10 +63,17 @@ pub fn catalog() -> Catalog {
             &[owner.as_str(), "tag"],
         ));
     }
+    let nullable = |name: &str, ty| Column {
+        not_null: false,
+        ..col(name, ty)
+    };
     let level4 = vec![
         col("id", ColumnType::Text),
         col("level_3_id", ColumnType::Text),
         col("value", ColumnType::Text),
+        nullable("note", ColumnType::Text),
+        nullable("rank", ColumnType::Int),
+        col("flag", ColumnType::Bool),
     ];
     tables.push(TableSchema::new(level(4), 16_404, level4, &["id"]));
     Catalog::new(tables)
@@ -95,10 +105,28 @@ pub fn seeded_postgres(level4: &[Level4Row]) -> PgModel {
     }
     let rows = level4
         .iter()
-        .map(|r| vec![text(&r.id), text(&r.level_3_id), text(&r.value)])
+        .map(|r| level4_row(&r.id, &r.level_3_id, &r.value, (&r.note, r.rank, r.flag)))
         .collect();
     pg.load(&level(4), rows);
     pg
+}
+
+/// A `level_4` row in column order.
+fn level4_row(
+    id: &str,
+    parent: &str,
+    value: &str,
+    extra: (&Option<String>, Option<i64>, bool),
+) -> Vec<Value> {
+    let (note, rank, flag) = extra;
+    vec![
+        text(id),
+        text(parent),
+        text(value),
+        note.as_deref().map_or(Value::Null, text),
+        rank.map_or(Value::Null, Value::Int),
+        Value::Bool(flag),
+    ]
 }
 
 /// The Postgres statement for a workload op. A toggle reads the current row,
@@ -145,9 +173,31 @@ pub fn mutation(pg: &PgModel, op: &Op) -> Option<Mutation> {
             pk: key(id),
             set: vec![("value".into(), text(value))],
         },
-        Op::InsertLevel4 { id, parent, value } => Mutation::Insert {
+        Op::InsertLevel4 {
+            id,
+            parent,
+            value,
+            note,
+            rank,
+            flag,
+        } => Mutation::Insert {
             table: level(4),
-            row: vec![text(id), text(parent), text(value)],
+            row: level4_row(id, parent, value, (note, *rank, *flag)),
+        },
+        Op::SetNote { id, note } => Mutation::Update {
+            table: level(4),
+            pk: key(id),
+            set: vec![("note".into(), note.as_deref().map_or(Value::Null, text))],
+        },
+        Op::SetRank { id, rank } => Mutation::Update {
+            table: level(4),
+            pk: key(id),
+            set: vec![("rank".into(), rank.map_or(Value::Null, Value::Int))],
+        },
+        Op::SetFlag { id, flag } => Mutation::Update {
+            table: level(4),
+            pk: key(id),
+            set: vec![("flag".into(), Value::Bool(*flag))],
         },
         Op::DeleteLevel4 { id } => Mutation::Delete {
             table: level(4),
@@ -178,7 +228,7 @@ mod tests {
         let l4 = pg.rows(&level(4));
         assert_eq!(l4.len(), 40);
         let l4_6 = l4.iter().find(|r| r[0] == text("l4-6")).unwrap();
-        assert_eq!(l4_6, &vec![text("l4-6"), text("l3-1"), text("v5")]);
+        assert_eq!(&l4_6[..3], &[text("l4-6"), text("l3-1"), text("v5")]);
         // Entity index 3 (l1-4) has alpha..delta, index 0 only alpha.
         let t = pg.rows(&tags(1));
         assert_eq!(t.iter().filter(|r| r[0] == text("l1-4")).count(), 4);

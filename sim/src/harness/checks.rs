@@ -10,9 +10,8 @@ use super::net::ClientNet;
 use super::trace::{SharedTrace, record};
 use crate::client::Applied;
 use crate::client::{Outcome, ShapeClient};
-use crate::oracle::rows::{self, KeyedRows, OracleRows};
+use crate::oracle::rows::{self, OracleRows};
 use crate::pg::PgModel;
-use crate::standard;
 use engine::offset::LogOffset;
 use serde::Serialize;
 use std::time::Duration;
@@ -59,11 +58,6 @@ impl Failure {
             last_events,
         }
     }
-}
-
-/// The rows a client of `where_clause` on level_4 must hold, by key.
-pub fn oracle_rows(pg: &PgModel, where_clause: Option<&str>) -> KeyedRows {
-    rows::expected_rows(pg, &standard::level(4), where_clause, None)
 }
 
 /// A check may run this many times its timeout while the client progresses.

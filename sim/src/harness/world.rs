@@ -527,6 +527,10 @@ fn fresh_clients(scenario: &Scenario) -> Vec<ShapeClient> {
     scenario
         .shapes
         .iter()
-        .map(|s| ShapeClient::new("level_4", s.where_clause.as_deref(), s.replica_full))
+        .map(|s| {
+            let mut client = ShapeClient::new(&s.table, s.where_clause.as_deref(), s.replica_full);
+            client.columns = s.columns.as_ref().map(|c| c.join(","));
+            client
+        })
         .collect()
 }

@@ -10,6 +10,9 @@ fn model() -> PgModel {
         id: "l4-1".into(),
         level_3_id: "l3-1".into(),
         value: "v0".into(),
+        note: None,
+        rank: Some(1),
+        flag: false,
     }];
     standard::seeded_postgres(&seed)
 }

@@ -18,6 +18,10 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Values the generated clauses compare with (Electric's choice).
 const VALUES: [&str; 6] = ["v0", "v1", "v5", "v10", "v15", "v19"];
 const LIKE_PATTERNS: [&str; 5] = ["v%", "v1%", "v_", "%5", "%1%"];
+/// Values of the nullable `note` column (one empty: not NULL).
+const NOTES: [&str; 4] = ["a", "ab", "b", ""];
+/// `rank` values the workload sets and WHERE clauses compare with.
+const RANKS: std::ops::RangeInclusive<i64> = -2..=6;
 
 /// Crash points every batch reaches (flushes and their metadata writes).
 const EVERY_BATCH: [CrashPoint; 4] = [
@@ -46,10 +50,7 @@ const BOOT: [(CrashPoint, u32); 2] = [
 pub fn expand(seed: u64, knobs: &Knobs) -> Scenario {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let shapes = (0..knobs.shape_count)
-        .map(|_| ShapeSpec {
-            where_clause: Some(where_clause(&mut rng, 2)),
-            replica_full: rng.random_bool(knobs.replica_full_rate),
-        })
+        .map(|_| shape(&mut rng, knobs))
         .collect();
     let mut workload = Workload {
         level4: (1..=knobs.level4_rows).map(|n| format!("l4-{n}")).collect(),
@@ -118,6 +119,9 @@ pub fn expand(seed: u64, knobs: &Knobs) -> Scenario {
             id: format!("l4-{n}"),
             level_3_id: format!("l3-{}", (n - 1) % LEVEL_IDS + 1),
             value: format!("v{}", n - 1),
+            note: (n % 3 != 0).then(|| NOTES[n % NOTES.len()].to_string()),
+            rank: (n % 4 != 0).then_some((n % 7) as i64 - 2),
+            flag: n % 2 == 0,
         })
         .collect();
     Scenario {
@@ -220,7 +224,7 @@ impl Workload {
             format!("{prefix}-{}", rng.random_range(1..=LEVEL_IDS))
         };
         let level_n = |rng: &mut ChaCha8Rng| rng.random_range(1..=3u8);
-        match rng.random_range(0..11) {
+        match rng.random_range(0..13) {
             0 => {
                 let n = level_n(rng);
                 Op::ToggleActive {
@@ -280,11 +284,15 @@ impl Workload {
                 }
                 None => self.insert(rng),
             },
-            _ => match self.existing(rng) {
+            10 => match self.existing(rng) {
                 Some(id) => Op::SetValue {
                     id,
                     value: VALUES.choose(rng).expect("values").to_string(),
                 },
+                None => self.insert(rng),
+            },
+            _ => match self.existing(rng) {
+                Some(id) => nullable_update(rng, id),
                 None => self.insert(rng),
             },
         }
@@ -303,11 +311,100 @@ impl Workload {
         let id = self.fresh_id();
         self.level4.push(id.clone());
         let parent = format!("l3-{}", rng.random_range(1..=LEVEL_IDS));
+        let (note, rank) = (note(rng), rank(rng));
         Op::InsertLevel4 {
             id,
             parent,
             value: VALUES.choose(rng).expect("values").to_string(),
+            note,
+            rank,
+            flag: rng.random_bool(0.5),
         }
+    }
+}
+
+/// A `note`: NULL a third of the time.
+fn note(rng: &mut ChaCha8Rng) -> Option<String> {
+    let value = NOTES.choose(rng).expect("notes").to_string();
+    (!rng.random_bool(1.0 / 3.0)).then_some(value)
+}
+
+/// A `rank`: NULL a third of the time.
+fn rank(rng: &mut ChaCha8Rng) -> Option<i64> {
+    let value = rng.random_range(RANKS);
+    (!rng.random_bool(1.0 / 3.0)).then_some(value)
+}
+
+/// An update of one of `level_4`'s nullable or non-text columns.
+fn nullable_update(rng: &mut ChaCha8Rng, id: String) -> Op {
+    match rng.random_range(0..3) {
+        0 => Op::SetNote {
+            id,
+            note: note(rng),
+        },
+        1 => Op::SetRank {
+            id,
+            rank: rank(rng),
+        },
+        _ => Op::SetFlag {
+            id,
+            flag: rng.random_bool(0.5),
+        },
+    }
+}
+
+/// A shape: mostly on `level_4` (Electric's oracle test), sometimes on
+/// `level_1`..`level_3`; sometimes selecting columns.
+fn shape(rng: &mut ChaCha8Rng, knobs: &Knobs) -> ShapeSpec {
+    let (table, where_clause) = if rng.random_bool(knobs.other_table_rate) {
+        let n = rng.random_range(1..=3u8);
+        (format!("level_{n}"), upper_where(rng, n, 2))
+    } else {
+        ("level_4".to_string(), where_clause(rng, 2))
+    };
+    let columns = rng.random_bool(knobs.columns_rate).then(|| {
+        let others: &[&str] = match table.as_str() {
+            "level_4" => &["level_3_id", "value", "note", "rank", "flag"],
+            "level_1" => &["active"],
+            "level_2" => &["level_1_id", "active"],
+            _ => &["level_2_id", "active"],
+        };
+        let mut columns = vec!["id".to_string()];
+        columns.extend(
+            others
+                .iter()
+                .filter(|_| rng.random_bool(0.5))
+                .map(|c| c.to_string()),
+        );
+        columns
+    });
+    ShapeSpec {
+        table,
+        columns,
+        where_clause: Some(where_clause),
+        replica_full: rng.random_bool(knobs.replica_full_rate),
+    }
+}
+
+/// A WHERE on `level_<n>` (n in 1..=3: id, the parent's id, active).
+fn upper_where(rng: &mut ChaCha8Rng, n: u8, depth: u32) -> String {
+    if depth > 0 && rng.random_bool(0.4) {
+        let op = if rng.random_bool(0.5) { "AND" } else { "OR" };
+        let (a, b) = (
+            upper_where(rng, n, depth - 1),
+            upper_where(rng, n, depth - 1),
+        );
+        return format!("({a}) {op} ({b})");
+    }
+    let id =
+        |rng: &mut ChaCha8Rng, level: u8| format!("'l{level}-{}'", rng.random_range(1..=LEVEL_IDS));
+    match rng.random_range(0..5) {
+        0 => "active".to_string(),
+        1 => "NOT active".to_string(),
+        2 => format!("id = {}", id(rng, n)),
+        3 => format!("id IN ({}, {})", id(rng, n), id(rng, n)),
+        _ if n > 1 => format!("level_{}_id = {}", n - 1, id(rng, n - 1)),
+        _ => "active IS FALSE".to_string(),
     }
 }
 
@@ -346,7 +443,27 @@ fn atomic(rng: &mut ChaCha8Rng) -> String {
             .collect();
         picked.join(", ")
     };
-    match rng.random_range(0..7) {
+    match rng.random_range(0..11) {
+        7 => note_atom(rng),
+        8 => rank_atom(rng),
+        9 => [
+            "flag",
+            "NOT flag",
+            "flag = false",
+            "flag IS TRUE",
+            "flag <> true",
+        ]
+        .choose(rng)
+        .expect("flag atoms")
+        .to_string(),
+        // Rows that inserts and key changes create later: the shape gains them.
+        10 => {
+            if rng.random_bool(0.5) {
+                format!("id = 'l4-{}'", rng.random_range(1_001..=1_030))
+            } else {
+                format!("id IN ({})", fresh_ids(rng))
+            }
+        }
         0 => format!("level_3_id = 'l3-{}'", rng.random_range(1..=LEVEL_IDS)),
         1 => format!("id = 'l4-{}'", rng.random_range(1..=20)),
         2 => format!("value = '{}'", value(rng)),
@@ -381,6 +498,41 @@ fn atomic(rng: &mut ChaCha8Rng) -> String {
                 format!("id IN ({})", ids(rng, "l4", 20))
             }
         }
+    }
+}
+
+/// `count` ids among those inserts and key changes create (`l4-1001`, ...).
+fn fresh_ids(rng: &mut ChaCha8Rng) -> String {
+    let count = rng.random_range(2..=4);
+    let ids: Vec<String> = (0..count)
+        .map(|_| format!("'l4-{}'", rng.random_range(1_001..=1_030)))
+        .collect();
+    ids.join(", ")
+}
+
+/// A predicate on the nullable `note`: NULL rows satisfy only `IS NULL`
+/// (and neither `note = x` nor `NOT (note = x)`).
+fn note_atom(rng: &mut ChaCha8Rng) -> String {
+    let note = NOTES.choose(rng).expect("notes");
+    match rng.random_range(0..5) {
+        0 => "note IS NULL".to_string(),
+        1 => "note IS NOT NULL".to_string(),
+        2 => format!("note = '{note}'"),
+        3 => format!("note <> '{note}'"),
+        _ => format!("note LIKE '{note}%'"),
+    }
+}
+
+/// A predicate on the nullable integer `rank`.
+fn rank_atom(rng: &mut ChaCha8Rng) -> String {
+    let n = rng.random_range(RANKS);
+    match rng.random_range(0..6) {
+        0 => "rank IS NULL".to_string(),
+        1 => format!("rank > {n}"),
+        2 => format!("rank <= {n}"),
+        3 => format!("rank <> {n}"),
+        4 => format!("rank BETWEEN {n} AND {}", n + 3),
+        _ => format!("rank IN ({n}, {}, {})", n + 1, n + 4),
     }
 }
 
@@ -459,19 +611,28 @@ mod tests {
     }
 
     #[test]
-    fn every_generated_where_clause_is_accepted_by_the_engine() {
+    fn every_generated_shape_is_accepted_by_the_engine_and_the_oracle() {
         let catalog = standard::catalog();
         let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let knobs = Knobs::default();
+        let (mut others, mut selecting) = (0, 0);
         for _ in 0..2_000 {
-            let clause = where_clause(&mut rng, 2);
+            let spec = shape(&mut rng, &knobs);
+            let clause = spec.where_clause.clone().expect("generated shapes filter");
             let request = ShapeRequest {
-                table: "level_4".into(),
-                columns: None,
+                table: spec.table.clone(),
+                columns: spec.columns.clone(),
                 where_clause: Some(clause.clone()),
                 ..Default::default()
             };
-            Shape::new(&catalog, &request).unwrap_or_else(|e| panic!("{clause}: {e}"));
+            Shape::new(&catalog, &request).unwrap_or_else(|e| panic!("{}: {e}", spec.describe()));
             crate::oracle::where_eval::parse(&clause).unwrap();
+            others += usize::from(spec.table != "level_4");
+            selecting += usize::from(spec.columns.is_some());
         }
+        assert!(
+            others > 300 && selecting > 400,
+            "{others} on other tables, {selecting} selecting columns"
+        );
     }
 }

@@ -78,6 +78,10 @@ pub struct Knobs {
     /// about `txns_per_batch * txn_gap_max_ms / 2`, so shapes created during
     /// it snapshot with transactions in progress.
     pub txn_gap_max_ms: u64,
+    /// Share of shapes on `level_1`..`level_3` instead of `level_4`.
+    pub other_table_rate: f64,
+    /// Share of shapes that select columns (`columns=`).
+    pub columns_rate: f64,
 }
 
 impl Default for Knobs {
@@ -95,7 +99,7 @@ impl Default for Knobs {
             flush_period_ms: 50,
             check_timeout_ms: 20_000,
             kill_window_ms: 120,
-            crash_point_rate: 0.5,
+            crash_point_rate: 0.75,
             boot_kill_rate: 0.25,
             long_partition_rate: 0.03,
             long_partition_ms: 12_000,
@@ -112,6 +116,8 @@ impl Default for Knobs {
             concurrent_txn_rate: 0.3,
             abort_rate: 0.05,
             txn_gap_max_ms: 30,
+            other_table_rate: 0.25,
+            columns_rate: 0.3,
         }
     }
 }
@@ -170,6 +176,8 @@ impl Knobs {
         rate("removal_rate", self.removal_rate)?;
         rate("concurrent_txn_rate", self.concurrent_txn_rate)?;
         rate("abort_rate", self.abort_rate)?;
+        rate("other_table_rate", self.other_table_rate)?;
+        rate("columns_rate", self.columns_rate)?;
         rate("io_error_rate", self.io_error_rate)?;
         if self.shape_count == 0
             || self.batch_count == 0
@@ -265,6 +273,8 @@ knob_args! {
     concurrent_txn_rate: f64,
     abort_rate: f64,
     txn_gap_max_ms: u64,
+    other_table_rate: f64,
+    columns_rate: f64,
 }
 
 #[cfg(test)]

@@ -49,6 +49,27 @@ pub enum Op {
         id: String,
         parent: String,
         value: String,
+        #[serde(default)]
+        note: Option<String>,
+        #[serde(default)]
+        rank: Option<i64>,
+        #[serde(default)]
+        flag: bool,
+    },
+    /// `UPDATE level_4 SET note = <note> WHERE id = <id>` (`null`: NULL)
+    SetNote {
+        id: String,
+        note: Option<String>,
+    },
+    /// `UPDATE level_4 SET rank = <rank> WHERE id = <id>` (`null`: NULL)
+    SetRank {
+        id: String,
+        rank: Option<i64>,
+    },
+    /// `UPDATE level_4 SET flag = <flag> WHERE id = <id>`
+    SetFlag {
+        id: String,
+        flag: bool,
     },
     DeleteLevel4 {
         id: String,
@@ -75,12 +96,45 @@ impl Op {
     }
 }
 
-/// A shape the clients subscribe to (always on `level_4`).
+/// A shape the clients subscribe to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShapeSpec {
+    /// The table (in `public`); files written before shapes could be on
+    /// other tables have none: `level_4`.
+    #[serde(default = "ShapeSpec::default_table")]
+    pub table: String,
+    /// `columns=`: the selected columns (the primary key is always sent);
+    /// `None`: every column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<String>>,
     pub where_clause: Option<String>,
     pub replica_full: bool,
+}
+
+impl ShapeSpec {
+    fn default_table() -> String {
+        "level_4".to_string()
+    }
+
+    pub fn table_name(&self) -> engine::schema::TableName {
+        engine::schema::TableName::public(&self.table)
+    }
+
+    /// How it reads in a signature or a report: `level_4 (id,value) where ... (replica full)`.
+    pub fn describe(&self) -> String {
+        let columns = self
+            .columns
+            .as_ref()
+            .map(|c| format!(" ({})", c.join(",")))
+            .unwrap_or_default();
+        format!(
+            "{}{columns} where {} (replica {})",
+            self.table,
+            self.where_clause.as_deref().unwrap_or("TRUE"),
+            if self.replica_full { "full" } else { "default" }
+        )
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -326,6 +380,14 @@ pub struct Level4Row {
     pub id: String,
     pub level_3_id: String,
     pub value: String,
+    /// Nullable columns (absent in files written before they existed: NULL,
+    /// NULL, false).
+    #[serde(default)]
+    pub note: Option<String>,
+    #[serde(default)]
+    pub rank: Option<i64>,
+    #[serde(default)]
+    pub flag: bool,
 }
 
 /// Everything a run does, explicitly: what `run --seed N --save FILE`
@@ -360,8 +422,10 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    /// Statements, not counting transaction markers.
     pub fn mutation_count(&self) -> usize {
-        self.batches.iter().flatten().map(Vec::len).sum()
+        let statements = |txn: &Vec<Op>| txn.iter().filter(|op| op.is_statement()).count();
+        self.batches.iter().flatten().map(statements).sum()
     }
 
     pub fn to_json(&self) -> String {

@@ -27,16 +27,7 @@ pub fn signature(scenario: &Scenario, failure: &Failure) -> String {
         return format!("{}: {detail}", failure.check);
     }
     match failure.shape.and_then(|i| scenario.shapes.get(i)) {
-        Some(shape) => format!(
-            "{} on level_4 where {} (replica {})",
-            failure.check,
-            shape.where_clause.as_deref().unwrap_or("TRUE"),
-            if shape.replica_full {
-                "full"
-            } else {
-                "default"
-            }
-        ),
+        Some(shape) => format!("{} on {}", failure.check, shape.describe()),
         None => failure.check.clone(),
     }
 }

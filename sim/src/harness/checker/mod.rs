@@ -24,23 +24,23 @@
 //! is accepted.
 
 mod reads;
+mod view;
 
 pub use reads::ReadContext;
+use view::ShapeView;
 
 use super::checks::Failure;
 use super::coverage::Coverage;
 use super::trace::{SharedTrace, record};
-use crate::oracle::rows::{self, OracleRows, electric_key};
-use crate::oracle::where_eval;
+use crate::oracle::rows::{self, OracleRows};
 use crate::pg::PgModel;
 use crate::scenario::ShapeSpec;
-use crate::standard;
 use engine::env::events::{MetaChange, RemovalReason, StorageFailureKind};
 use engine::env::{Event, EventSink};
 use engine::offset::LogOffset;
 use engine::replication::Lsn;
 use engine::replication::{Change, Transaction};
-use engine::schema::{Row, TableSchema, Value};
+use engine::schema::Row;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -121,7 +121,6 @@ pub struct Checker {
     pub(super) trace: SharedTrace,
     pub verdict: Arc<Verdict>,
     pg: PgModel,
-    shapes: Vec<ShapeSpec>,
     handles: BTreeMap<String, HandleState>,
     /// Which scenario shape a handle serves (learned from responses).
     handle_shape: BTreeMap<String, usize>,
@@ -160,10 +159,8 @@ pub struct Checker {
     faults: Vec<(u64, Option<u64>)>,
     /// Latency bound (milliseconds), `None` when latency is not judged.
     latency_bound_ms: Option<u64>,
-    /// Each shape's WHERE, parsed by the oracle's evaluator.
-    filters: Vec<Option<sqlparser::ast::Expr>>,
-    /// `level_4`, the table of every shape (the workload never alters it).
-    schema: Arc<TableSchema>,
+    /// Per shape: its table, selected columns, WHERE and replica mode.
+    views: Vec<ShapeView>,
 }
 
 pub type SharedChecker = Arc<Mutex<Checker>>;
@@ -177,33 +174,20 @@ impl Checker {
         shapes: Vec<ShapeSpec>,
         latency_bound_ms: Option<u64>,
     ) -> Checker {
-        let timelines = shapes
+        let views: Vec<ShapeView> = shapes.iter().map(|s| ShapeView::new(&pg, s)).collect();
+        let timelines = views
             .iter()
-            .map(|s| {
-                let rows = super::checks::oracle_rows(&pg, s.where_clause.as_deref());
-                vec![(pg.last_lsn(), rows::persistent(rows))]
-            })
+            .map(|v| vec![(pg.last_lsn(), rows::persistent(v.query(&pg)))])
             .collect();
         let latest_handle = vec![None; shapes.len()];
-        let filters = shapes
-            .iter()
-            .map(|s| {
-                let parse =
-                    |w: &String| where_eval::parse(w).expect("the oracle parses every WHERE");
-                s.where_clause.as_ref().map(parse)
-            })
-            .collect();
-        let schema = Arc::new(pg.table(&standard::level(4)));
         let open_txns = (0..shapes.len()).map(|_| None).collect();
         Checker {
             open_txns,
-            schema,
-            filters,
+            views,
             trace,
             verdict: Arc::default(),
             pg,
             latest_handle,
-            shapes,
             handles: BTreeMap::new(),
             handle_shape: BTreeMap::new(),
             run: RunState::default(),
@@ -253,36 +237,23 @@ impl Checker {
 
     // ----- harness observations -------------------------------------------
 
-    /// Whether `row` is in shape `index` (the oracle's evaluator).
-    fn matches(&self, index: usize, schema: &TableSchema, row: &[Value]) -> bool {
-        self.filters[index].as_ref().is_none_or(|expr| {
-            where_eval::holds(expr, &|name| {
-                row[schema.column_index(name).expect("known column")].clone()
-            })
-        })
-    }
-
     /// A transaction committed in the Postgres model now: each shape's
     /// oracle rows move on by its changes (the old row leaves, the new one
     /// enters if the shape's WHERE holds for it).
     pub fn committed(&mut self, txn: &Transaction) {
         self.commit_ms.insert(txn.commit_lsn, now_ms());
-        let level4 = standard::level(4);
-        let changes: Vec<&Change> = txn
-            .changes
-            .iter()
-            .filter(|c| *c.table() == level4)
-            .collect();
-        if changes.is_empty() {
-            return; // every shape is on level_4: no shape's rows changed
-        }
-        let schema = self.schema.clone();
-        for index in 0..self.shapes.len() {
+        for index in 0..self.views.len() {
+            let view = &self.views[index];
+            let changes: Vec<&Change> = txn
+                .changes
+                .iter()
+                .filter(|c| *c.table() == view.table)
+                .collect();
             let touched = changes
                 .iter()
                 .flat_map(|c| sides(c))
                 .flatten()
-                .any(|row| self.matches(index, &schema, row));
+                .any(|row| view.matches(row));
             if !touched {
                 continue;
             }
@@ -291,21 +262,14 @@ impl Checker {
             for change in &changes {
                 let [old, new] = sides(change);
                 if let Some(old) = old {
-                    current.remove(&electric_key(&schema, old));
+                    current.remove(&view.key(old));
                 }
-                if let Some(new) = new.filter(|row| self.matches(index, &schema, row)) {
-                    let rendered = rows::rendered(&schema, new, 0..schema.columns.len());
-                    current.insert(electric_key(&schema, new), Arc::new(rendered));
+                if let Some(new) = new.filter(|row| view.matches(row)) {
+                    current.insert(view.key(new), Arc::new(view.render(new)));
                 }
             }
             debug_assert!(
-                rows::same(
-                    &super::checks::oracle_rows(
-                        &self.pg,
-                        self.shapes[index].where_clause.as_deref()
-                    ),
-                    &current
-                ),
+                rows::same(&view.query(&self.pg), &current),
                 "the incremental oracle agrees with a full query"
             );
             if current != previous {

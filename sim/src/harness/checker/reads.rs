@@ -15,14 +15,15 @@
 //!   a live request for which data already exists is answered at once, not
 //!   after the long-poll timeout.
 
+use super::view::ShapeView;
 use super::{Checker, Fate};
 use crate::client::{Applied, ChangeSeen, ClientRow, ShapeClient};
 use crate::harness::checks::Failure;
 use crate::host::now_ms;
-use crate::oracle::rows::{self, electric_key, electric_key_of_text, rendered};
+use crate::oracle::rows::{self, electric_key_of_text, rendered};
 use engine::api::{Request, Response};
 use engine::replication::{Change, Lsn, Transaction};
-use engine::schema::{TableSchema, Value};
+use engine::schema::Value;
 
 /// The request an answer is for, as the client sent it.
 pub struct ReadContext<'a> {
@@ -147,7 +148,8 @@ impl Checker {
     /// shape (which changes, in which order, at which `op_position`, with
     /// which values, key changes and `last`).
     fn wire(&mut self, shape: usize, handle: &str, change: &ChangeSeen) -> Result<(), String> {
-        let schema = self.schema.clone();
+        let view = &self.views[shape];
+        let schema = view.schema.clone();
         let expected_key = electric_key_of_text(&schema, &change.value);
         if expected_key.as_deref() != Some(change.key.as_str()) {
             let why = format!(
@@ -206,71 +208,13 @@ impl Checker {
             return Ok(());
         }
         let (_, _, got) = open.take().expect("just pushed");
-        let expected = self.expected(shape, &schema, &txn);
+        let expected = expected(&self.views[shape], &txn);
         if got != expected {
             return Err(format!(
                 "lsn {lsn} arrived as {got:#?}, the Postgres transaction renders for this shape as {expected:#?}"
             ));
         }
         Ok(())
-    }
-
-    /// What shape `shape` must receive for `txn`: per change (in order), an
-    /// insert, update or delete, a key change as a delete and an insert, or
-    /// nothing; the last one flagged `last`.
-    fn expected(&self, shape: usize, schema: &TableSchema, txn: &Transaction) -> Vec<WireChange> {
-        let full = self.shapes[shape].replica_full;
-        let in_shape = |row: &[Value]| self.matches(shape, schema, row);
-        let mut out = Vec::new();
-        let mut push = |operation: &str, op_position: u64, rendered: Rendered| {
-            let operation = operation.to_string();
-            out.push(WireChange {
-                operation,
-                op_position,
-                last: false,
-                rendered,
-            });
-        };
-        for (k, change) in txn.changes.iter().enumerate() {
-            let at = 2 * k as u64;
-            if *change.table() != schema.name {
-                continue;
-            }
-            match change {
-                Change::Insert { new, .. } if in_shape(new) => {
-                    push("insert", at, Rendered::inserted(schema, new))
-                }
-                Change::Delete { old, .. } if in_shape(old) => {
-                    push("delete", at, Rendered::deleted(schema, old, full))
-                }
-                Change::Update { old, new, .. } => match (in_shape(old), in_shape(new)) {
-                    (false, true) => push("insert", at, Rendered::inserted(schema, new)),
-                    (true, false) => push("delete", at, Rendered::deleted(schema, old, full)),
-                    (true, true) if schema.primary_key.iter().any(|&i| old[i] != new[i]) => {
-                        let (from, to) = (electric_key(schema, old), electric_key(schema, new));
-                        let gone = Rendered {
-                            key_change_to: Some(to),
-                            ..Rendered::deleted(schema, old, full)
-                        };
-                        push("delete", at, gone);
-                        let came = Rendered {
-                            key_change_from: Some(from),
-                            ..Rendered::inserted(schema, new)
-                        };
-                        push("insert", at + 1, came);
-                    }
-                    (true, true) if old != new => {
-                        push("update", at, Rendered::updated(schema, old, new, full))
-                    }
-                    _ => {}
-                },
-                _ => {}
-            }
-        }
-        if let Some(last) = out.last_mut() {
-            last.last = true;
-        }
-        out
     }
 
     /// Outside fault windows, the first change after the client's known LSN
@@ -311,6 +255,65 @@ impl Checker {
     }
 }
 
+/// What a shape must receive for `txn`: per change (in order), an insert,
+/// update or delete, a key change as a delete and an insert, or nothing (an
+/// update that changes no selected column); the last one flagged `last`.
+fn expected(view: &ShapeView, txn: &Transaction) -> Vec<WireChange> {
+    let full = view.replica_full;
+    let mut out = Vec::new();
+    let mut push = |operation: &str, op_position: u64, rendered: Rendered| {
+        let operation = operation.to_string();
+        out.push(WireChange {
+            operation,
+            op_position,
+            last: false,
+            rendered,
+        });
+    };
+    let pk = &view.schema.primary_key;
+    for (k, change) in txn.changes.iter().enumerate() {
+        let at = 2 * k as u64;
+        if *change.table() != view.table {
+            continue;
+        }
+        match change {
+            Change::Insert { new, .. } if view.matches(new) => {
+                push("insert", at, Rendered::inserted(view, new))
+            }
+            Change::Delete { old, .. } if view.matches(old) => {
+                push("delete", at, Rendered::deleted(view, old, full))
+            }
+            Change::Update { old, new, .. } => match (view.matches(old), view.matches(new)) {
+                (false, true) => push("insert", at, Rendered::inserted(view, new)),
+                (true, false) => push("delete", at, Rendered::deleted(view, old, full)),
+                (true, true) if pk.iter().any(|&i| old[i] != new[i]) => {
+                    let gone = Rendered {
+                        key_change_to: Some(view.key(new)),
+                        ..Rendered::deleted(view, old, full)
+                    };
+                    push("delete", at, gone);
+                    let came = Rendered {
+                        key_change_from: Some(view.key(old)),
+                        ..Rendered::inserted(view, new)
+                    };
+                    push("insert", at + 1, came);
+                }
+                (true, true) => {
+                    if let Some(update) = Rendered::updated(view, old, new, full) {
+                        push("update", at, update)
+                    }
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    if let Some(last) = out.last_mut() {
+        last.last = true;
+    }
+    out
+}
+
 /// A change as a client receives it: what the wire check compares.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct Rendered {
@@ -331,14 +334,14 @@ pub(super) struct WireChange {
 }
 
 impl Rendered {
-    /// An insert: the whole row.
-    fn inserted(schema: &TableSchema, new: &[Value]) -> Rendered {
-        Rendered::row(schema, new, rendered(schema, new, 0..schema.columns.len()))
+    /// An insert: the selected columns.
+    fn inserted(view: &ShapeView, new: &[Value]) -> Rendered {
+        Rendered::row(view, new, view.render(new))
     }
 
-    fn row(schema: &TableSchema, row: &[Value], value: ClientRow) -> Rendered {
+    fn row(view: &ShapeView, row: &[Value], value: ClientRow) -> Rendered {
         Rendered {
-            key: electric_key(schema, row),
+            key: view.key(row),
             value,
             old_value: None,
             key_change_to: None,
@@ -346,31 +349,42 @@ impl Rendered {
         }
     }
 
-    /// A delete: the primary key, or with `replica=full` the whole old row.
-    fn deleted(schema: &TableSchema, old: &[Value], full: bool) -> Rendered {
-        let columns: Vec<usize> = if full {
-            (0..schema.columns.len()).collect()
+    /// A delete: the primary key, or with `replica=full` the selected
+    /// columns of the old row.
+    fn deleted(view: &ShapeView, old: &[Value], full: bool) -> Rendered {
+        let columns: &[usize] = if full {
+            &view.selected
         } else {
-            schema.primary_key.clone()
+            &view.schema.primary_key
         };
-        Rendered::row(schema, old, rendered(schema, old, columns))
+        let value = rendered(&view.schema, old, columns.iter().copied());
+        Rendered::row(view, old, value)
     }
 
-    /// An update: the primary key and the changed columns, or with
-    /// `replica=full` the whole new row and the old values of the changed ones.
-    fn updated(schema: &TableSchema, old: &[Value], new: &[Value], full: bool) -> Rendered {
-        let changed: Vec<usize> = (0..schema.columns.len())
+    /// An update: the primary key and the changed selected columns, or with
+    /// `replica=full` the selected columns of the new row and the old values
+    /// of the changed ones. `None` if no selected column changed (Electric
+    /// drops such an update).
+    fn updated(view: &ShapeView, old: &[Value], new: &[Value], full: bool) -> Option<Rendered> {
+        let schema = &view.schema;
+        let changed: Vec<usize> = view
+            .selected
+            .iter()
+            .copied()
             .filter(|&i| old[i] != new[i])
             .collect();
-        if full {
+        if changed.is_empty() {
+            return None;
+        }
+        Some(if full {
             Rendered {
                 old_value: Some(rendered(schema, old, changed)),
-                ..Rendered::row(schema, new, rendered(schema, new, 0..schema.columns.len()))
+                ..Rendered::inserted(view, new)
             }
         } else {
             let mut value = rendered(schema, new, schema.primary_key.iter().copied());
             value.extend(rendered(schema, new, changed));
-            Rendered::row(schema, new, value)
-        }
+            Rendered::row(view, new, value)
+        })
     }
 }

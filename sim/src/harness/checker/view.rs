@@ -1,0 +1,81 @@
+//! What the oracle side knows of one scenario shape: its table, the columns
+//! its clients receive, its WHERE (parsed by the oracle's own evaluator) and
+//! its replica mode; and how the oracle renders rows and changes for it
+//! (Electric's rules, written here without engine code).
+//!
+//! Invariant: `selected` is in table order and holds the primary key (a
+//! client always gets the key, whatever `columns=` asked for).
+
+use crate::client::ClientRow;
+use crate::oracle::rows::{self, KeyedRows, electric_key};
+use crate::oracle::where_eval;
+use crate::pg::PgModel;
+use crate::scenario::ShapeSpec;
+use engine::schema::{TableName, TableSchema, Value};
+use std::sync::Arc;
+
+pub(super) struct ShapeView {
+    pub table: TableName,
+    pub schema: Arc<TableSchema>,
+    /// The columns its clients receive, in table order.
+    pub selected: Vec<usize>,
+    filter: Option<sqlparser::ast::Expr>,
+    pub replica_full: bool,
+}
+
+impl ShapeView {
+    pub fn new(pg: &PgModel, spec: &ShapeSpec) -> ShapeView {
+        let table = spec.table_name();
+        let schema = Arc::new(pg.table(&table));
+        let wanted = |name: &str| {
+            spec.columns
+                .as_ref()
+                .is_none_or(|c| c.iter().any(|x| x == name))
+        };
+        let selected: Vec<usize> = (0..schema.columns.len())
+            .filter(|&i| schema.primary_key.contains(&i) || wanted(&schema.columns[i].name))
+            .collect();
+        assert!(
+            schema.primary_key.iter().all(|k| selected.contains(k)),
+            "a shape's clients always get the primary key"
+        );
+        let parse = |w: &String| where_eval::parse(w).expect("the oracle parses every WHERE");
+        ShapeView {
+            table,
+            schema,
+            selected,
+            filter: spec.where_clause.as_ref().map(parse),
+            replica_full: spec.replica_full,
+        }
+    }
+
+    /// Whether `row` (every column, table order) is in the shape.
+    pub fn matches(&self, row: &[Value]) -> bool {
+        let schema = &self.schema;
+        self.filter.as_ref().is_none_or(|expr| {
+            where_eval::holds(expr, &|name| {
+                row[schema.column_index(name).expect("known column")].clone()
+            })
+        })
+    }
+
+    /// `row` as the shape's clients hold it.
+    pub fn render(&self, row: &[Value]) -> ClientRow {
+        rows::rendered(&self.schema, row, self.selected.iter().copied())
+    }
+
+    pub fn key(&self, row: &[Value]) -> String {
+        electric_key(&self.schema, row)
+    }
+
+    /// The shape's rows now, by a full query of the Postgres model.
+    pub fn query(&self, pg: &PgModel) -> KeyedRows {
+        let mut out = KeyedRows::new();
+        for row in pg.rows(&self.table) {
+            if self.matches(&row) {
+                out.insert(self.key(&row), self.render(&row));
+            }
+        }
+        out
+    }
+}
