@@ -68,4 +68,9 @@ pub struct Plants {
     /// snapshot position, so it can name an LSN older than the rows it
     /// serves.
     pub unsettled_snapshot: bool,
+    /// Real bug (found here by the unexplained-409 check once the workload
+    /// added columns, fixed): boot kept a shape whose table had gained a
+    /// column (it compared the shape's stored columns only), so the shape
+    /// stayed live while every request for it got 409.
+    pub boot_ignores_definition: bool,
 }

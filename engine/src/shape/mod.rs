@@ -149,13 +149,25 @@ impl Shape {
             .where_clause
             .as_ref()
             .map_or("TRUE".to_string(), |w| w.expr.to_string());
+        // The whole table definition is part of the identity: a shape is
+        // built on one definition, and any change to it (a column added,
+        // even one the shape does not select) makes it another shape, at
+        // boot as at run time (where a relation message removes every
+        // shape on the changed table).
+        let definition: Vec<String> = self
+            .table
+            .columns
+            .iter()
+            .map(|c| format!("{}:{}:{}", quote_ident(&c.name), c.ty.pg_name(), c.not_null))
+            .collect();
         format!(
-            "table={} oid={} columns=({}) where={} replica={}",
+            "table={} oid={} columns=({}) where={} replica={}{DEFINITION}({})",
             self.table.name,
             self.table.oid,
             columns.join(","),
             where_text,
-            self.replica
+            self.replica,
+            definition.join(",")
         )
     }
 
@@ -202,6 +214,9 @@ impl Shape {
         }
     }
 }
+
+/// Where the table definition starts in a comparable form.
+pub const DEFINITION: &str = " definition=";
 
 /// `table`, `schema.table`, with Postgres identifier rules (quoted or folded).
 fn parse_table_name(text: &str) -> Result<TableName, ShapeError> {

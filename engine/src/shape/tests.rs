@@ -319,6 +319,16 @@ fn identity_ignores_spelling_but_not_meaning() {
     }
     // The stored request recreates the same shape.
     assert_eq!(Shape::new(&catalog, &a.to_request()).unwrap(), a);
+
+    // A column added to the table makes every shape on it another shape,
+    // even one that does not select the new column.
+    let mut altered = table(&catalog).clone();
+    altered.columns.push(col("extra", ColumnType::Text, false));
+    let altered = Catalog::new([altered]);
+    let again = Shape::new(&altered, &a.to_request()).unwrap();
+    assert_eq!(again.selected, a.selected, "the same columns selected");
+    assert_ne!(again.comparable(), a.comparable());
+    assert_ne!(again.hash(), a.hash());
 }
 
 #[test]

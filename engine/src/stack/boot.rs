@@ -107,9 +107,16 @@ async fn restore(stack: &Arc<Inner>, catalog: &Catalog, row: ShapeRow, clean: bo
         drop_shape(stack, &row.handle, RemovalReason::DirtyBoot).await;
         return;
     }
+    let same = |a: &str, b: &str| match crate::planted!(stack.config, boot_ignores_definition) {
+        // Planted: the shape's own columns are compared, not the table's.
+        true => {
+            a.split(crate::shape::DEFINITION).next() == b.split(crate::shape::DEFINITION).next()
+        }
+        false => a == b,
+    };
     let shape = Shape::new(catalog, &row.request)
         .ok()
-        .filter(|s| s.comparable() == row.comparable);
+        .filter(|s| same(&s.comparable(), &row.comparable));
     let Some(shape) = shape else {
         let (table, oid) = (row.request.table.clone(), row.oid);
         let reason = RemovalReason::TableChanged { table, oid };

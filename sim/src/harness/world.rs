@@ -359,7 +359,11 @@ impl World {
             })
             .collect();
         let mut xids: Vec<Option<Xid>> = vec![None; batch.len()];
+        let alter = self.scenario.schema_changes.get(&number).cloned();
         for (place, ops) in batch.iter().enumerate() {
+            if let Some(change) = alter.as_ref().filter(|c| c.after_txn == place) {
+                self.add_column(change);
+            }
             for (txn, xid) in xids.iter_mut().enumerate() {
                 if begins_at[txn] == place && xid.is_none() {
                     *xid = Some(self.pg.begin());
@@ -374,6 +378,21 @@ impl World {
             let gap_ms = self.txn_gap_ms(number, place);
             madsim::time::sleep(Duration::from_millis(gap_ms)).await;
         }
+        if let Some(change) = alter.filter(|c| c.after_txn >= batch.len()) {
+            self.add_column(&change);
+        }
+    }
+
+    /// `ALTER TABLE ... ADD COLUMN` in the Postgres model; the checker
+    /// follows the new definition from the relation message's LSN.
+    fn add_column(&mut self, change: &crate::scenario::AddColumn) {
+        let table = engine::schema::TableName::public(&change.table);
+        let lsn = self.pg.add_column(&table, &change.column);
+        self.record(format!(
+            "alter table {table} add column {} at lsn {lsn}",
+            change.column
+        ));
+        checker::lock(&self.checker).altered(&table, lsn);
     }
 
     /// The pause after the `place`-th commit of batch `number`.

@@ -32,6 +32,10 @@ use event_listener::Event;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+/// The WAL position at which the slot was created: the initial rows are
+/// below it, every transaction the harness commits is above it.
+const SLOT_CREATED_LSN: Lsn = 1_000;
+
 /// One message of a replication connection.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum StreamItem {
@@ -77,6 +81,9 @@ pub struct ContractViolation(pub String);
 
 struct State {
     catalog: Catalog,
+    /// The catalog when the slot was created (the WAL's relation messages
+    /// change it from there).
+    initial_catalog: Catalog,
     tables: BTreeMap<TableName, TableRows>,
     next_xid: Xid,
     /// Transactions begun and neither committed nor aborted.
@@ -117,13 +124,14 @@ impl PgModel {
             .map(|t| (t.name.clone(), BTreeMap::new()))
             .collect();
         let state = State {
+            initial_catalog: catalog.clone(),
             catalog,
             tables,
             next_xid: 500,
             in_progress: Default::default(),
-            last_lsn: 1_000,
+            last_lsn: SLOT_CREATED_LSN,
             wal: Vec::new(),
-            slot_confirmed: 1_000,
+            slot_confirmed: SLOT_CREATED_LSN,
             parsed: BTreeMap::new(),
             delivered: 0,
             sent: 0,
@@ -215,10 +223,14 @@ impl PgModel {
     }
 
     /// `ALTER TABLE table ADD COLUMN column text` (NULL in existing rows):
-    /// a relation message in the WAL, as logical replication sends one.
-    pub fn add_column(&self, table: &TableName, column: &str) {
+    /// a relation message in the WAL, as logical replication sends one; its LSN.
+    pub fn add_column(&self, table: &TableName, column: &str) -> Lsn {
         let mut state = self.lock();
         let mut schema = state.catalog.table(table).expect("table").clone();
+        assert!(
+            schema.column_index(column).is_none(),
+            "{table} has a column {column} already"
+        );
         schema.columns.push(engine::schema::Column {
             name: column.to_string(),
             ty: engine::schema::ColumnType::Text,
@@ -236,6 +248,7 @@ impl PgModel {
 
         drop(state);
         self.committed.notify(usize::MAX);
+        lsn
     }
 
     pub fn table(&self, name: &TableName) -> TableSchema {
@@ -268,7 +281,13 @@ impl PgModel {
                 xmin,
                 xmax,
                 xip_list: state.in_progress.iter().copied().collect(),
-                wal_lsn: state.last_txn_lsn().unwrap_or(state.last_lsn),
+                // Deliberately the last *transaction's* LSN, not the WAL's
+                // end: a schema change at the tail is never followed by a
+                // transaction the engine could see it reach. Real Postgres
+                // tells a caught-up walsender's client the WAL end in
+                // keepalives; the engine does not model them yet (see
+                // ARCHITECTURE.md, "What the Postgres model simplifies").
+                wal_lsn: state.last_txn_lsn().unwrap_or(SLOT_CREATED_LSN),
             },
             rows,
         }
@@ -305,11 +324,15 @@ impl PgModel {
     }
 
     /// What a replication connection sends next: the `relations_seen`-th table
-    /// definition (sent at every connect), then the first WAL entry after
-    /// `after`. `None` when there is nothing yet.
+    /// definition (sent at every connect; as of `after`, as pgoutput
+    /// describes a relation by the historic catalog of the WAL it decodes),
+    /// then the first WAL entry after `after`. `None` when there is nothing
+    /// yet.
     pub fn message_after(&self, after: Lsn, relations_seen: usize) -> Option<StreamItem> {
         let mut state = self.lock();
-        if let Some(table) = state.catalog.tables().nth(relations_seen) {
+        let historic = (!state.altered.is_empty()).then(|| state.catalog_at(after));
+        let catalog = historic.as_ref().unwrap_or(&state.catalog);
+        if let Some(table) = catalog.tables().nth(relations_seen) {
             return Some(StreamItem::Relation(table.clone()));
         }
         let next = state.wal.partition_point(|(lsn, _)| *lsn <= after);
@@ -439,6 +462,19 @@ fn pk(schema: &TableSchema, row: &[Value]) -> Vec<Value> {
 }
 
 impl State {
+    /// The catalog as of `lsn`: the initial one and every relation message
+    /// at or below it.
+    fn catalog_at(&self, lsn: Lsn) -> Catalog {
+        let mut catalog = self.initial_catalog.clone();
+        let end = self.wal.partition_point(|(l, _)| *l <= lsn);
+        for (_, message) in &self.wal[..end] {
+            if let ReplicationMessage::Relation(table) = message {
+                catalog.upsert(table.clone());
+            }
+        }
+        catalog
+    }
+
     fn last_txn_lsn(&self) -> Option<Lsn> {
         self.wal
             .iter()

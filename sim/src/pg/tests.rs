@@ -31,7 +31,7 @@ fn transactions_are_found_by_lsn_and_snapshots_name_the_last_commit() {
     let level4 = standard::level(4);
     let before = pg.last_lsn();
     let first = pg.commit(&[set_value("l4-1", "v1")]).unwrap();
-    pg.add_column(&level4, "note");
+    pg.add_column(&level4, "memo");
     pg.release_slot();
     let query = engine::replication::SnapshotQuery {
         table: level4.clone(),

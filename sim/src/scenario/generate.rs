@@ -5,8 +5,8 @@
 //! partitions. Pure: the same seed and knobs give the same scenario.
 
 use super::{
-    FORMAT_VERSION, Knobs, Level4Row, Link, Op, Partition, Removal, Restart, RestartKind,
-    RestartType, STANDARD_SCHEMA, Scenario, ShapeSpec, Timing,
+    AddColumn, FORMAT_VERSION, Knobs, Level4Row, Link, Op, Partition, Removal, Restart,
+    RestartKind, RestartType, STANDARD_SCHEMA, Scenario, ShapeSpec, Timing,
 };
 use crate::standard::{LEVEL_IDS, TAGS};
 use engine::env::CrashPoint;
@@ -124,6 +124,7 @@ pub fn expand(seed: u64, knobs: &Knobs) -> Scenario {
             flag: n % 2 == 0,
         })
         .collect();
+    let schema_changes = schema_change(&mut rng, knobs).into_iter().collect();
     Scenario {
         format_version: FORMAT_VERSION,
         seed,
@@ -137,8 +138,23 @@ pub fn expand(seed: u64, knobs: &Knobs) -> Scenario {
         client_restarts,
         partitions,
         removals,
+        schema_changes,
         sched_seed,
     }
+}
+
+/// Sometimes a column is added to a table during a batch.
+fn schema_change(rng: &mut ChaCha8Rng, knobs: &Knobs) -> Option<(usize, AddColumn)> {
+    if knobs.batch_count == 0 || !rng.random_bool(knobs.add_column_rate) {
+        return None;
+    }
+    let batch = rng.random_range(1..=knobs.batch_count);
+    let change = AddColumn {
+        table: format!("level_{}", rng.random_range(1..=4)),
+        column: format!("extra_{batch}"),
+        after_txn: rng.random_range(0..=knobs.txns_per_batch),
+    };
+    Some((batch, change))
 }
 
 /// A restart of the kind the knobs ask for, armed (or not) at a crash point

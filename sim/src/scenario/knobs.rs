@@ -82,6 +82,8 @@ pub struct Knobs {
     pub other_table_rate: f64,
     /// Share of shapes that select columns (`columns=`).
     pub columns_rate: f64,
+    /// Chance that a seed adds a column to a table during a batch.
+    pub add_column_rate: f64,
 }
 
 impl Default for Knobs {
@@ -118,6 +120,7 @@ impl Default for Knobs {
             txn_gap_max_ms: 30,
             other_table_rate: 0.25,
             columns_rate: 0.3,
+            add_column_rate: 0.15,
         }
     }
 }
@@ -178,6 +181,7 @@ impl Knobs {
         rate("abort_rate", self.abort_rate)?;
         rate("other_table_rate", self.other_table_rate)?;
         rate("columns_rate", self.columns_rate)?;
+        rate("add_column_rate", self.add_column_rate)?;
         rate("io_error_rate", self.io_error_rate)?;
         if self.shape_count == 0
             || self.batch_count == 0
@@ -275,6 +279,7 @@ knob_args! {
     txn_gap_max_ms: u64,
     other_table_rate: f64,
     columns_rate: f64,
+    add_column_rate: f64,
 }
 
 #[cfg(test)]

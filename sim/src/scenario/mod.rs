@@ -210,6 +210,17 @@ pub struct Removal {
     pub at_ms: u64,
 }
 
+/// `ALTER TABLE <table> ADD COLUMN <column> text` during a batch, after its
+/// `after_txn`-th transaction (0: before the first): shapes on the table
+/// get 409 (table changed) and refetch with the new column.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddColumn {
+    pub table: String,
+    pub column: String,
+    pub after_txn: usize,
+}
+
 /// The version of the scenario file format this build reads and writes
 /// (2: no `strict_409`; every 409 must be explained).
 pub const FORMAT_VERSION: u32 = 2;
@@ -268,6 +279,8 @@ pub enum Plant {
     NoSyncOnOpen,
     /// Real bug, fixed: up-to-date does not wait for replication to reach the shape's snapshot.
     UnsettledSnapshot,
+    /// Real bug, fixed: boot keeps a shape whose table gained a column; requests for it 409 forever.
+    BootIgnoresDefinition,
 }
 
 impl Plant {
@@ -289,11 +302,12 @@ impl Plant {
     ];
     /// Real bugs this project's harness found, re-introduced on demand so that
     /// their corpus entries keep proving something.
-    pub const REAL_BUGS: [Plant; 4] = [
+    pub const REAL_BUGS: [Plant; 5] = [
         Plant::OutOfBounds400,
         Plant::SnapshotAttemptBudget,
         Plant::NoSyncOnOpen,
         Plant::UnsettledSnapshot,
+        Plant::BootIgnoresDefinition,
     ];
 
     pub fn name(self) -> String {
@@ -325,6 +339,7 @@ impl Plant {
             snapshot_attempt_budget: on(Plant::SnapshotAttemptBudget),
             no_sync_on_open: on(Plant::NoSyncOnOpen),
             unsettled_snapshot: on(Plant::UnsettledSnapshot),
+            boot_ignores_definition: on(Plant::BootIgnoresDefinition),
         }
     }
 }
@@ -417,6 +432,10 @@ pub struct Scenario {
     pub partitions: BTreeMap<usize, Partition>,
     /// Shape removals on request, by the batch during which they happen.
     pub removals: BTreeMap<usize, Removal>,
+    /// Columns added, by the batch during which it happens (files written
+    /// before schema changes existed have none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub schema_changes: BTreeMap<usize, AddColumn>,
     /// The seed of madsim's scheduler, network and timing randomness.
     pub sched_seed: u64,
 }
@@ -480,6 +499,28 @@ impl Scenario {
         for &batch in scenario.partitions.keys() {
             if !(1..=batches).contains(&batch) {
                 return Err(out_of_range("partitions", batch));
+            }
+        }
+        let catalog = crate::standard::catalog();
+        for (&batch, change) in &scenario.schema_changes {
+            if !(1..=batches).contains(&batch) {
+                return Err(out_of_range("schema_changes", batch));
+            }
+            let table = engine::schema::TableName::public(&change.table);
+            let Some(schema) = catalog.table(&table) else {
+                return Err(format!(
+                    "schema_changes.{batch}.table: no table {}",
+                    change.table
+                ));
+            };
+            let fresh = change.column.starts_with("extra_")
+                && change.column[6..].bytes().all(|b| b.is_ascii_digit())
+                && schema.column_index(&change.column).is_none();
+            if !fresh {
+                return Err(format!(
+                    "schema_changes.{batch}.column: {:?} is not a new column extra_<n>",
+                    change.column
+                ));
             }
         }
         for (&batch, removal) in &scenario.removals {

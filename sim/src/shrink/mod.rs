@@ -135,7 +135,7 @@ pub fn shrink(
         candidates: 1,
         out_of_time: false,
     };
-    let mut current = scenario.clone();
+    let mut current = shrinker.robust_faults(scenario.clone());
     loop {
         let before = size(&current);
         current = shrinker.batches(current);
@@ -179,9 +179,18 @@ pub fn shrink(
     })
 }
 
+/// How much denser [`Shrinker::robust_faults`] tries injected I/O errors,
+/// in order, and the densest rate it tries.
+const ROBUST_FAULT_FACTORS: [f64; 3] = [16.0, 4.0, 64.0];
+const ROBUST_FAULT_RATE_MAX: f64 = 0.05;
+
 /// A measure that every successful pass decreases.
 fn size(s: &Scenario) -> (usize, usize, usize, usize, usize, usize, String) {
-    let faults = s.restarts.len() + s.client_restarts.len() + s.partitions.len() + s.removals.len();
+    let faults = s.restarts.len()
+        + s.client_restarts.len()
+        + s.partitions.len()
+        + s.removals.len()
+        + s.schema_changes.len();
     let points = s
         .restarts
         .values()
@@ -224,6 +233,11 @@ fn with_batches(s: &Scenario, kept: &[usize]) -> Scenario {
         .removals
         .iter()
         .filter_map(|(b, r)| renumber(*b).map(|n| (n, r.clone())))
+        .collect();
+    out.schema_changes = s
+        .schema_changes
+        .iter()
+        .filter_map(|(b, c)| renumber(*b).map(|n| (n, c.clone())))
         .collect();
     out
 }
@@ -294,8 +308,19 @@ impl Shrinker {
                 ..s.clone()
             })
         });
-        let mut s = Scenario {
+        let s = Scenario {
             removals: kept.into_iter().collect(),
+            ..s
+        };
+        let changes: Vec<_> = s.schema_changes.clone().into_iter().collect();
+        let kept = ddmin(changes, |kept| {
+            self.fails(&Scenario {
+                schema_changes: kept.iter().cloned().collect::<BTreeMap<_, _>>(),
+                ..s.clone()
+            })
+        });
+        let mut s = Scenario {
+            schema_changes: kept.into_iter().collect(),
             ..s
         };
         let armed: Vec<usize> = s
@@ -348,6 +373,30 @@ impl Shrinker {
             candidate.batches[b].retain(|txn| !txn.is_empty());
             if candidate.batches[b].len() < s.batches[b].len() && self.fails(&candidate) {
                 s = candidate;
+            }
+        }
+        s
+    }
+
+    /// A failure that needs an injected I/O error hangs on which call it
+    /// hit: the fault plan picks calls by their number, so removing any
+    /// statement moves the fault and loses the failure. Denser faults make
+    /// it survive the removals; `simplify` still tries none at the end.
+    fn robust_faults(&mut self, s: Scenario) -> Scenario {
+        let rate = s.timing.io_error_rate;
+        if rate == 0.0 {
+            return s;
+        }
+        let mut without = s.clone();
+        without.timing.io_error_rate = 0.0;
+        if self.fails(&without) {
+            return without;
+        }
+        for factor in ROBUST_FAULT_FACTORS {
+            let mut denser = s.clone();
+            denser.timing.io_error_rate = (rate * factor).min(ROBUST_FAULT_RATE_MAX);
+            if self.fails(&denser) {
+                return denser;
             }
         }
         s

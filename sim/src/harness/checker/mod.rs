@@ -278,6 +278,26 @@ impl Checker {
         }
     }
 
+    /// A table's definition changed at `lsn` (a column added): the shapes on
+    /// it follow the new definition, and their rows as of `lsn` carry the
+    /// new column (NULL).
+    pub fn altered(&mut self, table: &engine::schema::TableName, lsn: Lsn) {
+        let now = now_ms();
+        self.commit_ms.insert(lsn, now);
+        // Its clients get 409 and refetch: a fault window for latency.
+        self.faults.push((now, Some(now)));
+        for index in 0..self.views.len() {
+            if self.views[index].table != *table {
+                continue;
+            }
+            self.views[index].refresh(&self.pg);
+            let rows = rows::persistent(self.views[index].query(&self.pg));
+            if rows != self.oracle_now(index) {
+                self.timelines[index].push((lsn, rows));
+            }
+        }
+    }
+
     /// The engine was killed (`lossy`: without a clean shutdown). What the
     /// metadata database did not hold durably is lost.
     pub fn killed(&mut self, lossy: bool) {

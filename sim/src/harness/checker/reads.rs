@@ -129,6 +129,7 @@ impl Checker {
         if let Some(g) = applied.up_to_date {
             self.coverage.checks.prefix += 1;
             let oracle = self.oracle_at(ctx.shape, g);
+            let oracle = self.views[ctx.shape].as_served(oracle, &client.rows);
             if !rows::same(&client.rows, &oracle) {
                 let why = format!(
                     "up to date at lsn {g} with {} rows, the oracle as of {g} has {}: {}",
@@ -352,12 +353,11 @@ impl Rendered {
     /// A delete: the primary key, or with `replica=full` the selected
     /// columns of the old row.
     fn deleted(view: &ShapeView, old: &[Value], full: bool) -> Rendered {
-        let columns: &[usize] = if full {
-            &view.selected
+        let value = if full {
+            view.render(old)
         } else {
-            &view.schema.primary_key
+            rendered(&view.schema, old, view.schema.primary_key.iter().copied())
         };
-        let value = rendered(&view.schema, old, columns.iter().copied());
         Rendered::row(view, old, value)
     }
 
@@ -368,9 +368,7 @@ impl Rendered {
     fn updated(view: &ShapeView, old: &[Value], new: &[Value], full: bool) -> Option<Rendered> {
         let schema = &view.schema;
         let changed: Vec<usize> = view
-            .selected
-            .iter()
-            .copied()
+            .selected_of(new)
             .filter(|&i| old[i] != new[i])
             .collect();
         if changed.is_empty() {

@@ -7,7 +7,7 @@
 //! client always gets the key, whatever `columns=` asked for).
 
 use crate::client::ClientRow;
-use crate::oracle::rows::{self, KeyedRows, electric_key};
+use crate::oracle::rows::{self, KeyedRows, OracleRows, electric_key};
 use crate::oracle::where_eval;
 use crate::pg::PgModel;
 use crate::scenario::ShapeSpec;
@@ -15,12 +15,15 @@ use engine::schema::{TableName, TableSchema, Value};
 use std::sync::Arc;
 
 pub(super) struct ShapeView {
+    spec: ShapeSpec,
     pub table: TableName,
     pub schema: Arc<TableSchema>,
     /// The columns its clients receive, in table order.
     pub selected: Vec<usize>,
     filter: Option<sqlparser::ast::Expr>,
     pub replica_full: bool,
+    /// Selected columns added to the table during the run.
+    pub added: Vec<String>,
 }
 
 impl ShapeView {
@@ -41,11 +44,13 @@ impl ShapeView {
         );
         let parse = |w: &String| where_eval::parse(w).expect("the oracle parses every WHERE");
         ShapeView {
+            spec: spec.clone(),
             table,
             schema,
             selected,
             filter: spec.where_clause.as_ref().map(parse),
             replica_full: spec.replica_full,
+            added: Vec::new(),
         }
     }
 
@@ -59,9 +64,57 @@ impl ShapeView {
         })
     }
 
+    /// The table's definition changed: the view follows the new one (a
+    /// shape that selects no columns gets the added ones).
+    pub fn refresh(&mut self, pg: &PgModel) {
+        let before = self.selected.len();
+        let mut added = std::mem::take(&mut self.added);
+        *self = ShapeView::new(pg, &self.spec);
+        let names = self.selected[before..]
+            .iter()
+            .map(|&i| self.schema.columns[i].name.clone());
+        added.extend(names);
+        self.added = added;
+    }
+
+    /// `oracle` (rows as of some LSN) as a handle serves them that was
+    /// created after columns were added: with the added columns, NULL, as
+    /// in every row of that time. A handle serves its table's definition as
+    /// of its creation, so the rows as of one LSN read either way; which
+    /// way this client's do is seen from its rows.
+    pub fn as_served(&self, oracle: OracleRows, client: &KeyedRows) -> OracleRows {
+        let (Some(theirs), Some(ours)) = (client.values().next(), oracle.values().next()) else {
+            return oracle;
+        };
+        let missing: Vec<&String> = self
+            .added
+            .iter()
+            .filter(|c| theirs.contains_key(*c) && !ours.contains_key(*c))
+            .collect();
+        if missing.is_empty() {
+            return oracle;
+        }
+        let widen = |row: &Arc<ClientRow>| {
+            let mut row = (**row).clone();
+            row.extend(missing.iter().map(|c| ((*c).clone(), None)));
+            Arc::new(row)
+        };
+        oracle
+            .iter()
+            .map(|(k, row)| (k.clone(), widen(row)))
+            .collect()
+    }
+
+    /// The selected columns a row has: a row committed before a column was
+    /// added is shorter (columns are only ever appended).
+    pub fn selected_of(&self, row: &[Value]) -> impl Iterator<Item = usize> + '_ {
+        let len = row.len();
+        self.selected.iter().copied().filter(move |&i| i < len)
+    }
+
     /// `row` as the shape's clients hold it.
     pub fn render(&self, row: &[Value]) -> ClientRow {
-        rows::rendered(&self.schema, row, self.selected.iter().copied())
+        rows::rendered(&self.schema, row, self.selected_of(row))
     }
 
     pub fn key(&self, row: &[Value]) -> String {
