@@ -73,6 +73,9 @@ pub struct ShapeEntry {
     /// shape reflects a consistent state only once every transaction up to
     /// it has been applied.
     snapshot_lsn: AtomicU64,
+    /// The `electric-schema` header of the shape's non-live responses,
+    /// rendered once.
+    pub schema_header: String,
 }
 
 impl ShapeEntry {
@@ -87,6 +90,7 @@ impl ShapeEntry {
     ) -> ShapeEntry {
         ShapeEntry {
             handle,
+            schema_header: crate::wire::schema_header(&shape.table, &shape.selected),
             shape,
             reader,
             tx,

@@ -315,10 +315,7 @@ fn respond<'a>(
             "public, max-age=5, stale-while-revalidate=5",
         );
     } else {
-        response = response.with(
-            "electric-schema",
-            wire::schema_header(&entry.shape.table, &entry.shape.selected),
-        );
+        response = response.with("electric-schema", entry.schema_header.as_str());
         let cache = if params.offset == LogOffset::BEFORE_ALL {
             "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746"
         } else {

@@ -10,3 +10,6 @@ use clap::Parser;
 fn main() {
     std::process::exit(sim::cli::main(sim::cli::Cli::parse()));
 }
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
