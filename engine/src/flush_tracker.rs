@@ -77,6 +77,13 @@ impl FlushTracker {
         self.last_seen = lsn;
     }
 
+    /// Postgres has sent every transaction at or below `lsn` (a keepalive):
+    /// what was seen moves there, so with no shape pending both the
+    /// visible and the acknowledgeable LSN may reach it.
+    pub fn caught_up(&mut self, lsn: Lsn) {
+        self.last_seen = self.last_seen.max(lsn);
+    }
+
     /// A removed shape whose storage is not durably gone: until
     /// [`FlushTracker::remove_shape`], the acknowledgement stays at or below
     /// what was seen now. A crash before the removal is durable may restore
@@ -244,6 +251,10 @@ mod tests {
         Release {
             shape: usize,
         },
+        /// A keepalive: the WAL moved on without a transaction.
+        Keepalive {
+            gap: u64,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -253,6 +264,7 @@ mod tests {
             3 => (0usize..4, any::<usize>()).prop_map(|(shape, pick)| Op::Flush { shape, pick }),
             1 => (0usize..4).prop_map(|shape| Op::Hold { shape }),
             1 => (0usize..4).prop_map(|shape| Op::Release { shape }),
+            1 => (0u64..4).prop_map(|gap| Op::Keepalive { gap }),
         ]
     }
 
@@ -306,6 +318,10 @@ mod tests {
                         tracker.hold_removed(&format!("s{shape}"));
                         unapplied[shape].clear(); // a removed shape holds no reader back
                         held[shape].get_or_insert(lsn);
+                    }
+                    Op::Keepalive { gap } => {
+                        lsn += gap;
+                        tracker.caught_up(lsn);
                     }
                     Op::Release { shape } => {
                         tracker.remove_shape(&format!("s{shape}"));

@@ -58,6 +58,14 @@ pub enum ReplicationMessage {
     /// A table's current definition; sent before its first change and after a change of schema.
     Relation(TableSchema),
     Transaction(Transaction),
+    /// Postgres' primary keepalive from a caught-up walsender: every
+    /// transaction committed at or below `wal_end` has been sent. The WAL
+    /// moves without transactions (schema changes, checkpoints), so only
+    /// this tells the engine that replication has reached a snapshot's
+    /// WAL position when no later transaction comes.
+    Keepalive {
+        wal_end: Lsn,
+    },
 }
 
 /// A failure talking to Postgres. Always transient from the engine's point of

@@ -570,6 +570,39 @@ async fn list_all(storage: &MemStorage) -> Vec<String> {
 }
 
 #[test]
+fn a_shape_created_after_a_schema_change_on_an_idle_database_gets_up_to_date() {
+    run(21, async {
+        let world = World::new(config());
+        world.until_ready().await;
+        world.commit(0);
+        // Nothing commits after it: the snapshot's WAL position is the
+        // schema change, and only a keepalive says replication reached it.
+        world.durable.pg.add_column(&items(), "extra");
+        let mut client = ShapeClient::new("items", Some("n > 10"), false);
+        world.converge(&mut client).await;
+        let pg = &world.durable.pg;
+        for _ in 0..100 {
+            if pg.slot_confirmed() == pg.last_lsn() {
+                break;
+            }
+            madsim::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            pg.slot_confirmed(),
+            pg.last_lsn(),
+            "the slot is acknowledged up to the schema change"
+        );
+        assert!(
+            world
+                .events
+                .all()
+                .iter()
+                .any(|e| matches!(e, Event::CaughtUp { wal_end } if *wal_end == pg.last_lsn()))
+        );
+    });
+}
+
+#[test]
 fn a_shape_removed_by_a_schema_change_never_returns_with_a_gap_after_a_kill() {
     for seed in 0..8 {
         run(10 + seed, async {

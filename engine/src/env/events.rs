@@ -70,6 +70,9 @@ pub enum Event {
     /// A transaction was registered with the flush tracker and is being sent
     /// to these shapes (possibly none).
     TxnRouted { lsn: Lsn, shapes: Vec<ShapeHandle> },
+    /// A keepalive said every transaction at or below `wal_end` was sent,
+    /// and the flush tracker has seen up to it.
+    CaughtUp { wal_end: Lsn },
     /// A shape consumer skipped a transaction routed to it.
     TxnSkipped {
         handle: ShapeHandle,
@@ -290,6 +293,7 @@ impl fmt::Display for Event {
                 handles(f, shapes)?;
                 write!(f, "]")
             }
+            Event::CaughtUp { wal_end } => write!(f, "caught up: WAL at {wal_end}"),
             Event::TxnSkipped {
                 handle,
                 lsn,

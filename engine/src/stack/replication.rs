@@ -152,6 +152,14 @@ async fn stream_until_lost(
         match message {
             Err(_) => return true,
             Ok(ReplicationMessage::Relation(table)) => relation(stack, table).await,
+            Ok(ReplicationMessage::Keepalive { wal_end }) => {
+                if wal_end > *last_processed {
+                    *last_processed = wal_end;
+                    stack.upstream_lsn.fetch_max(wal_end, Ordering::SeqCst);
+                    stack.tracker.update(|tracker| tracker.caught_up(wal_end));
+                    stack.env().emit(Event::CaughtUp { wal_end });
+                }
+            }
             Ok(ReplicationMessage::Transaction(txn)) => {
                 if txn.commit_lsn <= *last_processed {
                     continue;

@@ -67,8 +67,7 @@ pub struct PgStart {
 #[derive(Serialize, Deserialize)]
 pub struct PgNext {
     pub connection: u64,
-    pub after: Lsn,
-    pub relations_seen: usize,
+    pub cursor: StreamCursor,
 }
 /// The `.1`-th acknowledgement on replication connection `.0`.
 #[derive(Serialize, Deserialize)]
@@ -131,15 +130,15 @@ pub async fn serve_postgres(pg: PgModel, trace: SharedTrace, verdict: Arc<Verdic
         async move {
             // Asking for what follows `after` proves the engine received
             // everything up to it (a sent answer may still be lost).
-            model.note_delivered(req.after);
+            model.note_delivered(req.cursor.after);
             model.touch(req.connection, crate::host::now_ms());
             let committed = model.commits();
-            let item = match model.message_after(req.after, req.relations_seen) {
+            let item = match model.message_after(&req.cursor) {
                 Some(item) => Some(item),
                 None => {
                     let hold = madsim::time::sleep(Duration::from_millis(PULL_HOLD_MS));
                     future::select(committed, std::pin::pin!(hold)).await;
-                    model.message_after(req.after, req.relations_seen)
+                    model.message_after(&req.cursor)
                 }
             };
             match &item {
@@ -154,6 +153,13 @@ pub async fn serve_postgres(pg: PgModel, trace: SharedTrace, verdict: Arc<Verdic
                 }
                 Some(StreamItem::Relation(t)) => {
                     record(&trace, format_args!("postgres sends relation {}", t.name))
+                }
+                Some(StreamItem::Keepalive(lsn)) => record(
+                    &trace,
+                    format_args!("postgres sends keepalive: WAL at {lsn}"),
+                ),
+                Some(StreamItem::Wal(_, ReplicationMessage::Keepalive { .. })) => {
+                    unreachable!("keepalives are not WAL entries")
                 }
                 None => {}
             }
@@ -279,8 +285,7 @@ impl ReplicationStream for RemoteStream {
             let cursor = *self.cursor.lock().expect("cursor");
             let request = PgNext {
                 connection: self.connection,
-                after: cursor.after,
-                relations_seen: cursor.relations_seen,
+                cursor,
             };
             match self.ep.call_timeout(pg_addr(), request, RPC_TIMEOUT).await {
                 Ok(Some(item)) => return Ok(self.cursor.lock().expect("cursor").advance(item)),

@@ -43,6 +43,9 @@ pub enum StreamItem {
     Relation(TableSchema),
     /// A WAL entry (transaction or schema change) and its LSN.
     Wal(Lsn, ReplicationMessage),
+    /// A keepalive: the WAL's end, once everything up to it is sent and
+    /// the last entry sent was not a transaction.
+    Keepalive(Lsn),
 }
 
 /// One statement of a transaction, already resolved to a row.
@@ -281,13 +284,9 @@ impl PgModel {
                 xmin,
                 xmax,
                 xip_list: state.in_progress.iter().copied().collect(),
-                // Deliberately the last *transaction's* LSN, not the WAL's
-                // end: a schema change at the tail is never followed by a
-                // transaction the engine could see it reach. Real Postgres
-                // tells a caught-up walsender's client the WAL end in
-                // keepalives; the engine does not model them yet (see
-                // ARCHITECTURE.md, "What the Postgres model simplifies").
-                wal_lsn: state.last_txn_lsn().unwrap_or(SLOT_CREATED_LSN),
+                // `pg_current_wal_lsn()`: a schema change moves it without
+                // a transaction; keepalives tell the engine it was reached.
+                wal_lsn: state.last_lsn,
             },
             rows,
         }
@@ -323,12 +322,14 @@ impl PgModel {
             .find_map(|(lsn, m)| matches!(m, ReplicationMessage::Transaction(_)).then_some(*lsn))
     }
 
-    /// What a replication connection sends next: the `relations_seen`-th table
-    /// definition (sent at every connect; as of `after`, as pgoutput
-    /// describes a relation by the historic catalog of the WAL it decodes),
-    /// then the first WAL entry after `after`. `None` when there is nothing
-    /// yet.
-    pub fn message_after(&self, after: Lsn, relations_seen: usize) -> Option<StreamItem> {
+    /// What a replication connection at `cursor` sends next: the
+    /// `relations_seen`-th table definition (sent at every connect; as of
+    /// `after`, as pgoutput describes a relation by the historic catalog of
+    /// the WAL it decodes), then the first WAL entry after `after`, then a
+    /// keepalive if the WAL's end is past the last transaction or keepalive
+    /// sent. `None` when there is nothing yet.
+    pub fn message_after(&self, cursor: &StreamCursor) -> Option<StreamItem> {
+        let (after, relations_seen) = (cursor.after, cursor.relations_seen);
         let mut state = self.lock();
         let historic = (!state.altered.is_empty()).then(|| state.catalog_at(after));
         let catalog = historic.as_ref().unwrap_or(&state.catalog);
@@ -342,6 +343,9 @@ impl PgModel {
             .map(|(lsn, message)| StreamItem::Wal(*lsn, message.clone()));
         if let Some(StreamItem::Wal(lsn, _)) = &item {
             state.sent = state.sent.max(*lsn);
+        }
+        if item.is_none() && after > cursor.told {
+            return Some(StreamItem::Keepalive(after));
         }
         item
     }
@@ -558,12 +562,14 @@ impl State {
     }
 }
 
-/// Where one replication connection is: the last LSN delivered, and how
-/// many table definitions of the connect-time dump it has received.
-#[derive(Clone, Copy, Debug)]
+/// Where one replication connection is: the last LSN delivered, how many
+/// table definitions of the connect-time dump it has received, and the
+/// last LSN a transaction or keepalive told it was reached.
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub struct StreamCursor {
     pub after: Lsn,
     pub relations_seen: usize,
+    pub told: Lsn,
 }
 
 impl StreamCursor {
@@ -571,6 +577,7 @@ impl StreamCursor {
         StreamCursor {
             after: confirmed_lsn,
             relations_seen: 0,
+            told: confirmed_lsn,
         }
     }
 
@@ -583,7 +590,14 @@ impl StreamCursor {
             }
             StreamItem::Wal(lsn, message) => {
                 self.after = lsn;
+                if matches!(message, ReplicationMessage::Transaction(_)) {
+                    self.told = lsn;
+                }
                 message
+            }
+            StreamItem::Keepalive(wal_end) => {
+                self.told = wal_end;
+                ReplicationMessage::Keepalive { wal_end }
             }
         }
     }
@@ -625,10 +639,7 @@ impl ReplicationStream for PgStream {
         loop {
             let committed = self.model.commits();
             let cursor = *self.cursor.lock().expect("cursor");
-            match self
-                .model
-                .message_after(cursor.after, cursor.relations_seen)
-            {
+            match self.model.message_after(&cursor) {
                 Some(item) => return Ok(self.cursor.lock().expect("cursor").advance(item)),
                 None => committed.await,
             }

@@ -26,12 +26,12 @@ fn set_value(id: &str, value: &str) -> Mutation {
 }
 
 #[test]
-fn transactions_are_found_by_lsn_and_snapshots_name_the_last_commit() {
+fn transactions_are_found_by_lsn_and_a_schema_change_at_the_end_is_followed_by_a_keepalive() {
     let pg = model();
     let level4 = standard::level(4);
     let before = pg.last_lsn();
     let first = pg.commit(&[set_value("l4-1", "v1")]).unwrap();
-    pg.add_column(&level4, "memo");
+    let altered = pg.add_column(&level4, "memo");
     pg.release_slot();
     let query = engine::replication::SnapshotQuery {
         table: level4.clone(),
@@ -39,9 +39,22 @@ fn transactions_are_found_by_lsn_and_snapshots_name_the_last_commit() {
     };
     assert_eq!(
         pg.snapshot_now(&query).visibility.wal_lsn,
-        first.commit_lsn,
-        "a schema change is no transaction a snapshot reflects"
+        altered,
+        "a snapshot names the WAL's end, schema change included"
     );
+    // A connection past the dump: the schema change, then a keepalive that
+    // says the WAL's end was reached, then nothing.
+    let mut cursor = StreamCursor {
+        relations_seen: usize::MAX,
+        ..StreamCursor::at(first.commit_lsn)
+    };
+    let item = pg.message_after(&cursor).expect("the schema change");
+    assert!(matches!(item, StreamItem::Wal(lsn, _) if lsn == altered));
+    cursor.advance(item);
+    let item = pg.message_after(&cursor).expect("a keepalive");
+    assert_eq!(item, StreamItem::Keepalive(altered));
+    cursor.advance(item);
+    assert_eq!(pg.message_after(&cursor), None);
     let second = pg.commit(&[set_value("l4-1", "v2")]).unwrap();
     assert_eq!(pg.transaction(first.commit_lsn), Some(first.clone()));
     assert_eq!(pg.transaction(before), None);
@@ -59,7 +72,13 @@ fn the_slot_refuses_acknowledgements_backwards_or_past_what_it_sent() {
     let (connection, confirmed, _) = pg.connect("a", 0).unwrap();
     let past = pg.acknowledge(connection, 0, txn.commit_lsn).unwrap_err();
     assert!(past.0.contains("past everything sent"), "{past:?}");
-    assert!(pg.message_after(confirmed, usize::MAX).is_some());
+    assert!(
+        pg.message_after(&StreamCursor {
+            relations_seen: usize::MAX,
+            ..StreamCursor::at(confirmed)
+        })
+        .is_some()
+    );
     pg.acknowledge(connection, 1, txn.commit_lsn).unwrap();
     assert_eq!(pg.slot_confirmed(), txn.commit_lsn);
     // One sent earlier but overtaken in the network is superseded, not backwards.

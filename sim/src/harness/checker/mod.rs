@@ -441,6 +441,7 @@ impl Checker {
                 self.removing.remove(handle.as_str());
             }
             Event::TxnRouted { lsn, shapes } => self.routed(*lsn, shapes),
+            Event::CaughtUp { wal_end } => self.caught_up(*wal_end),
             Event::TxnSkipped { handle, lsn, .. } => {
                 let known = self
                     .run
@@ -477,6 +478,17 @@ impl Checker {
                 window.1 = Some(now);
             }
         }
+    }
+
+    /// A keepalive reached the engine: nothing at or below `wal_end` is
+    /// still to come, and no WAL the model has not written is claimed.
+    fn caught_up(&mut self, wal_end: Lsn) {
+        assert!(
+            wal_end <= self.pg.last_lsn(),
+            "a keepalive for lsn {wal_end}, past the WAL's end {}",
+            self.pg.last_lsn()
+        );
+        self.run.received = self.run.received.max(wal_end);
     }
 
     fn routed(&mut self, lsn: Lsn, shapes: &[engine::handle::ShapeHandle]) {
