@@ -516,6 +516,18 @@ fn malformed_requests_get_400_naming_the_field_and_bad_handles_never_reach_stora
             (
                 vec![
                     ("table", "items"),
+                    ("offset", "-1"),
+                    (
+                        "where",
+                        "id IN (SELECT id FROM items) OR id NOT IN (SELECT id FROM items)",
+                    ),
+                ],
+                "where",
+                "both with IN and with NOT IN",
+            ),
+            (
+                vec![
+                    ("table", "items"),
                     ("offset", "999999_0"),
                     ("handle", handle.as_str()),
                 ],

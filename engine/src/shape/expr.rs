@@ -61,6 +61,22 @@ pub struct Subquery {
     pub where_clause: Option<Expr>,
 }
 
+impl fmt::Display for Subquery {
+    /// `SELECT "column" FROM "schema"."table" [WHERE ...]`, canonical.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "SELECT {} FROM {}",
+            quote_ident(&self.column),
+            self.table
+        )?;
+        if let Some(w) = &self.where_clause {
+            write!(f, " WHERE {w}")?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Expr {
     /// A constant. `ty` is `None` only for an untyped `NULL`.
@@ -233,19 +249,7 @@ impl fmt::Display for Expr {
                 expr,
                 subquery,
                 negated,
-            } => {
-                write!(
-                    f,
-                    "({expr} {}IN (SELECT {} FROM {}",
-                    not(*negated),
-                    quote_ident(&subquery.column),
-                    subquery.table
-                )?;
-                if let Some(w) = &subquery.where_clause {
-                    write!(f, " WHERE {w}")?;
-                }
-                f.write_str("))")
-            }
+            } => write!(f, "({expr} {}IN ({subquery}))", not(*negated)),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! the same comparable form whatever their whitespace, keyword case, column
 //! order or redundant parentheses. [`Shape::hash`] is a stable digest of it.
 
+pub mod dnf;
 pub mod eval;
 pub mod expr;
 pub mod like;
@@ -67,6 +68,9 @@ pub enum ShapeError {
     Columns(String),
     #[error("{0}")]
     Where(WhereError),
+    /// The clause parses but has no DNF plan (a subquery shape only).
+    #[error("{0}")]
+    Plan(dnf::PlanError),
 }
 
 impl ShapeError {
@@ -75,7 +79,7 @@ impl ShapeError {
         match self {
             ShapeError::Table(_) => "table",
             ShapeError::Columns(_) => "columns",
-            ShapeError::Where(_) => "where",
+            ShapeError::Where(_) | ShapeError::Plan(_) => "where",
         }
     }
 }
@@ -85,6 +89,8 @@ impl ShapeError {
 pub struct WhereClause {
     pub source: String,
     pub expr: Expr,
+    /// The DNF plan, for a clause with subqueries.
+    pub plan: Option<dnf::DnfPlan>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,9 +120,14 @@ impl Shape {
             None => None,
             Some(source) => {
                 let expr = parse::parse_where(source, table, catalog).map_err(ShapeError::Where)?;
+                let plan = match expr.has_subquery() {
+                    true => Some(dnf::DnfPlan::new(&expr).map_err(ShapeError::Plan)?),
+                    false => None,
+                };
                 Some(WhereClause {
                     source: source.clone(),
                     expr,
+                    plan,
                 })
             }
         };
