@@ -84,7 +84,23 @@ enum Nnf {
 type Literal = (Expr, bool);
 
 impl DnfPlan {
+    /// The plan of `clause`, after checking that every dependency's own
+    /// clause (each one a shape of its own) has a plan too: a nested
+    /// clause Electric only plans when its consumer starts is refused here,
+    /// at request time.
     pub fn new(clause: &Expr) -> Result<DnfPlan, PlanError> {
+        let plan = DnfPlan::unchecked(clause)?;
+        for dependency in &plan.dependencies {
+            if let Some(inner) = &dependency.where_clause
+                && inner.has_subquery()
+            {
+                DnfPlan::new(inner)?;
+            }
+        }
+        Ok(plan)
+    }
+
+    fn unchecked(clause: &Expr) -> Result<DnfPlan, PlanError> {
         let disjuncts = expand(&nnf(clause, false))?;
         let mut plan = DnfPlan {
             positions: Vec::new(),

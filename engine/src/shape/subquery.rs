@@ -21,6 +21,16 @@ impl Checker<'_> {
                 format!("{what} is not supported in a subquery: `{query}`"),
             )
         };
+        // Electric's rule: tags and move patterns hash the left side's
+        // column values, so it must be columns.
+        if !matches!(operand, ast::Expr::Identifier(_)) {
+            return Err(error_at(
+                node,
+                format!(
+                    "anything but a plain column on the left of IN (SELECT ...) is not supported: `{operand}`"
+                ),
+            ));
+        }
         if query.with.is_some() {
             return Err(unsupported("WITH"));
         }

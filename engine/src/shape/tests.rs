@@ -182,6 +182,9 @@ fn unsupported_constructs_name_the_construct() {
         ("n IN (SELECT n FROM t UNION SELECT n FROM t)", "plain SELECT"),
         ("n IN (SELECT n FROM t AS x)", "plain table name"),
         ("n IN (WITH c AS (SELECT 1) SELECT n FROM t)", "WITH"),
+        ("n + 0 IN (SELECT n FROM t)", "plain column on the left"),
+        ("(n, id) IN (SELECT n, id FROM t)", "plain column on the left"),
+        ("5 IN (SELECT n FROM t)", "plain column on the left"),
     ];
     assert!(cases.len() >= 15);
     let catalog = catalog();
@@ -493,6 +496,12 @@ fn dnf_plan_refuses_mixed_polarity_and_more_than_a_hundred_disjuncts() {
             "{err}"
         );
     }
+    // A dependency's own clause is a shape of its own and is planned too.
+    let nested = "id IN (SELECT t_id FROM u WHERE t_id IN (SELECT id FROM t) OR t_id NOT IN (SELECT id FROM t))";
+    assert!(matches!(
+        plan(nested).unwrap_err(),
+        PlanError::MixedPolarity { .. }
+    ));
     // Different subqueries may have different polarities.
     plan("id IN (SELECT t_id FROM u) AND n NOT IN (SELECT id FROM u)").unwrap();
     let ors = |column: &str, k: usize| {
