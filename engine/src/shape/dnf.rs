@@ -197,12 +197,12 @@ fn nnf(expr: &Expr, negate: bool) -> Nnf {
             }
         }
         Expr::InSubquery {
-            expr,
+            columns,
             subquery,
             negated,
         } => Nnf::Atom {
             atom: Expr::InSubquery {
-                expr: expr.clone(),
+                columns: columns.clone(),
                 subquery: subquery.clone(),
                 negated: false,
             },

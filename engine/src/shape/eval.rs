@@ -14,10 +14,11 @@ use super::like::like_matches;
 use crate::schema::Value;
 use std::cmp::Ordering;
 
-/// Answers `value IN (subquery)` as an SQL truth value (TRUE, FALSE or NULL).
-/// The subquery work implements it over a dependency's current values.
+/// Answers `row IN (subquery)` as an SQL truth value (TRUE, FALSE or NULL;
+/// `row` has one value per subquery column). The subquery work implements
+/// it over a dependency's current values.
 pub trait SubqueryValues {
-    fn membership(&self, subquery: &Subquery, value: &Value) -> Value;
+    fn membership(&self, subquery: &Subquery, row: &[Value]) -> Value;
 }
 
 /// For shapes without subqueries. Reaching a subquery here is a caller bug:
@@ -25,7 +26,7 @@ pub trait SubqueryValues {
 pub struct NoSubqueries;
 
 impl SubqueryValues for NoSubqueries {
-    fn membership(&self, subquery: &Subquery, _value: &Value) -> Value {
+    fn membership(&self, subquery: &Subquery, _row: &[Value]) -> Value {
         panic!(
             "subquery on {} evaluated without dependency values",
             subquery.table
@@ -124,12 +125,12 @@ pub fn eval(expr: &Expr, row: &[Value], subqueries: &dyn SubqueryValues) -> Valu
             from_truth(membership.map(|b| b != *negated))
         }
         Expr::InSubquery {
-            expr,
+            columns,
             subquery,
             negated,
         } => {
-            let x = eval(expr, row, subqueries);
-            let membership = truth(subqueries.membership(subquery, &x));
+            let values: Vec<Value> = columns.iter().map(|c| eval(c, row, subqueries)).collect();
+            let membership = truth(subqueries.membership(subquery, &values));
             from_truth(membership.map(|b| b != *negated))
         }
     }

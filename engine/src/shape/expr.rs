@@ -51,25 +51,27 @@ pub struct LikePattern {
     pub tokens: Vec<LikeToken>,
 }
 
-/// `expr [NOT] IN (SELECT column FROM table [WHERE ...])`: parsed and checked
-/// now; evaluated against a dependency's current values by the subquery work.
+/// The inner SELECT of `columns [NOT] IN (SELECT ...)`: its table, the
+/// columns it selects (one per column on the left, of the same types) and
+/// its WHERE. Evaluated against a dependency's current values.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Subquery {
     pub table: TableName,
-    pub column: String,
-    pub column_type: ColumnType,
+    pub columns: Vec<(String, ColumnType)>,
     pub where_clause: Option<Expr>,
 }
 
 impl fmt::Display for Subquery {
-    /// `SELECT "column" FROM "schema"."table" [WHERE ...]`, canonical.
+    /// `SELECT "a", "b" FROM "schema"."table" [WHERE ...]`, canonical.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "SELECT {} FROM {}",
-            quote_ident(&self.column),
-            self.table
-        )?;
+        f.write_str("SELECT ")?;
+        for (i, (column, _)) in self.columns.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(&quote_ident(column))?;
+        }
+        write!(f, " FROM {}", self.table)?;
         if let Some(w) = &self.where_clause {
             write!(f, " WHERE {w}")?;
         }
@@ -126,8 +128,10 @@ pub enum Expr {
         list: Vec<Expr>,
         negated: bool,
     },
+    /// `a [NOT] IN (SELECT ...)` or `(a, b) [NOT] IN (SELECT ...)`: the
+    /// left side is columns of the shape's table (`Expr::Column`).
     InSubquery {
-        expr: Box<Expr>,
+        columns: Vec<Expr>,
         subquery: Box<Subquery>,
         negated: bool,
     },
@@ -246,10 +250,25 @@ impl fmt::Display for Expr {
                 f.write_str("))")
             }
             Expr::InSubquery {
-                expr,
+                columns,
                 subquery,
                 negated,
-            } => write!(f, "({expr} {}IN ({subquery}))", not(*negated)),
+            } => {
+                f.write_str("(")?;
+                if let [column] = columns.as_slice() {
+                    write!(f, "{column}")?;
+                } else {
+                    f.write_str("(")?;
+                    for (i, column) in columns.iter().enumerate() {
+                        if i > 0 {
+                            f.write_str(", ")?;
+                        }
+                        write!(f, "{column}")?;
+                    }
+                    f.write_str(")")?;
+                }
+                write!(f, " {}IN ({subquery}))", not(*negated))
+            }
         }
     }
 }

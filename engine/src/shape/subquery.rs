@@ -1,10 +1,13 @@
-//! `expr [NOT] IN (SELECT column FROM table [WHERE ...])`: the only subquery
-//! form a shape accepts. The inner SELECT must be exactly one plain column of
-//! one plain table with an optional WHERE (itself checked, and possibly nested);
-//! every other clause is refused by name.
+//! `column [NOT] IN (SELECT column FROM table [WHERE ...])` and its row form
+//! `(a, b) [NOT] IN (SELECT x, y FROM table [WHERE ...])`: the only subquery
+//! forms a shape accepts. The left side is plain columns of the shape's
+//! table (tags and move patterns hash their values); the inner SELECT is as
+//! many plain columns of one plain table, each of exactly the type of its
+//! left column, with an optional WHERE (itself checked, and possibly
+//! nested); every other clause is refused by name.
 
 use super::expr::{Expr, Subquery};
-use super::parse::{Checker, Result, error_at, is_string_literal, table_name};
+use super::parse::{Checker, Result, error_at, table_name};
 use sqlparser::ast::{self, GroupByExpr, SelectItem, SetExpr, TableFactor};
 
 impl Checker<'_> {
@@ -21,16 +24,7 @@ impl Checker<'_> {
                 format!("{what} is not supported in a subquery: `{query}`"),
             )
         };
-        // Electric's rule: tags and move patterns hash the left side's
-        // column values, so it must be columns.
-        if !matches!(operand, ast::Expr::Identifier(_)) {
-            return Err(error_at(
-                node,
-                format!(
-                    "anything but a plain column on the left of IN (SELECT ...) is not supported: `{operand}`"
-                ),
-            ));
-        }
+        let left = left_columns(node, operand)?;
         if query.with.is_some() {
             return Err(unsupported("WITH"));
         }
@@ -58,11 +52,20 @@ impl Checker<'_> {
         if select.having.is_some() {
             return Err(unsupported("HAVING"));
         }
-        let [SelectItem::UnnamedExpr(ast::Expr::Identifier(column))] = select.projection.as_slice()
-        else {
-            return Err(unsupported(
-                "selecting anything but exactly one plain column",
-            ));
+        let selected: Option<Vec<&ast::Ident>> = select
+            .projection
+            .iter()
+            .map(|item| match item {
+                SelectItem::UnnamedExpr(ast::Expr::Identifier(column)) => Some(column),
+                _ => None,
+            })
+            .collect();
+        let Some(selected) = selected.filter(|s| s.len() == left.len()) else {
+            return Err(unsupported(&format!(
+                "selecting anything but {} plain column{} (one per column on the left)",
+                left.len(),
+                if left.len() == 1 { "" } else { "s" }
+            )));
         };
         let [from] = select.from.as_slice() else {
             return Err(unsupported("selecting from anything but exactly one table"));
@@ -80,9 +83,11 @@ impl Checker<'_> {
             return Err(unsupported("a FROM item other than a plain table name"));
         };
         // Catch-all: any clause not handled above changes the printed query.
+        let projection: Vec<String> = selected.iter().map(|c| c.to_string()).collect();
+        let projection = projection.join(", ");
         let expected = match &select.selection {
-            Some(w) => format!("SELECT {column} FROM {name} WHERE {w}"),
-            None => format!("SELECT {column} FROM {name}"),
+            Some(w) => format!("SELECT {projection} FROM {name} WHERE {w}"),
+            None => format!("SELECT {projection} FROM {name}"),
         };
         if query.to_string() != expected {
             return Err(unsupported(
@@ -101,41 +106,64 @@ impl Checker<'_> {
             table,
             catalog: self.catalog,
         };
-        let Expr::Column {
-            name: column,
-            ty: column_type,
-            ..
-        } = inner.column(column)?
-        else {
-            unreachable!()
-        };
+        let mut columns = Vec::with_capacity(left.len());
+        let mut exprs = Vec::with_capacity(left.len());
+        for (outer, inner_ident) in left.iter().zip(&selected) {
+            let outer = self.column(outer)?;
+            let Expr::Column { name, ty, .. } = inner.column(inner_ident)? else {
+                unreachable!("a column reference checks to a column")
+            };
+            let outer_ty = outer.ty().expect("a column has a type");
+            if outer_ty != ty {
+                return Err(error_at(
+                    node,
+                    format!(
+                        "the left side of IN (SELECT ...) must have the subquery's column types: {outer} is {outer_ty}, {} is {ty} in `{node}`",
+                        super::quote_ident(&name)
+                    ),
+                ));
+            }
+            columns.push((name, ty));
+            exprs.push(outer);
+        }
         let where_clause = select
             .selection
             .as_ref()
             .map(|w| inner.where_clause(w))
             .transpose()?;
-        let expr = self.expr(operand)?;
-        let expr = match expr.ty() {
-            Some(ty) if ty == column_type => expr,
-            Some(_) if is_string_literal(&expr) => self.coerce(expr, column_type, operand)?,
-            None => expr,
-            Some(ty) => {
-                return Err(error_at(
-                    node,
-                    format!("cannot compare {ty} with {column_type} in `{node}`"),
-                ));
-            }
-        };
         let subquery = Box::new(Subquery {
             table: table_name,
-            column,
-            column_type,
+            columns,
             where_clause,
         });
         Ok(Expr::InSubquery {
-            expr: Box::new(expr),
+            columns: exprs,
             subquery,
             negated,
         })
+    }
+}
+
+/// The left side of IN (SELECT ...): a column, or a parenthesised list of
+/// columns (a row).
+fn left_columns<'a>(node: &ast::Expr, operand: &'a ast::Expr) -> Result<Vec<&'a ast::Ident>> {
+    let refused = || {
+        error_at(
+            node,
+            format!(
+                "anything but a plain column or a row of plain columns on the left of IN (SELECT ...) is not supported: `{operand}`"
+            ),
+        )
+    };
+    match operand {
+        ast::Expr::Identifier(column) => Ok(vec![column]),
+        ast::Expr::Tuple(items) if items.len() >= 2 => items
+            .iter()
+            .map(|item| match item {
+                ast::Expr::Identifier(column) => Ok(column),
+                _ => Err(refused()),
+            })
+            .collect(),
+        _ => Err(refused()),
     }
 }
