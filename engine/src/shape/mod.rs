@@ -13,7 +13,10 @@ pub mod expr;
 pub mod like;
 pub mod parse;
 mod subquery;
+pub mod tags;
 
+#[cfg(test)]
+mod subquery_tests;
 #[cfg(test)]
 mod tests;
 

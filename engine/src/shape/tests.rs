@@ -16,7 +16,7 @@ fn col(name: &str, ty: ColumnType, not_null: bool) -> Column {
     }
 }
 
-fn catalog() -> Catalog {
+pub(super) fn catalog() -> Catalog {
     let t = TableSchema::new(
         TableName::public("t"),
         16_384,
@@ -41,7 +41,7 @@ fn catalog() -> Catalog {
     Catalog::new([t, u])
 }
 
-fn table(catalog: &Catalog) -> &TableSchema {
+pub(super) fn table(catalog: &Catalog) -> &TableSchema {
     catalog.table(&TableName::public("t")).unwrap()
 }
 
@@ -410,121 +410,4 @@ proptest! {
             prop_assert_eq!(like_matches(&tokens, &text, ci), like_reference(&tokens, &folded));
         }
     }
-}
-
-/// The DNF plan of a clause, printed with its positions, or the error.
-fn plan(clause: &str) -> Result<super::dnf::DnfPlan, super::dnf::PlanError> {
-    let catalog = catalog();
-    super::dnf::DnfPlan::new(&parse_where(clause, table(&catalog), &catalog).unwrap())
-}
-
-#[test]
-fn dnf_plan_case_table() {
-    use super::dnf::Polarity::{Negated, Positive};
-    const S1: &str = "(SELECT t_id FROM u)";
-    const S2: &str = "(SELECT id FROM u WHERE active)";
-    let s1 = r#"("id" IN (SELECT "t_id" FROM "public"."u"))"#;
-    let s2 = r#"("n" IN (SELECT "id" FROM "public"."u" WHERE "active"))"#;
-    // (clause, printed plan, dependency positions, dependency disjuncts, polarities)
-    type Case = (
-        String,
-        String,
-        Vec<Vec<usize>>,
-        Vec<Vec<usize>>,
-        Vec<super::dnf::Polarity>,
-    );
-    let cases: Vec<Case> = vec![
-        (
-            format!("id IN {S1} AND (n = 1 OR n IN {S2})"),
-            format!("[0: {s1}] AND [1: (\"n\" = 1)] OR [2: {s1}] AND [3: {s2}]"),
-            vec![vec![0, 2], vec![3]],
-            vec![vec![0, 1], vec![1]],
-            vec![Positive, Positive],
-        ),
-        (
-            // NOT over OR: De Morgan, both atoms negated in one disjunct.
-            format!("NOT (id IN {S1} OR name = 'x')"),
-            format!("[0: NOT {s1}] AND [1: NOT (\"name\" = 'x')]"),
-            vec![vec![0]],
-            vec![vec![0]],
-            vec![Negated],
-        ),
-        (
-            // NOT IN is a negated position; a double NOT cancels.
-            format!("id NOT IN {S1} OR NOT (NOT (n IN {S2}))"),
-            format!("[0: NOT {s1}] OR [1: {s2}]"),
-            vec![vec![0], vec![1]],
-            vec![vec![0], vec![1]],
-            vec![Negated, Positive],
-        ),
-        (
-            // NOT over AND: one disjunct per negated atom.
-            format!("NOT (n NOT IN {S2} AND flag)"),
-            format!("[0: {s2}] OR [1: NOT \"flag\"]"),
-            vec![vec![0]],
-            vec![vec![0]],
-            vec![Positive],
-        ),
-        (
-            // A nested subquery belongs to its own dependency shape: the
-            // outer clause has one position for it.
-            "id IN (SELECT t_id FROM u WHERE t_id IN (SELECT id FROM t WHERE n > 1))".into(),
-            r#"[0: ("id" IN (SELECT "t_id" FROM "public"."u" WHERE ("t_id" IN (SELECT "id" FROM "public"."t" WHERE ("n" > 1)))))]"#.into(),
-            vec![vec![0]],
-            vec![vec![0]],
-            vec![Positive],
-        ),
-        (
-            "n > 1".into(),
-            "[0: (\"n\" > 1)]".into(),
-            vec![],
-            vec![],
-            vec![],
-        ),
-    ];
-    for (clause, printed, positions, disjuncts, polarities) in cases {
-        let plan = plan(&clause).unwrap_or_else(|e| panic!("{clause}: {e}"));
-        assert_eq!(plan.to_string(), printed, "{clause}");
-        assert_eq!(plan.dependency_positions, positions, "{clause}");
-        assert_eq!(plan.dependency_disjuncts, disjuncts, "{clause}");
-        assert_eq!(plan.dependency_polarities, polarities, "{clause}");
-        for (p, position) in plan.positions.iter().enumerate() {
-            assert!(plan.disjuncts[position.disjunct].contains(&p), "{clause}");
-        }
-    }
-}
-
-#[test]
-fn dnf_plan_refuses_mixed_polarity_and_more_than_a_hundred_disjuncts() {
-    use super::dnf::PlanError;
-    for clause in [
-        "id IN (SELECT t_id FROM u) OR n NOT IN (SELECT t_id FROM u)",
-        "NOT (id IN (SELECT t_id FROM u)) AND id IN (SELECT t_id FROM u)",
-    ] {
-        let err = plan(clause).unwrap_err();
-        assert!(matches!(err, PlanError::MixedPolarity { .. }), "{clause}");
-        assert!(
-            err.to_string()
-                .contains("SELECT \"t_id\" FROM \"public\".\"u\""),
-            "{err}"
-        );
-    }
-    // A dependency's own clause is a shape of its own and is planned too.
-    let nested = "id IN (SELECT t_id FROM u WHERE t_id IN (SELECT id FROM t) OR t_id NOT IN (SELECT id FROM t))";
-    assert!(matches!(
-        plan(nested).unwrap_err(),
-        PlanError::MixedPolarity { .. }
-    ));
-    // Different subqueries may have different polarities.
-    plan("id IN (SELECT t_id FROM u) AND n NOT IN (SELECT id FROM u)").unwrap();
-    let ors = |column: &str, k: usize| {
-        let terms: Vec<String> = (0..k).map(|i| format!("{column} = {i}")).collect();
-        format!("({})", terms.join(" OR "))
-    };
-    let hundred = format!("{} AND {}", ors("n", 10), ors("id", 10));
-    assert_eq!(plan(&hundred).unwrap().disjuncts.len(), 100);
-    let more = format!("{} AND {}", ors("n", 11), ors("id", 10));
-    assert_eq!(plan(&more).unwrap_err(), PlanError::TooManyDisjuncts);
-    let wide = ors("n", 101);
-    assert_eq!(plan(&wide).unwrap_err(), PlanError::TooManyDisjuncts);
 }
