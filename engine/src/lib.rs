@@ -13,6 +13,7 @@ pub mod flush_tracker;
 pub mod handle;
 pub mod log;
 pub mod metadata;
+pub mod moves;
 pub mod offset;
 #[cfg(feature = "plants")]
 pub mod plants;
