@@ -3,10 +3,17 @@
 //! tokenizer/AST library), so a bug in the engine's evaluation cannot hide by
 //! being repeated here. Semantics: PostgreSQL's three-valued logic, bytewise
 //! ("C") text order, ASCII-only case folding for ILIKE, untyped string
-//! literals taking the type of what they are compared with.
+//! literals taking the type of what they are compared with. A subquery
+//! `x [NOT] IN (SELECT c FROM t WHERE ...)` (or its row form) is evaluated
+//! as a set over the other table's committed rows ([`Tables`]), nested as
+//! deep as written: TRUE on a match, else NULL if a comparison was unknown,
+//! else FALSE (so `NOT IN` a set holding NULL is never TRUE).
 
 use engine::schema::Value;
-use sqlparser::ast::{BinaryOperator as Op, Expr, UnaryOperator, Value as Lit};
+use sqlparser::ast::{
+    BinaryOperator as Op, Expr, Ident, ObjectName, Query, SelectItem, SetExpr, TableFactor,
+    UnaryOperator, Value as Lit,
+};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use std::cmp::Ordering;
@@ -19,22 +26,38 @@ pub fn parse(sql: &str) -> Result<Expr, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Whether `expr` is TRUE for the row; `column` looks a column up by name.
-pub fn holds(expr: &Expr, column: &dyn Fn(&str) -> Value) -> bool {
-    eval(expr, column) == Value::Bool(true)
+/// A row as subqueries see it: its columns by (unquoted, lowercase) name.
+pub type NamedRow = Vec<(String, Value)>;
+
+/// The committed rows of every table, for subqueries.
+pub trait Tables {
+    /// Every row of `schema.table`.
+    fn rows(&self, schema: &str, table: &str) -> Vec<NamedRow>;
 }
 
-fn eval(expr: &Expr, column: &dyn Fn(&str) -> Value) -> Value {
-    let ev = |e: &Expr| eval(e, column);
+/// For clauses without subqueries: reaching one is a harness bug.
+pub struct NoTables;
+
+impl Tables for NoTables {
+    fn rows(&self, schema: &str, table: &str) -> Vec<NamedRow> {
+        panic!("oracle: a subquery on {schema}.{table} evaluated without tables")
+    }
+}
+
+/// Whether `expr` is TRUE for the row; `column` looks a column up by name.
+pub fn holds(expr: &Expr, column: &dyn Fn(&str) -> Value) -> bool {
+    holds_in(expr, column, &NoTables)
+}
+
+/// [`holds`], with subqueries evaluated over `tables`.
+pub fn holds_in(expr: &Expr, column: &dyn Fn(&str) -> Value, tables: &dyn Tables) -> bool {
+    eval(expr, column, tables) == Value::Bool(true)
+}
+
+fn eval(expr: &Expr, column: &dyn Fn(&str) -> Value, tables: &dyn Tables) -> Value {
+    let ev = |e: &Expr| eval(e, column, tables);
     match expr {
-        Expr::Identifier(ident) => {
-            let name = if ident.quote_style.is_some() {
-                ident.value.clone()
-            } else {
-                ident.value.to_lowercase()
-            };
-            column(&name)
-        }
+        Expr::Identifier(ident) => column(&name_of(ident)),
         Expr::Nested(inner) => ev(inner),
         Expr::Value(v) => match &v.value {
             Lit::Number(n, _) => Value::Int(n.parse().expect("integer literal")),
@@ -148,7 +171,92 @@ fn eval(expr: &Expr, column: &dyn Fn(&str) -> Value) -> Value {
             *negated,
             column,
         ),
+        Expr::InSubquery {
+            expr,
+            subquery,
+            negated,
+        } => {
+            let left: Vec<Value> = match expr.as_ref() {
+                Expr::Tuple(items) => items.iter().map(ev).collect(),
+                one => vec![ev(one)],
+            };
+            negate_if(*negated, in_subquery(&left, subquery, tables))
+        }
         other => panic!("oracle: unsupported expression {other}"),
+    }
+}
+
+/// An identifier as Postgres resolves it: folded to lowercase unless quoted.
+fn name_of(ident: &Ident) -> String {
+    match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_lowercase(),
+    }
+}
+
+/// `left IN (query)`: TRUE, FALSE or NULL.
+fn in_subquery(left: &[Value], query: &Query, tables: &dyn Tables) -> Value {
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        panic!("oracle: unsupported subquery {query}")
+    };
+    let columns: Vec<String> = select
+        .projection
+        .iter()
+        .map(|item| match item {
+            SelectItem::UnnamedExpr(Expr::Identifier(ident)) => name_of(ident),
+            other => panic!("oracle: unsupported select item {other}"),
+        })
+        .collect();
+    assert_eq!(
+        columns.len(),
+        left.len(),
+        "oracle: {query} against {left:?}"
+    );
+    let TableFactor::Table { name, .. } = &select.from[0].relation else {
+        panic!("oracle: unsupported FROM in {query}")
+    };
+    let (schema, table) = schema_and_table(name);
+    let mut result = Value::Bool(false);
+    for row in tables.rows(&schema, &table) {
+        let lookup = |name: &str| {
+            row.iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("oracle: no column {name} in {schema}.{table}"))
+        };
+        if let Some(filter) = &select.selection
+            && eval(filter, &lookup, tables) != Value::Bool(true)
+        {
+            continue;
+        }
+        let mut unknown = false;
+        let mut differs = false;
+        for (l, c) in left.iter().zip(&columns) {
+            match compare(l.clone(), lookup(c)) {
+                Some(Ordering::Equal) => {}
+                Some(_) => differs = true,
+                None => unknown = true,
+            }
+        }
+        match (differs, unknown) {
+            (false, false) => return Value::Bool(true),
+            (false, true) => result = Value::Null,
+            (true, _) => {}
+        }
+    }
+    result
+}
+
+fn schema_and_table(name: &ObjectName) -> (String, String) {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|p| name_of(p.as_ident().expect("a plain name")))
+        .collect();
+    match parts.as_slice() {
+        [table] => ("public".to_string(), table.clone()),
+        [schema, table] => (schema.clone(), table.clone()),
+        _ => panic!("oracle: unsupported table name {name}"),
     }
 }
 
@@ -208,7 +316,7 @@ fn like(
     let (Value::Text(text), Value::Text(pattern)) = (text, pattern) else {
         return Value::Null;
     };
-    let escape = match escape.map(|e| eval(e, column)) {
+    let escape = match escape.map(|e| eval(e, column, &NoTables)) {
         None => Some('\\'),
         Some(Value::Text(e)) => e.chars().next(),
         Some(other) => panic!("oracle: ESCAPE {other:?}"),
@@ -272,5 +380,88 @@ mod tests {
         assert!(check("v BETWEEN 'v1' AND 'v2'", &row));
         assert!(check("'A_b' LIKE 'A\\_b' AND 'ab' ILIKE 'A%'", &row));
         assert!(check("(\"v\" IN ('v15', 'v3')) AND (a IS TRUE)", &row));
+    }
+}
+
+#[cfg(test)]
+mod subquery_tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    struct Fixed(BTreeMap<&'static str, Vec<NamedRow>>);
+
+    impl Tables for Fixed {
+        fn rows(&self, schema: &str, table: &str) -> Vec<NamedRow> {
+            assert_eq!(schema, "public");
+            self.0[table].clone()
+        }
+    }
+
+    fn named(columns: &[&str], values: Vec<Value>) -> NamedRow {
+        columns.iter().map(|c| c.to_string()).zip(values).collect()
+    }
+
+    fn tables() -> Fixed {
+        let (i, b, null) = (Value::Int, Value::Bool, Value::Null);
+        let u = ["id", "active", "t_id"];
+        let w = ["id", "u_id"];
+        Fixed(BTreeMap::from([
+            (
+                "u",
+                vec![
+                    named(&u, vec![i(1), b(true), i(10)]),
+                    named(&u, vec![i(2), b(false), i(20)]),
+                    named(&u, vec![i(3), b(true), null]),
+                ],
+            ),
+            (
+                "w",
+                vec![named(&w, vec![i(100), i(1)]), named(&w, vec![i(101), i(3)])],
+            ),
+        ]))
+    }
+
+    /// The clause's value for a row of (x, y) as TRUE / FALSE / NULL.
+    fn value(sql: &str, x: Value, y: Value) -> Value {
+        let expr = parse(sql).unwrap();
+        let row = [("x", x), ("y", y)];
+        let column = |name: &str| {
+            row.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.clone())
+                .expect("column")
+        };
+        eval(&expr, &column, &tables())
+    }
+
+    #[test]
+    fn subqueries_are_sets_with_sql_null_semantics_nested_and_in_row_form() {
+        let (i, b, null) = (Value::Int, Value::Bool, Value::Null);
+        let active = "x IN (SELECT t_id FROM u WHERE active)"; // {10, NULL}
+        let not_active = "x NOT IN (SELECT t_id FROM u WHERE active)";
+        let none = "x NOT IN (SELECT t_id FROM public.u WHERE id = 99)"; // {}
+        let nested = "x IN (SELECT t_id FROM u WHERE id IN (SELECT u_id FROM w))"; // {10, NULL}
+        let row = "(x, y) IN (SELECT \"id\", t_id FROM u)"; // {(1,10), (2,20), (3,NULL)}
+        #[rustfmt::skip]
+        let cases = [
+            (active, i(10), null.clone(), b(true)),
+            (active, i(20), null.clone(), null.clone()),     // 20 = NULL is unknown
+            (not_active, i(20), null.clone(), null.clone()), // so NOT IN is never TRUE
+            (not_active, null.clone(), null.clone(), null.clone()),
+            ("x IN (SELECT t_id FROM u WHERE id = 2)", i(20), null.clone(), b(true)),
+            (none, null.clone(), null.clone(), b(true)),     // NOT IN the empty set
+            (nested, i(10), null.clone(), b(true)),
+            (nested, i(20), null.clone(), null.clone()),
+            (row, i(1), i(10), b(true)),
+            (row, i(3), i(5), null.clone()),                 // (3, 5) vs (3, NULL)
+            (row, i(2), i(5), b(false)),
+        ];
+        for (sql, x, y, expected) in cases {
+            assert_eq!(
+                value(sql, x.clone(), y.clone()),
+                expected,
+                "{sql} with x={x:?} y={y:?}"
+            );
+        }
     }
 }

@@ -452,13 +452,48 @@ impl PgModel {
     }
 }
 
-/// Whether `row` satisfies `filter` (no filter: every row does).
-fn matches(schema: &TableSchema, filter: Option<&sqlparser::ast::Expr>, row: &[Value]) -> bool {
+/// Whether `row` satisfies `filter` (no filter: every row does), with
+/// subqueries over `tables`.
+fn matches(
+    schema: &TableSchema,
+    filter: Option<&sqlparser::ast::Expr>,
+    row: &[Value],
+    tables: &dyn where_eval::Tables,
+) -> bool {
     filter.is_none_or(|expr| {
-        where_eval::holds(expr, &|name| {
-            row[schema.column_index(name).expect("known column")].clone()
-        })
+        let column = |name: &str| row[schema.column_index(name).expect("known column")].clone();
+        where_eval::holds_in(expr, &column, tables)
     })
+}
+
+/// The committed rows, as the oracle's subqueries read them.
+struct Committed<'a> {
+    catalog: &'a Catalog,
+    tables: &'a BTreeMap<TableName, TableRows>,
+}
+
+impl where_eval::Tables for Committed<'_> {
+    fn rows(&self, schema: &str, table: &str) -> Vec<where_eval::NamedRow> {
+        let name = TableName {
+            schema: schema.to_string(),
+            name: table.to_string(),
+        };
+        let definition = self
+            .catalog
+            .table(&name)
+            .unwrap_or_else(|| panic!("oracle: a subquery on unknown table {name}"));
+        let names: Vec<&String> = definition.columns.iter().map(|c| &c.name).collect();
+        self.tables[&name]
+            .values()
+            .map(|row| {
+                names
+                    .iter()
+                    .map(|n| n.to_string())
+                    .zip(row.iter().cloned())
+                    .collect()
+            })
+            .collect()
+    }
 }
 
 fn pk(schema: &TableSchema, row: &[Value]) -> Vec<Value> {
@@ -500,8 +535,12 @@ impl State {
     fn query(&mut self, table: &TableName, where_sql: Option<&str>) -> Vec<Row> {
         let filter = self.filter(where_sql);
         let schema = self.catalog.table(table).expect("table");
+        let committed = Committed {
+            catalog: &self.catalog,
+            tables: &self.tables,
+        };
         let rows = self.tables[table].values();
-        rows.filter(|row| matches(schema, filter.as_ref(), row))
+        rows.filter(|row| matches(schema, filter.as_ref(), row, &committed))
             .cloned()
             .collect()
     }

@@ -140,3 +140,25 @@ fn snapshots_list_open_transactions_and_xid_order_is_not_commit_order() {
     assert!(after.xip_list.is_empty() && after.xmin == after.xmax);
     assert_eq!(after.wal_lsn, first.commit_lsn, "an abort writes no WAL");
 }
+
+#[test]
+fn queries_evaluate_subqueries_over_the_committed_rows_of_other_tables() {
+    let pg = model();
+    let level4 = standard::level(4);
+    let by_subquery = |active: bool| {
+        let not = if active { "" } else { "NOT " };
+        pg.query(
+            &level4,
+            Some(&format!(
+                "level_3_id IN (SELECT id FROM level_3 WHERE {not}active AND id = 'l3-1')"
+            )),
+        )
+    };
+    let direct = pg.query(&level4, Some("level_3_id = 'l3-1'"));
+    let l3_active = !pg
+        .query(&standard::level(3), Some("id = 'l3-1' AND active"))
+        .is_empty();
+    assert!(!direct.is_empty(), "the seed row is under l3-1");
+    assert_eq!(by_subquery(l3_active), direct);
+    assert!(by_subquery(!l3_active).is_empty());
+}
