@@ -14,6 +14,10 @@
 //!   the client had, its `value` the whole row, and a delete's `value` the
 //!   whole old row.
 //!
+//! For subquery shapes it tracks tags as Electric's Elixir client does
+//! ([`tags`]): a `move-out` event deletes, on the client's side, the rows it
+//! leaves with no disjunct fully true.
+//!
 //! What needs the oracle (the changes against the Postgres model, the rows
 //! as of each up-to-date LSN) is the state checker's (`harness::checker`);
 //! [`Applied`] hands it every change with the row it replaced.
@@ -23,6 +27,10 @@ use engine::offset::LogOffset;
 use engine::replication::Lsn;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+
+mod tags;
+pub use tags::MoveEvent;
+use tags::TagTracker;
 
 /// A materialised row: column -> text value (`None` for NULL).
 pub type ClientRow = BTreeMap<String, Option<String>>;
@@ -46,6 +54,9 @@ pub struct ShapeClient {
     open_txn: Option<Lsn>,
     /// The last replicated change's LSN for the current handle.
     last_change_lsn: Option<Lsn>,
+    /// Rows deleted by the client itself on a move-out, so far.
+    pub synthetic_deletes: u64,
+    tags: TagTracker,
 }
 
 /// What one response meant to the client.
@@ -89,6 +100,11 @@ pub struct Headers {
     pub last: bool,
     pub key_change_to: Option<String>,
     pub key_change_from: Option<String>,
+    /// Subquery shapes: one tag per disjunct, the tags an update removed,
+    /// and each position's condition.
+    pub tags: Vec<String>,
+    pub removed_tags: Vec<String>,
+    pub active_conditions: Option<Vec<bool>>,
 }
 
 /// One change as received, with the row it replaced.
@@ -110,6 +126,8 @@ pub struct Applied {
     pub changes: Vec<ChangeSeen>,
     /// The `global_last_seen_lsn` of a closing up-to-date.
     pub up_to_date: Option<Lsn>,
+    /// Keys the client deleted itself on a move-out, with the rows.
+    pub synthetic_deletes: Vec<(String, ClientRow)>,
 }
 
 impl Applied {
@@ -118,6 +136,7 @@ impl Applied {
             outcome,
             changes: Vec::new(),
             up_to_date: None,
+            synthetic_deletes: Vec::new(),
         }
     }
 }
@@ -139,6 +158,8 @@ impl ShapeClient {
             up_to_date_lsn: None,
             open_txn: None,
             last_change_lsn: None,
+            synthetic_deletes: 0,
+            tags: TagTracker::default(),
         }
     }
 
@@ -175,6 +196,7 @@ impl ShapeClient {
         self.up_to_date_lsn = None;
         self.open_txn = None;
         self.last_change_lsn = None;
+        self.tags.clear();
     }
 
     /// Applies a response to the request it answers; `Err` is a violation.
@@ -208,6 +230,10 @@ impl ShapeClient {
         });
         let count = messages.len();
         for message in messages {
+            if message.headers.control.is_none() && message.headers.event.is_some() {
+                self.move_event(message, &mut applied)?;
+                continue;
+            }
             match message.headers.control.as_deref() {
                 Some("up-to-date") => {
                     let lsn = message
@@ -335,6 +361,14 @@ impl ShapeClient {
                 ));
             }
         }
+        let active = headers.active_conditions.as_deref();
+        self.tags.change(
+            &key,
+            &headers.operation,
+            &headers.tags,
+            &headers.removed_tags,
+            active,
+        )?;
         Ok(ChangeSeen {
             headers,
             key,
@@ -342,6 +376,32 @@ impl ShapeClient {
             old_value,
             previous,
         })
+    }
+
+    /// A `move-in` / `move-out` event: positions flip; a move-out deletes
+    /// the rows left with no disjunct fully true.
+    fn move_event(&mut self, message: Message, applied: &mut Applied) -> Result<(), Violation> {
+        let raw = message.headers;
+        let event = match raw.event.as_deref() {
+            Some("move-out") => MoveEvent::Out,
+            Some("move-in") => MoveEvent::In,
+            other => return Err(violation("wire", format!("unknown event {other:?}"))),
+        };
+        let patterns: Vec<(usize, String)> = raw
+            .patterns
+            .ok_or_else(|| violation("wire", format!("{event:?} event without patterns")))?
+            .into_iter()
+            .map(|p| (p.pos, p.value))
+            .collect();
+        for key in self.tags.moved(event, &patterns) {
+            let row = self.rows.remove(&key).ok_or_else(|| {
+                let why = format!("a move-out deletes {key}, which the client does not hold");
+                violation("strict-materialization", why)
+            })?;
+            self.synthetic_deletes += 1;
+            applied.synthetic_deletes.push((key, row));
+        }
+        Ok(())
     }
 
     /// A transaction's changes are contiguous and end with `last: true`.
@@ -424,6 +484,18 @@ struct RawHeaders {
     last: Option<bool>,
     key_change_to: Option<String>,
     key_change_from: Option<String>,
+    event: Option<String>,
+    patterns: Option<Vec<Pattern>>,
+    tags: Option<Vec<String>>,
+    removed_tags: Option<Vec<String>>,
+    active_conditions: Option<Vec<bool>>,
+}
+
+/// One `{pos, value}` of a move event.
+#[derive(Deserialize)]
+struct Pattern {
+    pos: usize,
+    value: String,
 }
 
 fn headers(raw: RawHeaders, key: &str) -> Result<Headers, Violation> {
@@ -456,135 +528,11 @@ fn headers(raw: RawHeaders, key: &str) -> Result<Headers, Violation> {
         last: raw.last.unwrap_or(false),
         key_change_to: raw.key_change_to,
         key_change_from: raw.key_change_from,
+        tags: raw.tags.unwrap_or_default(),
+        removed_tags: raw.removed_tags.unwrap_or_default(),
+        active_conditions: raw.active_conditions,
     })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn response(handle: &str, offset: &str, body: &str) -> Response {
-        let headers = [("electric-handle", handle), ("electric-offset", offset)]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Response {
-            status: 200,
-            headers,
-            body: body.to_string(),
-        }
-    }
-
-    const ROW: &str = r#"{"key":"\"public\".\"t\"/\"a\"","value":{"id":"a","n":"1"},"headers":{"operation":"insert","relation":["public","t"]}}"#;
-
-    /// A client that has read the snapshot row `a` (n = 1) of handle `h`.
-    fn started(replica_full: bool) -> ShapeClient {
-        let mut client = ShapeClient::new("t", None, replica_full);
-        let request = client.request();
-        client
-            .apply(&request, &response("h", "0_inf", &format!("[{ROW}]")))
-            .unwrap();
-        client
-    }
-
-    fn change(op: &str, value: &str, old_value: &str, last: bool) -> String {
-        let old = if old_value.is_empty() {
-            String::new()
-        } else {
-            format!(r#","old_value":{old_value}"#)
-        };
-        format!(
-            r#"{{"key":"\"public\".\"t\"/\"a\"","value":{value}{old},"headers":{{"operation":"{op}","relation":["public","t"],"lsn":"9","op_position":0,"txids":[7],"last":{last}}}}}"#
-        )
-    }
-
-    #[test]
-    fn a_200_under_another_handle_or_going_back_breaks_continuity() {
-        let mut client = started(false);
-        let request = client.request();
-        let err = client
-            .apply(&request, &response("other", "0_inf", "[]"))
-            .unwrap_err();
-        assert_eq!(err.class, "continuity", "{err}");
-        let mut client = started(false);
-        let request = client.request();
-        let err = client
-            .apply(&request, &response("h", "0_0", "[]"))
-            .unwrap_err();
-        assert_eq!(err.class, "continuity", "{err}");
-        assert!(err.message.contains("went back"), "{err}");
-    }
-
-    #[test]
-    fn replica_full_updates_must_carry_the_values_the_client_had() {
-        let good = change("update", r#"{"id":"a","n":"2"}"#, r#"{"n":"1"}"#, true);
-        let mut client = started(true);
-        let request = client.request();
-        let applied = client
-            .apply(&request, &response("h", "9_0", &format!("[{good}]")))
-            .unwrap();
-        assert_eq!(
-            applied.changes[0].previous.as_ref().unwrap()["n"].as_deref(),
-            Some("1")
-        );
-        let wrong = change("update", r#"{"id":"a","n":"2"}"#, r#"{"n":"2"}"#, true);
-        let mut client = started(true);
-        let request = client.request();
-        let err = client
-            .apply(&request, &response("h", "9_0", &format!("[{wrong}]")))
-            .unwrap_err();
-        assert_eq!(err.class, "wire", "{err}");
-        let partial = change("update", r#"{"n":"2"}"#, r#"{"n":"1"}"#, true);
-        let mut client = started(true);
-        let request = client.request();
-        let err = client
-            .apply(&request, &response("h", "9_0", &format!("[{partial}]")))
-            .unwrap_err();
-        assert!(err.message.contains("columns"), "the whole row: {err}");
-    }
-
-    #[test]
-    fn a_transaction_must_end_with_last_before_another_or_an_up_to_date() {
-        let open = change("update", r#"{"id":"a","n":"2"}"#, "", false);
-        let up_to_date = r#"{"headers":{"control":"up-to-date","global_last_seen_lsn":"9"}}"#;
-        let mut client = started(false);
-        let request = client.request();
-        let err = client
-            .apply(
-                &request,
-                &response("h", "9_0", &format!("[{open},{up_to_date}]")),
-            )
-            .unwrap_err();
-        assert_eq!(err.class, "wire", "{err}");
-        let closed = change("update", r#"{"id":"a","n":"2"}"#, "", true);
-        let mut client = started(false);
-        let request = client.request();
-        let applied = client
-            .apply(
-                &request,
-                &response("h", "9_0", &format!("[{closed},{up_to_date}]")),
-            )
-            .unwrap();
-        assert_eq!(
-            (applied.up_to_date, client.up_to_date_lsn),
-            (Some(9), Some(9))
-        );
-    }
-
-    #[test]
-    fn strict_materialization_and_malformed_messages_are_named() {
-        let mut client = started(false);
-        let request = client.request();
-        let err = client
-            .apply(&request, &response("h", "0_inf", &format!("[{ROW}]")))
-            .unwrap_err();
-        assert_eq!(err.class, "strict-materialization", "{err}");
-        let mut client = started(false);
-        let request = client.request();
-        let number = r#"[{"key":"k","value":{"n":1},"headers":{"operation":"insert","relation":["public","t"]}}]"#;
-        let err = client
-            .apply(&request, &response("h", "0_inf", number))
-            .unwrap_err();
-        assert_eq!(err.class, "wire", "values are text: {err}");
-    }
-}
+mod tests;
