@@ -450,7 +450,7 @@ pub fn where_clause(rng: &mut ChaCha8Rng, depth: u32) -> String {
     }
 }
 
-fn atomic(rng: &mut ChaCha8Rng) -> String {
+pub(super) fn atomic(rng: &mut ChaCha8Rng) -> String {
     let value = |rng: &mut ChaCha8Rng| VALUES.choose(rng).expect("values").to_string();
     let ids = |rng: &mut ChaCha8Rng, prefix: &str, max: usize| {
         let count = rng.random_range(2..=4);

@@ -6,6 +6,7 @@
 
 pub mod generate;
 mod knobs;
+pub mod subqueries;
 
 pub use knobs::{KnobArgs, Knobs, RestartType, ScenarioFile};
 
