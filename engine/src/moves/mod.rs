@@ -14,6 +14,7 @@
 //! invariant violation.
 
 pub mod materializer;
+pub mod query;
 pub mod queue;
 pub mod splice;
 

@@ -49,6 +49,11 @@ impl View {
         self.tuples.remove(tuple)
     }
 
+    /// The tuples, in order.
+    pub fn tuples(&self) -> impl Iterator<Item = &Vec<Value>> {
+        self.tuples.iter()
+    }
+
     pub fn len(&self) -> usize {
         self.tuples.len()
     }
