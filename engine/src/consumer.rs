@@ -367,6 +367,7 @@ impl Consumer {
                 table,
                 &key,
                 wire::values(table, row, shape.selected.iter().copied()),
+                None,
             );
             self.writer
                 .append_snapshot_row(Operation::Insert, key, json)

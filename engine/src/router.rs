@@ -94,6 +94,7 @@ fn route_inner(shape: &Shape, txn: &Transaction, wrong_old_value: bool) -> Optio
                 lsn: txn.commit_lsn,
                 op_position,
                 last: i == last,
+                tags: None,
             };
             let key_change = match &d.key_change {
                 Some(KeyChange::To(k)) => Some(wire::KeyChange::To(k)),

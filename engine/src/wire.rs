@@ -3,6 +3,7 @@
 //! Electric does; clients parse them by the schema header.
 
 use crate::log::Operation;
+use crate::moves::queue::MoveKind;
 use crate::replication::{Lsn, Visibility, Xid};
 use crate::schema::{TableName, TableSchema, Value};
 use serde_json::{Map, Value as Json, json};
@@ -54,10 +55,70 @@ pub fn operation_name(op: Operation) -> &'static str {
     }
 }
 
-/// A snapshot row: an insert without replication headers.
-pub fn snapshot_row(table: &TableSchema, key: &str, value: Map<String, Json>) -> String {
-    let headers = json!({"operation": "insert", "relation": relation(&table.name)});
+/// A snapshot row: an insert without replication headers (with its tags,
+/// in a subquery shape).
+pub fn snapshot_row(
+    table: &TableSchema,
+    key: &str,
+    value: Map<String, Json>,
+    tags: Option<&RowTags>,
+) -> String {
+    let mut headers = json!({"operation": "insert", "relation": relation(&table.name)});
+    if let Some(tags) = tags {
+        tags.add_to(&mut headers);
+    }
     json!({"key": key, "value": value, "headers": headers}).to_string()
+}
+
+/// A row of a subquery shape's move-in: an insert marked `is_move_in`,
+/// without replication headers.
+pub fn move_in_row(
+    table: &TableSchema,
+    key: &str,
+    value: Map<String, Json>,
+    tags: &RowTags,
+) -> String {
+    let mut headers =
+        json!({"operation": "insert", "relation": relation(&table.name), "is_move_in": true});
+    tags.add_to(&mut headers);
+    json!({"key": key, "value": value, "headers": headers}).to_string()
+}
+
+/// What a subquery shape's row carries: a tag per disjunct, each
+/// position's condition, and on an update the tags it lost (present on
+/// every update, possibly empty).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RowTags {
+    pub tags: Vec<String>,
+    pub active_conditions: Vec<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub removed_tags: Option<Vec<String>>,
+}
+
+impl RowTags {
+    fn add_to(&self, headers: &mut Json) {
+        let object = headers.as_object_mut().expect("headers are an object");
+        object.insert("tags".into(), json!(self.tags));
+        object.insert("active_conditions".into(), json!(self.active_conditions));
+        if let Some(removed) = &self.removed_tags {
+            object.insert("removed_tags".into(), json!(removed));
+        }
+    }
+}
+
+/// A `move-in` or `move-out` control event: `{pos, value}` patterns (every
+/// position of the moved dependency times every moved value hash) and the
+/// transactions that moved them.
+pub fn move_event(kind: MoveKind, patterns: &[(usize, String)], txids: &[Xid]) -> String {
+    let event = match kind {
+        MoveKind::In => "move-in",
+        MoveKind::Out => "move-out",
+    };
+    let patterns: Vec<Json> = patterns
+        .iter()
+        .map(|(pos, value)| json!({"pos": pos, "value": value}))
+        .collect();
+    json!({"headers": {"event": event, "patterns": patterns, "txids": txids}}).to_string()
 }
 
 /// Where a replicated change sits, for its headers.
@@ -67,6 +128,8 @@ pub struct ChangeSource {
     pub op_position: u64,
     /// The last change of its transaction in this shape.
     pub last: bool,
+    /// A subquery shape's row metadata.
+    pub tags: Option<RowTags>,
 }
 
 #[derive(serde::Serialize)]
@@ -82,6 +145,8 @@ struct ChangeHeaders<'a> {
     key_change_to: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     key_change_from: Option<&'a str>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    tags: Option<&'a RowTags>,
 }
 
 #[derive(serde::Serialize)]
@@ -127,6 +192,7 @@ pub fn change(
                 Some(KeyChange::From(k)) => Some(k),
                 _ => None,
             },
+            tags: source.tags.as_ref(),
         },
         key,
         old_value,
@@ -229,6 +295,7 @@ mod tests {
             lsn: 42,
             op_position: 4,
             last: true,
+            tags: None,
         };
         let old = json!({"n": "3"}).as_object().unwrap().clone();
         let value = values(&t, &row, [0, 1, 2]);
@@ -256,6 +323,68 @@ mod tests {
         assert_eq!(
             schema,
             json!({"id": {"type": "text", "pk_index": 0}, "flag": {"type": "bool"}})
+        );
+    }
+}
+
+#[cfg(test)]
+mod subquery_tests {
+    use super::*;
+    use crate::schema::{Column, ColumnType};
+
+    fn table() -> TableSchema {
+        let col = |name: &str| Column {
+            name: name.into(),
+            ty: ColumnType::Text,
+            not_null: true,
+        };
+        TableSchema::new(
+            TableName::public("t"),
+            1,
+            vec![col("id"), col("p")],
+            &["id"],
+        )
+    }
+
+    #[test]
+    fn subquery_rows_and_move_events_have_electrics_shape() {
+        let t = table();
+        let row = vec![Value::Text("a".into()), Value::Text("p1".into())];
+        let value = values(&t, &row, [0, 1]);
+        let tags = RowTags {
+            tags: vec!["h1/".into(), "/1".into()],
+            active_conditions: vec![true, false],
+            removed_tags: None,
+        };
+        assert_eq!(
+            snapshot_row(&t, "K", value.clone(), Some(&tags)),
+            r#"{"headers":{"active_conditions":[true,false],"operation":"insert","relation":["public","t"],"tags":["h1/","/1"]},"key":"K","value":{"id":"a","p":"p1"}}"#
+        );
+        assert_eq!(
+            move_in_row(&t, "K", value.clone(), &tags),
+            r#"{"headers":{"active_conditions":[true,false],"is_move_in":true,"operation":"insert","relation":["public","t"],"tags":["h1/","/1"]},"key":"K","value":{"id":"a","p":"p1"}}"#
+        );
+        let source = ChangeSource {
+            xid: 7,
+            lsn: 42,
+            op_position: 0,
+            last: true,
+            tags: Some(RowTags {
+                removed_tags: Some(vec![]),
+                ..tags
+            }),
+        };
+        assert_eq!(
+            change(&t, Operation::Update, "K", &value, None, None, &source),
+            r#"{"headers":{"operation":"update","relation":["public","t"],"txids":[7],"lsn":"42","op_position":0,"last":true,"tags":["h1/","/1"],"active_conditions":[true,false],"removed_tags":[]},"key":"K","value":{"id":"a","p":"p1"}}"#
+        );
+        assert_eq!(
+            move_event(
+                MoveKind::Out,
+                &[(0, "h1".into()), (2, "h1".into())],
+                &[7, 9]
+            ),
+            r#"{"headers":{"event":"move-out","patterns":[{"pos":0,"value":"h1"},{"pos":2,"value":"h1"}],"txids":[7,9]}}"#
         );
     }
 }
