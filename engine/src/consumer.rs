@@ -349,6 +349,7 @@ impl Consumer {
         let query = SnapshotQuery {
             table: shape.table.name.clone(),
             where_sql: shape.where_clause.as_ref().map(|w| w.expr.to_string()),
+            dependencies: Vec::new(),
         };
         let result = self.snapshot_query(query).await?;
         let visibility = result.visibility;

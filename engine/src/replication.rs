@@ -124,6 +124,18 @@ pub struct SnapshotQuery {
     pub table: TableName,
     /// The shape's WHERE clause in its canonical SQL text; `None` for all rows.
     pub where_sql: Option<String>,
+    /// A subquery shape's dependencies: their values are read in the same
+    /// snapshot (the outer consumer's views as of it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependencies: Vec<DependencyQuery>,
+}
+
+/// `SELECT columns FROM table WHERE where_sql`, for a dependency's values.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DependencyQuery {
+    pub table: TableName,
+    pub columns: Vec<String>,
+    pub where_sql: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +143,10 @@ pub struct SnapshotResult {
     pub visibility: Visibility,
     /// Every column of each matching row, in table order.
     pub rows: Vec<Row>,
+    /// Per dependency of the query: the value tuples it selects, in the
+    /// same snapshot (duplicates kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub views: Vec<Vec<Row>>,
 }
 
 #[async_trait]

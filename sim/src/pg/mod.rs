@@ -279,6 +279,11 @@ impl PgModel {
         let xmax = state.next_xid;
         let xmin = state.in_progress.first().copied().unwrap_or(xmax);
         let rows = state.query(&query.table, query.where_sql.as_deref());
+        let views = query
+            .dependencies
+            .iter()
+            .map(|d| state.project(d))
+            .collect();
         SnapshotResult {
             visibility: Visibility {
                 xmin,
@@ -289,6 +294,7 @@ impl PgModel {
                 wal_lsn: state.last_lsn,
             },
             rows,
+            views,
         }
     }
 
@@ -530,6 +536,24 @@ impl State {
                 })
                 .clone()
         })
+    }
+
+    /// A dependency's value tuples: its columns of the rows its WHERE selects.
+    fn project(&mut self, dependency: &engine::replication::DependencyQuery) -> Vec<Row> {
+        let schema = self
+            .catalog
+            .table(&dependency.table)
+            .expect("table")
+            .clone();
+        let columns: Vec<usize> = dependency
+            .columns
+            .iter()
+            .map(|c| schema.column_index(c).expect("a dependency's column"))
+            .collect();
+        self.query(&dependency.table, dependency.where_sql.as_deref())
+            .into_iter()
+            .map(|row| columns.iter().map(|&i| row[i].clone()).collect())
+            .collect()
     }
 
     fn query(&mut self, table: &TableName, where_sql: Option<&str>) -> Vec<Row> {

@@ -36,6 +36,7 @@ fn transactions_are_found_by_lsn_and_a_schema_change_at_the_end_is_followed_by_a
     let query = engine::replication::SnapshotQuery {
         table: level4.clone(),
         where_sql: None,
+        dependencies: Vec::new(),
     };
     assert_eq!(
         pg.snapshot_now(&query).visibility.wal_lsn,
@@ -117,6 +118,7 @@ fn snapshots_list_open_transactions_and_xid_order_is_not_commit_order() {
     let query = engine::replication::SnapshotQuery {
         table: standard::level(4),
         where_sql: None,
+        dependencies: Vec::new(),
     };
     let early = pg.begin();
     let aborted = pg.begin();
@@ -161,4 +163,27 @@ fn queries_evaluate_subqueries_over_the_committed_rows_of_other_tables() {
     assert!(!direct.is_empty(), "the seed row is under l3-1");
     assert_eq!(by_subquery(l3_active), direct);
     assert!(by_subquery(!l3_active).is_empty());
+}
+
+#[test]
+fn a_snapshot_reads_its_dependencies_values_in_the_same_snapshot() {
+    let pg = model();
+    let dependency = |where_sql: &str| engine::replication::DependencyQuery {
+        table: standard::level(3),
+        columns: vec!["id".into()],
+        where_sql: Some(where_sql.into()),
+    };
+    let query = engine::replication::SnapshotQuery {
+        table: standard::level(4),
+        where_sql: Some("level_3_id IN (SELECT id FROM level_3 WHERE active)".into()),
+        dependencies: vec![dependency("active"), dependency("NOT active")],
+    };
+    let result = pg.snapshot_now(&query);
+    let ids = |rows: &[Vec<Value>]| -> Vec<String> {
+        rows.iter().map(|r| r[0].to_text().unwrap()).collect()
+    };
+    // Seed: l3-i is active when i - 1 is even.
+    assert_eq!(ids(&result.views[0]), vec!["l3-1", "l3-3", "l3-5"]);
+    assert_eq!(ids(&result.views[1]), vec!["l3-2", "l3-4"]);
+    assert_eq!(result.rows.len(), 1, "l4-1 is under l3-1, which is active");
 }
