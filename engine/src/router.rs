@@ -14,6 +14,12 @@
 //!   change is a delete of the old key then an insert of the new one, otherwise
 //!   an update, dropped if no selected column changed.
 //!
+//! A subquery shape is judged with its consumer's views of its dependencies
+//! ([`Tagging`]), and each record carries the row's tags and active
+//! conditions (the old row's on a delete; on an update also the tags the
+//! row lost); an update in the shape is kept even if no selected column
+//! changed (Electric keeps it for DNF shapes: its tags may have).
+//!
 //! Values (Electric's `replica` modes): inserts carry the selected columns.
 //! `default`: updates carry the primary key and the changed columns, deletes
 //! the primary key. `full`: updates carry every selected column plus
@@ -23,8 +29,11 @@ use crate::log::{LogEntry, Operation};
 use crate::offset::LogOffset;
 use crate::replication::{Change, Lsn, Transaction, Xid};
 use crate::schema::Value;
+use crate::shape::dnf::DnfPlan;
+use crate::shape::expr::Expr;
+use crate::shape::tags::{self, View};
 use crate::shape::{Replica, Shape};
-use crate::wire::{self, ChangeSource};
+use crate::wire::{self, ChangeSource, RowTags};
 use serde_json::{Map, Value as Json};
 
 /// One shape's part of one transaction.
@@ -51,11 +60,76 @@ struct Draft {
     value: Map<String, Json>,
     old_value: Option<Map<String, Json>>,
     key_change: Option<KeyChange>,
+    tags: Option<RowTags>,
+}
+
+/// How a subquery shape's rows are judged and tagged: its plan and clause,
+/// the consumer's views, and what tag hashes are made of.
+pub struct Tagging<'a> {
+    pub plan: &'a DnfPlan,
+    pub clause: &'a Expr,
+    pub views: &'a [View],
+    pub stack_id: &'a str,
+    pub handle: &'a str,
+}
+
+impl Tagging<'_> {
+    fn includes(&self, row: &[Value]) -> bool {
+        let active = tags::active_conditions(self.plan, self.views, row);
+        tags::included(self.plan, &active, self.clause, self.views, row)
+    }
+
+    fn tags(&self, row: &[Value]) -> RowTags {
+        RowTags {
+            tags: tags::tags(self.plan, self.stack_id, self.handle, row),
+            active_conditions: tags::active_conditions(self.plan, self.views, row),
+            removed_tags: None,
+        }
+    }
+}
+
+/// Whether rows are in the shape, and their tags if it has subqueries.
+struct Judge<'a> {
+    shape: &'a Shape,
+    tagging: Option<&'a Tagging<'a>>,
+}
+
+impl Judge<'_> {
+    fn includes(&self, row: &[Value]) -> bool {
+        match self.tagging {
+            Some(tagging) => tagging.includes(row),
+            None => self.shape.includes(row),
+        }
+    }
+
+    fn tags(&self, row: &[Value]) -> Option<RowTags> {
+        self.tagging.map(|t| t.tags(row))
+    }
 }
 
 /// The records `shape` must append for `txn`, or `None` if there are none.
 pub fn route(shape: &Shape, txn: &Transaction) -> Option<ShapeTxn> {
-    route_inner(shape, txn, false)
+    route_inner(
+        Judge {
+            shape,
+            tagging: None,
+        },
+        txn,
+        false,
+    )
+}
+
+/// [`route`] for a subquery shape, judged with `tagging`'s views.
+pub fn route_tagged(shape: &Shape, txn: &Transaction, tagging: &Tagging) -> Option<ShapeTxn> {
+    assert!(shape.has_subquery(), "only subquery shapes are tagged");
+    route_inner(
+        Judge {
+            shape,
+            tagging: Some(tagging),
+        },
+        txn,
+        false,
+    )
 }
 
 /// [`route`] with the planted bug `wrong-old-value` switchable.
@@ -65,17 +139,25 @@ pub fn route_planted(
     txn: &Transaction,
     plants: &crate::plants::Plants,
 ) -> Option<ShapeTxn> {
-    route_inner(shape, txn, plants.wrong_old_value)
+    route_inner(
+        Judge {
+            shape,
+            tagging: None,
+        },
+        txn,
+        plants.wrong_old_value,
+    )
 }
 
-fn route_inner(shape: &Shape, txn: &Transaction, wrong_old_value: bool) -> Option<ShapeTxn> {
+fn route_inner(judge: Judge, txn: &Transaction, wrong_old_value: bool) -> Option<ShapeTxn> {
+    let shape = judge.shape;
     let mut drafts = Vec::new();
     for (k, change) in txn.changes.iter().enumerate() {
         if change.table() != &shape.table.name {
             continue;
         }
         let offset = LogOffset::new(txn.commit_lsn, 2 * k as u64);
-        convert(shape, change, offset, wrong_old_value, &mut drafts);
+        convert(&judge, change, offset, wrong_old_value, &mut drafts);
     }
     let last = drafts.len().checked_sub(1)?;
     let entries = drafts
@@ -94,7 +176,7 @@ fn route_inner(shape: &Shape, txn: &Transaction, wrong_old_value: bool) -> Optio
                 lsn: txn.commit_lsn,
                 op_position,
                 last: i == last,
-                tags: None,
+                tags: d.tags,
             };
             let key_change = match &d.key_change {
                 Some(KeyChange::To(k)) => Some(wire::KeyChange::To(k)),
@@ -126,12 +208,13 @@ fn route_inner(shape: &Shape, txn: &Transaction, wrong_old_value: bool) -> Optio
 }
 
 fn convert(
-    shape: &Shape,
+    judge: &Judge,
     change: &Change,
     offset: LogOffset,
     wrong_old_value: bool,
     out: &mut Vec<Draft>,
 ) {
+    let shape = judge.shape;
     let table = &shape.table;
     let key = |row: &[Value]| wire::row_key(table, row);
     let pk_values = |row: &[Value]| wire::values(table, row, table.primary_key.iter().copied());
@@ -143,6 +226,7 @@ fn convert(
         value: selected(row),
         old_value: None,
         key_change,
+        tags: judge.tags(row),
     };
     let delete = |row: &[Value], offset, key_change| {
         let value = match shape.replica {
@@ -156,26 +240,35 @@ fn convert(
             value,
             old_value: None,
             key_change,
+            tags: judge.tags(row),
         }
     };
     match change {
         Change::Insert { new, .. } => {
-            if shape.includes(new) {
+            if judge.includes(new) {
                 out.push(insert(new, offset, None));
             }
         }
         Change::Delete { old, .. } => {
-            if shape.includes(old) {
+            if judge.includes(old) {
                 out.push(delete(old, offset, None));
             }
         }
-        Change::Update { old, new, .. } => match (shape.includes(old), shape.includes(new)) {
+        Change::Update { old, new, .. } => match (judge.includes(old), judge.includes(new)) {
             (false, false) => {}
             (false, true) => out.push(insert(new, offset, None)),
             (true, false) => out.push(delete(old, offset, None)),
             (true, true) if table.primary_key.iter().any(|&i| old[i] != new[i]) => {
                 let (old_key, new_key) = (key(old), key(new));
-                out.push(delete(old, offset, Some(KeyChange::To(new_key))));
+                let mut gone = delete(old, offset, Some(KeyChange::To(new_key)));
+                if let (Some(gone), Some(old_tags), Some(new_tags)) =
+                    (&mut gone.tags, judge.tags(old), judge.tags(new))
+                {
+                    // Electric: the delete carries the new tags and the removed ones.
+                    let removed = removed_tags(&old_tags, &new_tags);
+                    gone.tags = new_tags.tags.iter().chain(&removed).cloned().collect();
+                }
+                out.push(gone);
                 out.push(insert(
                     new,
                     offset.increment(),
@@ -189,7 +282,7 @@ fn convert(
                     .copied()
                     .filter(|&i| old[i] != new[i])
                     .collect();
-                if changed.is_empty() {
+                if changed.is_empty() && judge.tagging.is_none() {
                     return;
                 }
                 let (value, old_value) = match shape.replica {
@@ -204,6 +297,13 @@ fn convert(
                         (selected(new), Some(wire::values(table, source, changed)))
                     }
                 };
+                let tags = judge.tags(new).map(|new_tags| {
+                    let old_tags = judge.tags(old).expect("tagged like the new row");
+                    RowTags {
+                        removed_tags: Some(removed_tags(&old_tags, &new_tags)),
+                        ..new_tags
+                    }
+                });
                 out.push(Draft {
                     op: Operation::Update,
                     offset,
@@ -211,11 +311,25 @@ fn convert(
                     value,
                     old_value,
                     key_change: None,
+                    tags,
                 });
             }
         },
     }
 }
+
+/// The old row's tags the new row does not have (`old -- new`).
+fn removed_tags(old: &RowTags, new: &RowTags) -> Vec<String> {
+    old.tags
+        .iter()
+        .filter(|t| !new.tags.contains(t))
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+#[path = "router_tagged_tests.rs"]
+mod tagged_tests;
 
 #[cfg(test)]
 mod tests {
@@ -224,7 +338,7 @@ mod tests {
     use crate::shape::ShapeRequest;
     use serde_json::json;
 
-    fn catalog() -> Catalog {
+    pub(super) fn catalog() -> Catalog {
         let col = |name: &str, ty| Column {
             name: name.into(),
             ty,
@@ -259,7 +373,7 @@ mod tests {
         Shape::new(&catalog(), &request).unwrap()
     }
 
-    fn row(id: &str, n: i64, note: &str) -> Vec<Value> {
+    pub(super) fn row(id: &str, n: i64, note: &str) -> Vec<Value> {
         vec![
             Value::Text(id.into()),
             Value::Int(n),
@@ -267,7 +381,7 @@ mod tests {
         ]
     }
 
-    fn update(old: Vec<Value>, new: Vec<Value>) -> Change {
+    pub(super) fn update(old: Vec<Value>, new: Vec<Value>) -> Change {
         Change::Update {
             table: TableName::public("items"),
             old,

@@ -20,7 +20,7 @@ mod subquery_tests;
 #[cfg(test)]
 mod tests;
 
-use crate::schema::{Catalog, Row, TableName, TableSchema, Value, quote_ident};
+use crate::schema::{Catalog, TableName, TableSchema, Value, quote_ident};
 use expr::Expr;
 use parse::WhereError;
 use serde::{Deserialize, Serialize};
@@ -191,7 +191,7 @@ impl Shape {
     }
 
     /// Whether the row (all table columns, table order) is in the shape.
-    pub fn includes(&self, row: &Row) -> bool {
+    pub fn includes(&self, row: &[Value]) -> bool {
         self.where_clause
             .as_ref()
             .is_none_or(|w| eval::matches(&w.expr, row))

@@ -5,7 +5,7 @@ use super::eval::{NoSubqueries, eval};
 use super::like::{compile_like, like_matches};
 use super::parse::parse_where;
 use super::*;
-use crate::schema::{Column, ColumnType};
+use crate::schema::{Column, ColumnType, Row};
 use proptest::prelude::*;
 
 fn col(name: &str, ty: ColumnType, not_null: bool) -> Column {
