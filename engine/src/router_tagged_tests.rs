@@ -18,7 +18,10 @@ fn a_subquery_shape_routes_by_its_views_and_tags_every_record() {
     let shape = Shape::new(&catalog, &request).unwrap();
     let clause = shape.where_clause.as_ref().unwrap();
     let plan = clause.plan.as_ref().unwrap();
-    let views = [View::new([vec![Value::Text("x".into())]])];
+    let views = [View::new([
+        vec![Value::Text("x".into())],
+        vec![Value::Text("z".into())],
+    ])];
     let tagging = Tagging {
         plan,
         clause: &clause.expr,
@@ -27,7 +30,7 @@ fn a_subquery_shape_routes_by_its_views_and_tags_every_record() {
         handle: "h",
     };
     let hash = |v: &str| tags::value_hash("s", "h", &["note"], &[Value::Text(v.into())]);
-    let (hx, hy) = (hash("x"), hash("y"));
+    let (hx, hy, hz) = (hash("x"), hash("y"), hash("z"));
     let insert = |new| Change::Insert {
         table: TableName::public("items"),
         new,
@@ -42,7 +45,7 @@ fn a_subquery_shape_routes_by_its_views_and_tags_every_record() {
             update(row("a", 2, "x"), row("a", 2, "x")), // nothing changed: kept
             update(row("a", 2, "x"), row("a", 2, "y")), // moves out: delete
             update(row("b", 1, "y"), row("b", 1, "x")), // moves in: insert
-            update(row("b", 1, "x"), row("c", 1, "x")), // key change
+            update(row("b", 1, "x"), row("c", 1, "z")), // key change
         ],
     };
     let routed = route_tagged(&shape, &txn, &tagging).unwrap();
@@ -70,8 +73,9 @@ fn a_subquery_shape_routes_by_its_views_and_tags_every_record() {
             // A row that leaves carries its old row's tags.
             rec("100_8", "delete", json!([[hx], [true], null])),
             rec("100_10", "insert", json!([[hx], [true], null])),
-            rec("100_12", "delete", json!([[hx], [true], null])),
-            rec("100_13", "insert", json!([[hx], [true], null])),
+            // The key change's delete: the new tags, then the removed ones.
+            rec("100_12", "delete", json!([[hz, hx], [true], null])),
+            rec("100_13", "insert", json!([[hz], [true], null])),
         ]
     );
     // A row out of the shape is still tagged by its values (not routed).

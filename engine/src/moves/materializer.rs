@@ -127,6 +127,11 @@ impl Materializer {
                         key: old_key,
                     });
                 }
+                // Refused before anything changes: a failed change leaves
+                // the materializer as it was.
+                if key != old_key && self.rows.contains_key(&key) {
+                    return Err(Violation::DuplicateInsert(key));
+                }
                 self.remove(&old_key);
                 self.insert(key, value, meta)?;
             }

@@ -6,8 +6,9 @@
 //! every move-out before any move-in, lowest dependency first, one
 //! dependency's whole batch of one kind at a time.
 //!
-//! Invariant: no queued op is redundant against the view it was queued
-//! against (asserted at enqueue).
+//! Invariant: no queued op of a dependency is redundant against the view
+//! it is queued against (asserted over the dependency's whole queue at
+//! every enqueue: the consumer's view changes only by what it pops).
 
 use super::Tuple;
 use super::materializer::MoveEvents;
@@ -47,7 +48,17 @@ pub struct MoveBatch {
 #[derive(Debug, Default)]
 struct DependencyQueue {
     ops: BTreeMap<Tuple, MoveKind>,
-    txids: BTreeSet<Xid>,
+    /// The transactions behind the queued ops, per kind: every flush's
+    /// txids go to both, and a pop takes its kind's.
+    txids: BTreeMap<MoveKind, BTreeSet<Xid>>,
+}
+
+/// Whether the view already reflects `kind` of `tuple`.
+fn redundant(view: &View, tuple: &Tuple, kind: MoveKind) -> bool {
+    match kind {
+        MoveKind::In => view.contains(tuple),
+        MoveKind::Out => !view.contains(tuple),
+    }
 }
 
 #[derive(Debug, Default)]
@@ -67,17 +78,23 @@ impl MoveQueue {
         let outs = events.move_out.iter().map(|t| (t, MoveKind::Out));
         let ins = events.move_in.iter().map(|t| (t, MoveKind::In));
         for (tuple, kind) in outs.chain(ins) {
-            let redundant = match kind {
-                MoveKind::In => view.contains(tuple),
-                MoveKind::Out => !view.contains(tuple),
-            };
-            if redundant {
+            if redundant(view, tuple, kind) {
                 queue.ops.remove(tuple);
             } else {
                 queue.ops.insert(tuple.clone(), kind);
             }
         }
-        queue.txids.extend(txids.iter().copied());
+        assert!(
+            queue.ops.iter().all(|(t, &k)| !redundant(view, t, k)),
+            "a queued op the view already reflects"
+        );
+        for kind in [MoveKind::In, MoveKind::Out] {
+            queue
+                .txids
+                .entry(kind)
+                .or_default()
+                .extend(txids.iter().copied());
+        }
         if queue.ops.is_empty() {
             self.dependencies.remove(&dependency);
         }
@@ -100,7 +117,12 @@ impl MoveQueue {
             .map(|(t, _)| t.clone())
             .collect();
         queue.ops.retain(|_, k| *k != kind);
-        let txids = queue.txids.iter().copied().collect();
+        let txids = queue
+            .txids
+            .remove(&kind)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         if queue.ops.is_empty() {
             self.dependencies.remove(&dependency);
         }

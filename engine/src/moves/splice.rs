@@ -4,9 +4,13 @@
 //! (a) once the query's snapshot is known: the first buffered transaction
 //!     the snapshot does not see (its effects are not in the moved-in rows,
 //!     so it must follow them);
-//! (b) otherwise, once the LSN every shape has applied reaches the query's
-//!     WAL position: every transaction buffered so far (the snapshot saw
-//!     them all).
+//! (b) otherwise, once every transaction up to the query's WAL position
+//!     has reached this consumer (buffered, or not routed to it): every
+//!     transaction buffered so far (the snapshot saw them all).
+//!
+//! Rule (b) is fed this consumer's own delivered LSN, not the LSN every
+//! shape has applied: a buffering shape has not applied what it buffered,
+//! so waiting on the global LSN would wait on itself.
 //!
 //! Transactions before the boundary are written with the view before the
 //! move, the move-in event and rows next, then the rest with the view
@@ -17,14 +21,14 @@ use crate::replication::{Lsn, Visibility, Xid};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BoundaryRule {
     FirstInvisible,
-    GlobalLsn,
+    ReachedQueryLsn,
 }
 
 #[derive(Debug, Default)]
 pub struct Boundary {
     snapshot: Option<Visibility>,
     buffered: Vec<Xid>,
-    global_lsn: Lsn,
+    reached: Lsn,
     at: Option<(usize, BoundaryRule)>,
 }
 
@@ -52,9 +56,9 @@ impl Boundary {
         self.settle();
     }
 
-    /// Every shape has applied every transaction up to `lsn`.
-    pub fn global_lsn(&mut self, lsn: Lsn) {
-        self.global_lsn = self.global_lsn.max(lsn);
+    /// Every transaction up to `lsn` has reached this consumer.
+    pub fn reached(&mut self, lsn: Lsn) {
+        self.reached = self.reached.max(lsn);
         self.settle();
     }
 
@@ -67,8 +71,8 @@ impl Boundary {
         }
         if let Some(i) = self.buffered.iter().position(|&x| !snapshot.is_visible(x)) {
             self.at = Some((i, BoundaryRule::FirstInvisible));
-        } else if self.global_lsn >= snapshot.wal_lsn {
-            self.at = Some((self.buffered.len(), BoundaryRule::GlobalLsn));
+        } else if self.reached >= snapshot.wal_lsn {
+            self.at = Some((self.buffered.len(), BoundaryRule::ReachedQueryLsn));
         }
     }
 }

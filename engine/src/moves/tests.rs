@@ -102,7 +102,18 @@ fn the_materializer_is_strict() {
             key: "x".into()
         })
     );
-    assert!(m.apply(delete("a")).is_ok());
+    // A key change onto a held key is refused and changes nothing.
+    m.apply(insert("b", 2)).unwrap();
+    assert_eq!(
+        m.apply(update("a", "b", 1)),
+        Err(Violation::DuplicateInsert("b".into()))
+    );
+    assert!(m.apply(delete("a")).is_ok(), "a is still held");
+    assert_eq!(
+        m.commit(),
+        events(&[2], &[]),
+        "1 in and out cancel; 2 moved in"
+    );
 }
 
 #[test]
@@ -176,6 +187,15 @@ fn the_move_queue_pops_outs_first_and_keeps_the_last_op_per_value() {
     q.enqueue(0, &events(&[], &[1]), &after, &[3]);
     assert_eq!(q.pop_next(), Some(batch(0, MoveKind::Out, &[1], &[3])));
 
+    // A pop takes its kind's transactions: a later batch of that kind does
+    // not repeat them, while the other kind keeps them.
+    let view = View::new([t(1), t(2)]);
+    q.enqueue(0, &events(&[3], &[1]), &view, &[4]);
+    assert_eq!(q.pop_next(), Some(batch(0, MoveKind::Out, &[1], &[4])));
+    q.enqueue(0, &events(&[], &[2]), &view, &[5]);
+    assert_eq!(q.pop_next(), Some(batch(0, MoveKind::Out, &[2], &[5])));
+    assert_eq!(q.pop_next(), Some(batch(0, MoveKind::In, &[3], &[4, 5])));
+
     assert_eq!(MoveKind::In.for_outer(Polarity::Negated), MoveKind::Out);
     assert_eq!(MoveKind::Out.for_outer(Polarity::Negated), MoveKind::In);
     assert_eq!(MoveKind::In.for_outer(Polarity::Positive), MoveKind::In);
@@ -191,8 +211,8 @@ fn snapshot(xmin: u64, xmax: u64, xip: &[u64], wal_lsn: u64) -> Visibility {
 }
 
 #[test]
-fn the_splice_boundary_is_the_first_invisible_txn_or_the_global_lsn_and_is_fixed() {
-    use BoundaryRule::{FirstInvisible, GlobalLsn};
+fn the_splice_boundary_is_the_first_invisible_txn_or_the_query_lsn_reached_and_is_fixed() {
+    use BoundaryRule::{FirstInvisible, ReachedQueryLsn};
     // Buffered 9 (seen), 10 (in progress at the snapshot): before 10.
     let mut b = Boundary::default();
     b.snapshot_known(snapshot(10, 12, &[10], 500));
@@ -200,7 +220,7 @@ fn the_splice_boundary_is_the_first_invisible_txn_or_the_global_lsn_and_is_fixed
     assert_eq!(b.get(), None);
     b.buffer(10);
     assert_eq!(b.get(), Some((1, FirstInvisible)));
-    b.global_lsn(900);
+    b.reached(900);
     assert_eq!(b.get(), Some((1, FirstInvisible)), "fixed once set");
 
     // Buffered before the snapshot is known: 13 began after it.
@@ -210,23 +230,23 @@ fn the_splice_boundary_is_the_first_invisible_txn_or_the_global_lsn_and_is_fixed
     b.snapshot_known(snapshot(10, 12, &[], 500));
     assert_eq!(b.get(), Some((0, FirstInvisible)));
 
-    // Every buffered txn seen: the global LSN reaching the query's WAL
+    // Every buffered txn seen: the consumer reaching the query's WAL
     // position closes it after all of them; a later invisible one follows.
     let mut b = Boundary::default();
-    b.global_lsn(499);
+    b.reached(499);
     b.snapshot_known(snapshot(10, 12, &[], 500));
     b.buffer(11);
     assert_eq!(b.get(), None);
-    b.global_lsn(500);
-    assert_eq!(b.get(), Some((1, GlobalLsn)));
+    b.reached(500);
+    assert_eq!(b.get(), Some((1, ReachedQueryLsn)));
     b.buffer(20);
-    assert_eq!(b.get(), Some((1, GlobalLsn)));
+    assert_eq!(b.get(), Some((1, ReachedQueryLsn)));
     assert_eq!(b.buffered(), 2);
 
-    // The global LSN already there when the snapshot arrives.
+    // The query's WAL position already reached when the snapshot arrives.
     let mut b = Boundary::default();
     b.buffer(5);
-    b.global_lsn(600);
+    b.reached(600);
     b.snapshot_known(snapshot(10, 12, &[], 500));
-    assert_eq!(b.get(), Some((1, GlobalLsn)));
+    assert_eq!(b.get(), Some((1, ReachedQueryLsn)));
 }

@@ -8,7 +8,10 @@
 //! and every position belongs to exactly one disjunct.
 //!
 //! Each distinct subquery (by its canonical text) is a dependency, numbered
-//! in order of first appearance. A dependency is used with one polarity only:
+//! in order of first appearance in the clause as written (before the
+//! expansion, as Electric numbers them). A subquery must be an atom of its
+//! own (`x IN (...)` under AND/OR/NOT), not part of another expression such
+//! as `(x IN (...)) IS TRUE`. A dependency is used with one polarity only:
 //! `x IN (S)` and `y NOT IN (S)` in one clause is refused, as Electric does,
 //! because a move-in of a value would be a move-out for the other position.
 //!
@@ -18,6 +21,7 @@
 //! [`MAX_DISJUNCTS`] disjuncts.
 
 use super::expr::{Expr, Subquery};
+use crate::schema::{Catalog, TableSchema};
 use std::fmt;
 
 /// Electric's `@max_disjuncts`: a clause that expands to more is refused.
@@ -71,6 +75,14 @@ pub enum PlanError {
         "the WHERE clause expands to more than {MAX_DISJUNCTS} disjuncts (OR branches after distributing AND over OR); simplify it"
     )]
     TooManyDisjuncts,
+    #[error(
+        "`{subquery}` is used with NOT IN (directly or under NOT), which needs NOT NULL columns on both sides, and {column} is nullable: a NULL makes membership unknown for rows whose own values did not move"
+    )]
+    NullableNegated { subquery: String, column: String },
+    #[error(
+        "a subquery must be a condition of its own (`x IN (SELECT ...)` combined with AND, OR, NOT), not part of `{expression}`"
+    )]
+    SubqueryInExpression { expression: String },
 }
 
 /// A clause in negation normal form: negations only on atoms.
@@ -100,23 +112,91 @@ impl DnfPlan {
         Ok(plan)
     }
 
+    /// [`DnfPlan::new`] for a shape on `table`, which also refuses a
+    /// dependency used with NOT IN over a nullable column, at every level.
+    /// Under SQL's NULL rules one value entering such a set can exclude rows
+    /// whose own values did not move (`NULL NOT IN {7}` is NULL;
+    /// `5 NOT IN {3, NULL}` is NULL), which a move-out matched by value
+    /// hashes cannot express.
+    pub fn for_shape(
+        clause: &Expr,
+        table: &TableSchema,
+        catalog: &Catalog,
+    ) -> Result<DnfPlan, PlanError> {
+        let plan = DnfPlan::new(clause)?;
+        plan.check_negated_columns(table, catalog)?;
+        Ok(plan)
+    }
+
+    fn check_negated_columns(
+        &self,
+        table: &TableSchema,
+        catalog: &Catalog,
+    ) -> Result<(), PlanError> {
+        for (d, dependency) in self.dependencies.iter().enumerate() {
+            let inner = catalog
+                .table(&dependency.table)
+                .expect("the checker resolved the subquery's table");
+            if self.dependency_polarities[d] == Polarity::Negated {
+                let nullable = |t: &TableSchema, name: &str| {
+                    let i = t.column_index(name).expect("a checked column");
+                    (!t.columns[i].not_null).then(|| format!("{}.{}", t.name, name))
+                };
+                let left = self.dependency_positions[d].iter().flat_map(|&p| {
+                    match &self.positions[p].atom {
+                        Expr::InSubquery { columns, .. } => columns.clone(),
+                        _ => unreachable!("a dependency's position is a subquery atom"),
+                    }
+                });
+                let left: Vec<String> = left
+                    .filter_map(|c| match c {
+                        Expr::Column { name, .. } => Some(name),
+                        _ => None,
+                    })
+                    .collect();
+                let found = left.iter().find_map(|c| nullable(table, c)).or_else(|| {
+                    dependency
+                        .columns
+                        .iter()
+                        .find_map(|(c, _)| nullable(inner, c))
+                });
+                if let Some(column) = found {
+                    return Err(PlanError::NullableNegated {
+                        subquery: dependency.to_string(),
+                        column,
+                    });
+                }
+            }
+            if let Some(clause) = &dependency.where_clause
+                && clause.has_subquery()
+            {
+                DnfPlan::new(clause)?.check_negated_columns(inner, catalog)?;
+            }
+        }
+        Ok(())
+    }
+
     fn unchecked(clause: &Expr) -> Result<DnfPlan, PlanError> {
-        let disjuncts = expand(&nnf(clause, false))?;
+        let disjuncts = expand(&nnf(clause, false)?)?;
+        let mut dependencies = Vec::new();
+        collect_subqueries(clause, &mut dependencies);
+        let count = dependencies.len();
         let mut plan = DnfPlan {
             positions: Vec::new(),
             disjuncts: Vec::new(),
-            dependencies: Vec::new(),
-            dependency_positions: Vec::new(),
-            dependency_disjuncts: Vec::new(),
+            dependencies,
+            dependency_positions: vec![Vec::new(); count],
+            dependency_disjuncts: vec![Vec::new(); count],
             dependency_polarities: Vec::new(),
         };
+        let mut polarities: Vec<Option<Polarity>> = vec![None; count];
         for (d, literals) in disjuncts.into_iter().enumerate() {
             let mut members = Vec::with_capacity(literals.len());
             for (atom, negated) in literals {
                 let position = plan.positions.len();
                 let dependency = match &atom {
                     Expr::InSubquery { subquery, .. } => {
-                        Some(plan.dependency(subquery, position, d, negated)?)
+                        Some(plan.dependency(subquery, position, d, negated, &mut polarities)?)
                     }
                     _ => None,
                 };
@@ -130,6 +210,10 @@ impl DnfPlan {
             }
             plan.disjuncts.push(members);
         }
+        plan.dependency_polarities = polarities
+            .into_iter()
+            .map(|p| p.expect("every collected subquery has a position"))
+            .collect();
         plan.assert_invariants();
         Ok(plan)
     }
@@ -141,23 +225,19 @@ impl DnfPlan {
         position: usize,
         d: usize,
         negated: bool,
+        polarities: &mut [Option<Polarity>],
     ) -> Result<usize, PlanError> {
         let polarity = if negated {
             Polarity::Negated
         } else {
             Polarity::Positive
         };
-        let index = match self.dependencies.iter().position(|s| s == subquery) {
-            Some(index) => index,
-            None => {
-                self.dependencies.push(subquery.clone());
-                self.dependency_positions.push(Vec::new());
-                self.dependency_disjuncts.push(Vec::new());
-                self.dependency_polarities.push(polarity);
-                self.dependencies.len() - 1
-            }
-        };
-        if self.dependency_polarities[index] != polarity {
+        let index = self
+            .dependencies
+            .iter()
+            .position(|s| s == subquery)
+            .expect("every subquery of the clause was collected");
+        if *polarities[index].get_or_insert(polarity) != polarity {
             return Err(PlanError::MixedPolarity {
                 subquery: subquery.to_string(),
             });
@@ -171,6 +251,7 @@ impl DnfPlan {
 
     fn assert_invariants(&self) {
         assert!(!self.disjuncts.is_empty() && self.disjuncts.len() <= MAX_DISJUNCTS);
+        assert_eq!(self.dependency_polarities.len(), self.dependencies.len());
         let flat: Vec<usize> = self.disjuncts.iter().flatten().copied().collect();
         assert_eq!(flat, (0..self.positions.len()).collect::<Vec<_>>());
         for (dep, positions) in self.dependency_positions.iter().enumerate() {
@@ -183,12 +264,28 @@ impl DnfPlan {
     }
 }
 
-/// Pushes NOT down to the atoms.
-fn nnf(expr: &Expr, negate: bool) -> Nnf {
+/// The distinct subqueries of `expr` (not of their own clauses), in the
+/// order they are written.
+fn collect_subqueries(expr: &Expr, out: &mut Vec<Subquery>) {
     match expr {
-        Expr::Not(inner) => nnf(inner, !negate),
+        Expr::InSubquery { subquery, .. } if !out.contains(subquery) => {
+            out.push(subquery.as_ref().clone());
+        }
+        Expr::Not(inner) => collect_subqueries(inner, out),
         Expr::And(a, b) | Expr::Or(a, b) => {
-            let parts = vec![nnf(a, negate), nnf(b, negate)];
+            collect_subqueries(a, out);
+            collect_subqueries(b, out);
+        }
+        _ => {}
+    }
+}
+
+/// Pushes NOT down to the atoms.
+fn nnf(expr: &Expr, negate: bool) -> Result<Nnf, PlanError> {
+    Ok(match expr {
+        Expr::Not(inner) => nnf(inner, !negate)?,
+        Expr::And(a, b) | Expr::Or(a, b) => {
+            let parts = vec![nnf(a, negate)?, nnf(b, negate)?];
             // De Morgan: a negated AND is an OR of negations, and back.
             if matches!(expr, Expr::And(..)) != negate {
                 Nnf::And(parts)
@@ -208,11 +305,16 @@ fn nnf(expr: &Expr, negate: bool) -> Nnf {
             },
             negated: *negated != negate,
         },
+        atom if atom.has_subquery() => {
+            return Err(PlanError::SubqueryInExpression {
+                expression: atom.to_string(),
+            });
+        }
         atom => Nnf::Atom {
             atom: atom.clone(),
             negated: negate,
         },
-    }
+    })
 }
 
 /// The disjuncts of a clause in negation normal form, in order.

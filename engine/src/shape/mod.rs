@@ -124,7 +124,9 @@ impl Shape {
             Some(source) => {
                 let expr = parse::parse_where(source, table, catalog).map_err(ShapeError::Where)?;
                 let plan = match expr.has_subquery() {
-                    true => Some(dnf::DnfPlan::new(&expr).map_err(ShapeError::Plan)?),
+                    true => Some(
+                        dnf::DnfPlan::for_shape(&expr, table, catalog).map_err(ShapeError::Plan)?,
+                    ),
                     false => None,
                 };
                 Some(WhereClause {

@@ -68,6 +68,15 @@ fn dnf_plan_case_table() {
             vec![Positive],
         ),
         (
+            // Dependencies are numbered as written (S1 first), not as the
+            // expansion meets them (S2 is in the first disjunct).
+            format!("(n = 1 OR id IN {S1}) AND n IN {S2}"),
+            format!("[0: (\"n\" = 1)] AND [1: {s2}] OR [2: {s1}] AND [3: {s2}]"),
+            vec![vec![2], vec![1, 3]],
+            vec![vec![1], vec![0, 1]],
+            vec![Positive, Positive],
+        ),
+        (
             "n > 1".into(),
             "[0: (\"n\" > 1)]".into(),
             vec![],
@@ -108,6 +117,17 @@ fn dnf_plan_refuses_mixed_polarity_and_more_than_a_hundred_disjuncts() {
         plan(nested).unwrap_err(),
         PlanError::MixedPolarity { .. }
     ));
+    // A subquery inside another expression has no position of its own.
+    for clause in [
+        "(id IN (SELECT t_id FROM u)) IS TRUE",
+        "n > 1 AND NOT ((id IN (SELECT t_id FROM u)) IS NOT TRUE)",
+    ] {
+        let err = plan(clause).unwrap_err();
+        assert!(
+            matches!(err, PlanError::SubqueryInExpression { .. }),
+            "{clause}: {err}"
+        );
+    }
     // Different subqueries may have different polarities.
     plan("id IN (SELECT t_id FROM u) AND n NOT IN (SELECT id FROM u)").unwrap();
     let ors = |column: &str, k: usize| {
@@ -218,4 +238,38 @@ fn tags_and_active_conditions_case_table() {
             "//f1b363ce9b3d4a2d71f17e87a03e9fff".to_string(),
         ]
     );
+}
+
+#[test]
+fn not_in_needs_not_null_columns_on_both_sides_at_every_level() {
+    use super::dnf::PlanError;
+    use super::{Shape, ShapeError, ShapeRequest};
+    let catalog = catalog();
+    let check = |clause: &str| {
+        let request = ShapeRequest {
+            table: "t".into(),
+            where_clause: Some(clause.into()),
+            ..Default::default()
+        };
+        Shape::new(&catalog, &request).map(|_| ())
+    };
+    // t.id and u.id are NOT NULL; t.n and u.t_id are nullable.
+    check("id NOT IN (SELECT id FROM u)").unwrap();
+    check("n IN (SELECT t_id FROM u)").unwrap();
+    for (clause, column) in [
+        ("n NOT IN (SELECT id FROM u)", "\"public\".\"t\".n"),
+        ("id NOT IN (SELECT t_id FROM u)", "\"public\".\"u\".t_id"),
+        ("NOT (id IN (SELECT t_id FROM u))", "\"public\".\"u\".t_id"),
+        (
+            "id IN (SELECT id FROM u WHERE t_id NOT IN (SELECT id FROM t))",
+            "\"public\".\"u\".t_id",
+        ),
+    ] {
+        match check(clause) {
+            Err(ShapeError::Plan(PlanError::NullableNegated { column: c, .. })) => {
+                assert_eq!(c, column, "{clause}")
+            }
+            other => panic!("{clause}: {other:?}"),
+        }
+    }
 }

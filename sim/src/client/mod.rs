@@ -393,7 +393,7 @@ impl ShapeClient {
             .into_iter()
             .map(|p| (p.pos, p.value))
             .collect();
-        for key in self.tags.moved(event, &patterns) {
+        for key in self.tags.moved(event, &patterns)? {
             let row = self.rows.remove(&key).ok_or_else(|| {
                 let why = format!("a move-out deletes {key}, which the client does not hold");
                 violation("strict-materialization", why)

@@ -112,8 +112,22 @@ impl TagTracker {
     }
 
     /// A move event; the keys a move-out leaves with no disjunct fully
-    /// true (the client deletes them).
-    pub fn moved(&mut self, event: MoveEvent, patterns: &[(usize, String)]) -> Vec<String> {
+    /// true (the client deletes them). A pattern past the shape's positions
+    /// is a `wire` violation.
+    pub fn moved(
+        &mut self,
+        event: MoveEvent,
+        patterns: &[(usize, String)],
+    ) -> Result<Vec<String>, Violation> {
+        if let Some(data) = self.keys.values().next()
+            && let Some((position, _)) = patterns.iter().find(|(p, _)| *p >= data.active.len())
+        {
+            let why = format!(
+                "{event:?} pattern for position {position} of {}",
+                data.active.len()
+            );
+            return Err(violation("wire", why));
+        }
         let mut deleted = Vec::new();
         for (key, data) in &mut self.keys {
             let mut matched = false;
@@ -122,7 +136,7 @@ impl TagTracker {
                     .tags
                     .iter()
                     .any(|tag| slots(tag).get(*position) == Some(&hash.as_str()));
-                if hit && *position < data.active.len() {
+                if hit {
                     data.active[*position] = event == MoveEvent::In;
                     matched = true;
                 }
@@ -137,7 +151,7 @@ impl TagTracker {
         for key in &deleted {
             self.keys.remove(key);
         }
-        deleted
+        Ok(deleted)
     }
 }
 

@@ -150,8 +150,12 @@ fn tagged(
 }
 
 fn event(kind: &str, hash: &str) -> String {
+    event_at(kind, 0, hash)
+}
+
+fn event_at(kind: &str, pos: usize, hash: &str) -> String {
     format!(
-        r#"{{"headers":{{"event":"{kind}","patterns":[{{"pos":0,"value":"{hash}"}}],"txids":[7]}}}}"#
+        r#"{{"headers":{{"event":"{kind}","patterns":[{{"pos":{pos},"value":"{hash}"}}],"txids":[7]}}}}"#
     )
 }
 
@@ -210,9 +214,36 @@ fn malformed_tags_and_events_are_wire_violations() {
         r#"{"headers":{"event":"move-sideways","patterns":[]}}"#.to_string(),
         r#"{"headers":{"event":"move-out"}}"#.to_string(),
     ];
+    // A pattern past the shape's positions.
+    let mut client = ShapeClient::new("t", None, false);
+    step(
+        &mut client,
+        "0_0",
+        &[tagged("a", "insert", &["h1/", "/1"], None, [true, true])],
+    )
+    .unwrap();
+    let err = step(&mut client, "1_0", &[event_at("move-out", 2, "h1")]).unwrap_err();
+    assert_eq!(err.class, "wire", "{err}");
     for body in cases {
         let mut client = ShapeClient::new("t", None, false);
         let err = step(&mut client, "0_0", std::slice::from_ref(&body)).unwrap_err();
         assert_eq!(err.class, "wire", "{body}: {err}");
     }
+}
+
+#[test]
+fn a_move_in_sets_the_matched_positions_back() {
+    // f is in by either of two subquery positions, one per disjunct.
+    let mut client = ShapeClient::new("t", None, false);
+    let f = tagged("f", "insert", &["h1/", "/h5"], None, [true, true]);
+    step(&mut client, "0_0", &[f]).unwrap();
+    step(&mut client, "10_0", &[event_at("move-out", 0, "h1")]).unwrap();
+    assert_eq!(client.rows.len(), 1, "still in by its second disjunct");
+    step(&mut client, "11_0", &[event_at("move-in", 0, "h1")]).unwrap();
+    // Only because the move-in set position 0 back does f survive this.
+    let applied = step(&mut client, "12_0", &[event_at("move-out", 1, "h5")]).unwrap();
+    assert!(applied.synthetic_deletes.is_empty());
+    assert_eq!(client.rows.len(), 1);
+    let applied = step(&mut client, "13_0", &[event_at("move-out", 0, "h1")]).unwrap();
+    assert_eq!(applied.synthetic_deletes.len(), 1);
 }

@@ -4,8 +4,10 @@
 //! levels deep, with `IN` and `NOT IN`, mixed with plain predicates.
 //!
 //! A subquery is used with one polarity only (the engine refuses a clause
-//! that uses one both ways): `NOT IN` forms filter on `active` / `NOT
-//! active`, `IN` forms on `active = true|false`, so the two never coincide.
+//! that uses one both ways): `NOT IN` forms filter on `active`, `NOT
+//! active` or `level_2_id IN (...)`, `IN` forms on `active = true|false` or
+//! `level_2_id = ...`, so the two never coincide; a `NOT (...)` over an
+//! `IN` subquery is drawn only in a clause with no other subquery.
 
 use super::generate::atomic;
 use crate::standard::{LEVEL_IDS, TAGS};
@@ -16,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 /// A WHERE clause on `level_4` with at least one subquery, its subqueries
 /// nested at most `max_depth` levels (1..=3).
 pub fn subquery_clause(rng: &mut ChaCha8Rng, max_depth: u32) -> String {
-    match rng.random_range(0..6) {
+    match rng.random_range(0..9) {
         0 | 1 => subquery(rng, max_depth),
         2 => format!("({}) OR ({})", subquery(rng, max_depth), atomic(rng)),
         3 => format!("({}) AND ({})", subquery(rng, max_depth), atomic(rng)),
@@ -27,7 +29,11 @@ pub fn subquery_clause(rng: &mut ChaCha8Rng, max_depth: u32) -> String {
             subquery(rng, max_depth),
             atomic(rng)
         ),
-        _ => not_in(rng),
+        5 => not_in(rng),
+        // Negated positions in plans of several disjuncts.
+        6 => format!("({}) OR ({})", not_in(rng), atomic(rng)),
+        7 => format!("({}) AND ({})", subquery(rng, max_depth), not_in(rng)),
+        _ => format!("NOT ({}) OR ({})", subquery(rng, max_depth), atomic(rng)),
     }
 }
 
@@ -64,7 +70,7 @@ fn not_in(rng: &mut ChaCha8Rng) -> String {
     let filter = match rng.random_range(0..3) {
         0 => "active".to_string(),
         1 => "NOT active".to_string(),
-        _ => format!("level_2_id = {}", id(rng, 2)),
+        _ => format!("level_2_id IN ({}, {})", id(rng, 2), id(rng, 2)),
     };
     format!("level_3_id NOT IN (SELECT id FROM level_3 WHERE {filter})")
 }
