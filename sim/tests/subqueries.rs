@@ -79,6 +79,31 @@ fn for_each_state(seed: u64, check: &mut dyn FnMut(&PgModel)) {
     }
 }
 
+/// The views of the plan's dependencies, by the engine's evaluator.
+fn views_of(pg: &PgModel, catalog: &Catalog, plan: &DnfPlan) -> Vec<View> {
+    let engine_views = EngineViews { pg, catalog };
+    plan.dependencies
+        .iter()
+        .map(|d| engine_views.view(d))
+        .collect()
+}
+
+/// A `level_4` shape filtered by `clause`, which must have a plan.
+fn subquery_shape(catalog: &Catalog, clause: &str) -> Shape {
+    let request = ShapeRequest {
+        table: "level_4".into(),
+        where_clause: Some(clause.to_string()),
+        ..Default::default()
+    };
+    let shape = Shape::new(catalog, &request).unwrap_or_else(|e| panic!("{clause}: {e}"));
+    let planned = shape
+        .where_clause
+        .as_ref()
+        .is_some_and(|w| w.plan.is_some());
+    assert!(planned, "{clause}: a subquery clause has a plan");
+    shape
+}
+
 #[test]
 fn the_engines_plan_includes_exactly_the_rows_the_oracle_selects() {
     let catalog = standard::catalog();
@@ -87,26 +112,10 @@ fn the_engines_plan_includes_exactly_the_rows_the_oracle_selects() {
     let mut check = |pg: &PgModel| {
         for _ in 0..25 {
             let clause = subquery_clause(&mut rng, 3);
-            let request = ShapeRequest {
-                table: "level_4".into(),
-                where_clause: Some(clause.clone()),
-                ..Default::default()
-            };
-            let shape = Shape::new(&catalog, &request).unwrap_or_else(|e| panic!("{clause}: {e}"));
+            let shape = subquery_shape(&catalog, &clause);
             let where_clause = shape.where_clause.as_ref().expect("a clause");
-            let plan = where_clause
-                .plan
-                .as_ref()
-                .expect("a subquery clause has a plan");
-            let engine_views = EngineViews {
-                pg,
-                catalog: &catalog,
-            };
-            let views: Vec<View> = plan
-                .dependencies
-                .iter()
-                .map(|d| engine_views.view(d))
-                .collect();
+            let plan = where_clause.plan.as_ref().expect("a plan");
+            let views = views_of(pg, &catalog, plan);
             let level4 = standard::level(4);
             let by_engine: BTreeSet<Vec<Value>> = pg
                 .rows(&level4)
@@ -162,23 +171,10 @@ fn a_move_in_query_selects_exactly_the_rows_the_move_brings_in() {
     let mut check = |pg: &PgModel| {
         for _ in 0..15 {
             let clause = subquery_clause(&mut rng, 3);
-            let request = ShapeRequest {
-                table: "level_4".into(),
-                where_clause: Some(clause.clone()),
-                ..Default::default()
-            };
-            let shape = Shape::new(&catalog, &request).unwrap_or_else(|e| panic!("{clause}: {e}"));
+            let shape = subquery_shape(&catalog, &clause);
             let where_clause = shape.where_clause.as_ref().expect("a clause");
             let plan = where_clause.plan.as_ref().expect("a plan");
-            let engine_views = EngineViews {
-                pg,
-                catalog: &catalog,
-            };
-            let now: Vec<View> = plan
-                .dependencies
-                .iter()
-                .map(|d| engine_views.view(d))
-                .collect();
+            let now = views_of(pg, &catalog, plan);
             for dependency in 0..plan.dependencies.len() {
                 // Before the move the view lacked some of its tuples, or
                 // held some it no longer holds (a NOT IN move-in).
