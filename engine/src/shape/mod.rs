@@ -216,6 +216,24 @@ impl Shape {
     }
 
     /// The request that recreates this shape (what metadata stores).
+    /// The inner shape of a dependency (Electric: every subquery is a shape
+    /// of its own): the subquery's table, its primary key and selected
+    /// columns, its WHERE (planned in turn if it nests subqueries). Built
+    /// from the canonical text, so every outer shape that uses the same
+    /// subquery, however spelled, shares one inner shape.
+    pub fn for_dependency(
+        catalog: &Catalog,
+        subquery: &expr::Subquery,
+    ) -> Result<Shape, ShapeError> {
+        let request = ShapeRequest {
+            table: subquery.table.to_string(),
+            columns: Some(subquery.columns.iter().map(|(c, _)| c.clone()).collect()),
+            where_clause: subquery.where_clause.as_ref().map(Expr::to_string),
+            replica: Replica::Default,
+        };
+        Shape::new(catalog, &request)
+    }
+
     pub fn to_request(&self) -> ShapeRequest {
         ShapeRequest {
             table: self.table.name.to_string(),

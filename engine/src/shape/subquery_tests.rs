@@ -273,3 +273,44 @@ fn not_in_needs_not_null_columns_on_both_sides_at_every_level() {
         }
     }
 }
+
+#[test]
+fn every_spelling_of_a_subquery_shares_one_inner_shape() {
+    use super::{Shape, ShapeRequest};
+    let catalog = catalog();
+    let outer = |clause: &str| {
+        let request = ShapeRequest {
+            table: "t".into(),
+            where_clause: Some(clause.into()),
+            ..Default::default()
+        };
+        Shape::new(&catalog, &request).unwrap()
+    };
+    let inner = |shape: &Shape| {
+        let plan = shape.where_clause.as_ref().unwrap().plan.as_ref().unwrap();
+        Shape::for_dependency(&catalog, &plan.dependencies[0]).unwrap()
+    };
+    let a = inner(&outer("id IN (SELECT t_id FROM u WHERE active)"));
+    let b = inner(&outer(
+        "n > 1 OR n IN (SELECT T_ID FROM public.u WHERE (active))",
+    ));
+    assert_eq!(a.comparable(), b.comparable());
+    assert_eq!(a.hash(), b.hash());
+    // The primary key is selected with the subquery's column.
+    let names: Vec<&str> = a
+        .selected
+        .iter()
+        .map(|&i| a.table.columns[i].name.as_str())
+        .collect();
+    assert_eq!(names, vec!["id", "t_id"]);
+    // A nested subquery makes the inner shape a subquery shape in turn.
+    let nested = inner(&outer(
+        "id IN (SELECT t_id FROM u WHERE t_id IN (SELECT id FROM t WHERE n > 1))",
+    ));
+    let plan = nested.where_clause.as_ref().unwrap().plan.as_ref().unwrap();
+    assert_eq!(plan.dependencies.len(), 1);
+    assert_eq!(
+        plan.dependencies[0].table,
+        crate::schema::TableName::public("t")
+    );
+}
