@@ -3,6 +3,7 @@
 
 use super::parse::parse_where;
 use super::tests::{catalog, table};
+use super::{Shape, ShapeRequest};
 use crate::schema::{Row, Value};
 
 /// The DNF plan of a clause, printed with its positions, or the error.
@@ -240,19 +241,22 @@ fn tags_and_active_conditions_case_table() {
     );
 }
 
+/// A shape on table `t` filtered by `clause`.
+fn shape_on_t(catalog: &crate::schema::Catalog, clause: &str) -> Result<Shape, super::ShapeError> {
+    let request = ShapeRequest {
+        table: "t".into(),
+        where_clause: Some(clause.into()),
+        ..Default::default()
+    };
+    Shape::new(catalog, &request)
+}
+
 #[test]
 fn not_in_needs_not_null_columns_on_both_sides_at_every_level() {
+    use super::ShapeError;
     use super::dnf::PlanError;
-    use super::{Shape, ShapeError, ShapeRequest};
     let catalog = catalog();
-    let check = |clause: &str| {
-        let request = ShapeRequest {
-            table: "t".into(),
-            where_clause: Some(clause.into()),
-            ..Default::default()
-        };
-        Shape::new(&catalog, &request).map(|_| ())
-    };
+    let check = |clause: &str| shape_on_t(&catalog, clause).map(|_| ());
     // t.id and u.id are NOT NULL; t.n and u.t_id are nullable.
     check("id NOT IN (SELECT id FROM u)").unwrap();
     check("n IN (SELECT t_id FROM u)").unwrap();
@@ -276,16 +280,8 @@ fn not_in_needs_not_null_columns_on_both_sides_at_every_level() {
 
 #[test]
 fn every_spelling_of_a_subquery_shares_one_inner_shape() {
-    use super::{Shape, ShapeRequest};
     let catalog = catalog();
-    let outer = |clause: &str| {
-        let request = ShapeRequest {
-            table: "t".into(),
-            where_clause: Some(clause.into()),
-            ..Default::default()
-        };
-        Shape::new(&catalog, &request).unwrap()
-    };
+    let outer = |clause: &str| shape_on_t(&catalog, clause).unwrap();
     let inner = |shape: &Shape| {
         let plan = shape.where_clause.as_ref().unwrap().plan.as_ref().unwrap();
         Shape::for_dependency(&catalog, &plan.dependencies[0]).unwrap()
