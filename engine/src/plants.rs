@@ -53,6 +53,15 @@ pub struct Plants {
     /// snapshot was taken as visible: their changes are skipped, though the
     /// snapshot never had them.
     pub ignore_xip: bool,
+    /// A subquery shape's move-out changes its view but writes no
+    /// `move-out` event: clients keep rows that left the shape.
+    pub move_out_not_written: bool,
+    /// A move-in splices one buffered transaction early: a transaction its
+    /// query already saw is applied with the views after the move.
+    pub splice_at_wrong_boundary: bool,
+    /// An inner shape's materializer counts the values of rows that are
+    /// not in the shape, so it moves in values no included row has.
+    pub materializer_counts_excluded: bool,
 
     /// Real bug (Electric's bug 3, found here by the harness, fixed): an
     /// offset past a log still being replayed after a crash gets 400.

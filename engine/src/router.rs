@@ -74,7 +74,8 @@ pub struct Tagging<'a> {
 }
 
 impl Tagging<'_> {
-    fn includes(&self, row: &[Value]) -> bool {
+    /// Whether `row` is in the shape under these views.
+    pub fn includes(&self, row: &[Value]) -> bool {
         let active = tags::active_conditions(self.plan, self.views, row);
         tags::included(self.plan, &active, self.clause, self.views, row)
     }

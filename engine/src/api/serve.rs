@@ -71,10 +71,6 @@ async fn serve(stack: &Arc<Inner>, request: Request) -> Response {
             return Response::bad_request(&BTreeMap::from([(e.field(), vec![e.to_string()])]));
         }
     };
-    if shape.has_subquery() {
-        let why = "subqueries (IN (SELECT ...)) are not supported yet".to_string();
-        return Response::bad_request(&BTreeMap::from([("where", vec![why])]));
-    }
     let hash = shape.hash();
     let requested = params.handle.clone();
     let current = match requested {
@@ -208,8 +204,17 @@ async fn read(stack: &Arc<Inner>, entry: &Arc<ShapeEntry>, params: &Params) -> R
             return refetch(stack, entry).await;
         }
         let seen = seen_lsn(stack);
-        let latest = reader.latest_offset();
-        let chunk_end = reader.chunk_end(offset).unwrap_or(latest);
+        // A subquery shape is read only up to its claim, where its log
+        // holds its rows as of a known LSN.
+        let claim = entry.claims().then(|| entry.claim());
+        let latest = match claim {
+            Some(Some((claimed, _))) => claimed,
+            _ => reader.latest_offset(),
+        };
+        let mut chunk_end = reader.chunk_end(offset).unwrap_or(latest);
+        if let Some(Some((claimed, _))) = claim {
+            chunk_end = chunk_end.min(claimed.max(offset));
+        }
         let entries = match reader.log_stream(offset, chunk_end).await {
             Ok(Stream::Entries(entries)) => entries,
             Ok(Stream::SnapshotChunkPending(_)) => {
@@ -230,7 +235,9 @@ async fn read(stack: &Arc<Inner>, entry: &Arc<ShapeEntry>, params: &Params) -> R
                 return refetch(stack, entry).await;
             }
         };
-        let mut up_to_date = chunk_end >= latest.max(offset) && offset != LogOffset::BEFORE_ALL;
+        let mut up_to_date = chunk_end >= latest.max(offset)
+            && offset != LogOffset::BEFORE_ALL
+            && claim.is_none_or(|c| c.is_some());
         // Only an up-to-date that names `seen` (not live with a transaction
         // to name) needs replication to have reached the snapshot.
         let names_seen = !params.live || chunk_end.tx().is_none_or(|tx| tx == 0);
@@ -252,7 +259,7 @@ async fn read(stack: &Arc<Inner>, entry: &Arc<ShapeEntry>, params: &Params) -> R
                 continue;
             }
             // Timed out (or woken at the deadline): re-check once, then answer.
-            if reader.latest_offset() > latest && !entry.is_removed() {
+            if readable_end(entry) > latest && !entry.is_removed() {
                 continue;
             }
         }
@@ -261,10 +268,21 @@ async fn read(stack: &Arc<Inner>, entry: &Arc<ShapeEntry>, params: &Params) -> R
         } else {
             entry.snapshot_lsn()
         };
-        let seen =
-            up_to_date.then(|| global_last_seen_lsn(snapshot_lsn, seen, chunk_end, params.live));
+        let seen = up_to_date.then(|| match claim {
+            // Everything routed to it at or below `seen` it has applied.
+            Some(Some((_, claimed))) => seen.max(claimed),
+            _ => global_last_seen_lsn(snapshot_lsn, seen, chunk_end, params.live),
+        });
         let messages = entries.iter().map(|e| e.json.as_str());
         return respond(stack, entry, params, chunk_end, seen, messages);
+    }
+}
+
+/// Where a reader may read to now: the log's end, or a subquery shape's claim.
+fn readable_end(entry: &ShapeEntry) -> LogOffset {
+    match entry.claims().then(|| entry.claim()).flatten() {
+        Some((claimed, _)) => claimed,
+        None => entry.reader.latest_offset(),
     }
 }
 

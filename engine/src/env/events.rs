@@ -85,6 +85,22 @@ pub enum Event {
         handle: ShapeHandle,
         offset: LogOffset,
     },
+    /// A subquery shape wrote a `move-out` event for `values` value tuples of
+    /// its dependency number `dependency`.
+    MovedOut {
+        handle: ShapeHandle,
+        dependency: usize,
+        values: usize,
+    },
+    /// A subquery shape spliced a move-in: `rows` rows for `values` value
+    /// tuples, the buffered transactions split by `rule`.
+    MovedIn {
+        handle: ShapeHandle,
+        dependency: usize,
+        values: usize,
+        rows: usize,
+        rule: SpliceRule,
+    },
     /// The engine is acknowledging `lsn` to the slot (sent next).
     Acknowledged { lsn: Lsn },
     /// A batch of the metadata write buffer was committed to SQLite.
@@ -120,10 +136,25 @@ pub enum RemovalReason {
     Requested,
     /// Routing found the shape's consumer gone.
     ConsumerGone,
+    /// Boot: subquery shapes and the inner shapes of their dependencies are
+    /// not restored yet (Electric #4735 drops them the same way).
+    SubqueryNotRestored,
+    /// An inner shape this subquery shape depends on was removed.
+    DependencyRemoved { dependency: ShapeHandle },
     /// Planted bug `drop-all-on-dirty-boot`: boot wiped the shape because the
     /// previous stop was not clean.
     #[cfg(feature = "plants")]
     DirtyBoot,
+}
+
+/// Which rule closed a move-in's buffered transactions (Electric's splice
+/// boundary).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpliceRule {
+    /// The first buffered transaction the move-in snapshot does not see.
+    FirstInvisible,
+    /// Everything up to the query's WAL position was delivered.
+    ReachedQueryLsn,
 }
 
 /// Why a consumer stopped.
@@ -133,6 +164,8 @@ pub enum ConsumerFailure {
     Storage(StorageFailure),
     /// More transactions arrived during the snapshot than it may buffer.
     SnapshotBacklog { queued: usize },
+    /// More transactions arrived during a move-in than it may buffer.
+    MoveInBacklog { queued: usize },
 }
 
 /// A shape-log error, as an event carries it: its kind, typed, and its full
@@ -168,6 +201,9 @@ pub enum SkipReason {
     Replayed,
     /// Already reflected in the shape's snapshot.
     InSnapshot,
+    /// Routed to a subquery or inner shape for its dependencies, it writes
+    /// nothing to this shape's log.
+    NothingToWrite,
 }
 
 /// One operation of a committed metadata batch.
@@ -191,6 +227,8 @@ impl RemovalReason {
             RemovalReason::SnapshotGaveUp(_) => "snapshot-gave-up",
             RemovalReason::Requested => "requested",
             RemovalReason::ConsumerGone => "consumer-gone",
+            RemovalReason::SubqueryNotRestored => "subquery-shape-not-restored",
+            RemovalReason::DependencyRemoved { .. } => "dependency-removed",
             #[cfg(feature = "plants")]
             RemovalReason::DirtyBoot => "dirty-boot",
         }
@@ -300,6 +338,21 @@ impl fmt::Display for Event {
                 reason,
             } => write!(f, "{handle} skipped lsn {lsn}: {reason:?}"),
             Event::ShapeDurable { handle, offset } => write!(f, "{handle} durable to {offset}"),
+            Event::MovedOut {
+                handle,
+                dependency,
+                values,
+            } => write!(f, "{handle} moved out {values} values of dependency {dependency}"),
+            Event::MovedIn {
+                handle,
+                dependency,
+                values,
+                rows,
+                rule,
+            } => write!(
+                f,
+                "{handle} moved in {values} values of dependency {dependency}: {rows} rows, spliced by {rule:?}"
+            ),
             Event::Acknowledged { lsn } => write!(f, "acknowledging lsn {lsn}"),
             Event::MetadataWritten { changes } => {
                 write!(f, "metadata written:")?;
@@ -329,6 +382,10 @@ impl fmt::Display for RemovalReason {
             RemovalReason::ConsumerFailed(ConsumerFailure::SnapshotBacklog { queued }) => {
                 write!(f, " ({queued} transactions queued during the snapshot)")
             }
+            RemovalReason::ConsumerFailed(ConsumerFailure::MoveInBacklog { queued }) => {
+                write!(f, " ({queued} transactions queued during a move-in)")
+            }
+            RemovalReason::DependencyRemoved { dependency } => write!(f, " ({dependency})"),
             RemovalReason::SnapshotGaveUp(e) => write!(f, " ({e})"),
             _ => Ok(()),
         }

@@ -83,6 +83,8 @@ pub enum PlanError {
         "a subquery must be a condition of its own (`x IN (SELECT ...)` combined with AND, OR, NOT), not part of `{expression}`"
     )]
     SubqueryInExpression { expression: String },
+    #[error("subqueries nest at most {limit} levels deep")]
+    TooDeep { limit: usize },
 }
 
 /// A clause in negation normal form: negations only on atoms.

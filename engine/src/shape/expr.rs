@@ -168,6 +168,40 @@ impl Expr {
     }
 }
 
+impl Expr {
+    /// Calls `f` with each subquery of the clause (not of their own
+    /// clauses), as written, repeats included.
+    pub fn visit_subqueries(&self, f: &mut dyn FnMut(&super::expr::Subquery)) {
+        match self {
+            Expr::Literal { .. } | Expr::Column { .. } => {}
+            Expr::InSubquery { subquery, .. } => f(subquery),
+            Expr::Compare { left, right, .. } => {
+                left.visit_subqueries(f);
+                right.visit_subqueries(f);
+            }
+            Expr::And(a, b) | Expr::Or(a, b) => {
+                a.visit_subqueries(f);
+                b.visit_subqueries(f);
+            }
+            Expr::Not(e) | Expr::IsNull { expr: e, .. } | Expr::IsBool { expr: e, .. } => {
+                e.visit_subqueries(f)
+            }
+            Expr::Like { expr, .. } => expr.visit_subqueries(f),
+            Expr::Between {
+                expr, low, high, ..
+            } => {
+                expr.visit_subqueries(f);
+                low.visit_subqueries(f);
+                high.visit_subqueries(f);
+            }
+            Expr::InList { expr, list, .. } => {
+                expr.visit_subqueries(f);
+                list.iter().for_each(|e| e.visit_subqueries(f));
+            }
+        }
+    }
+}
+
 /// `'text'` with embedded quotes doubled.
 pub fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))

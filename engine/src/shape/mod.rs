@@ -103,6 +103,10 @@ pub struct Shape {
     pub selected: Vec<usize>,
     pub where_clause: Option<WhereClause>,
     pub replica: Replica,
+    /// For the inner shape of a dependency: the table columns of the
+    /// subquery, in its order (a row's value tuple). Part of the identity:
+    /// an inner shape is never shared with a client's plain shape.
+    pub dependency: Option<Vec<usize>>,
     /// Identity, computed once: requests compare it on every poll.
     comparable: String,
     hash: String,
@@ -141,13 +145,83 @@ impl Shape {
             selected,
             where_clause,
             replica: request.replica,
+            dependency: None,
             comparable: String::new(),
             hash: String::new(),
         };
-        shape.comparable = shape.comparable_form();
-        let digest = Sha256::digest(shape.comparable.as_bytes());
-        shape.hash = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        if shape.layer() > MAX_LAYER {
+            let limit = MAX_LAYER;
+            return Err(ShapeError::Plan(dnf::PlanError::TooDeep { limit }));
+        }
+        shape.identify();
         Ok(shape)
+    }
+
+    fn identify(&mut self) {
+        self.comparable = self.comparable_form();
+        let digest = Sha256::digest(self.comparable.as_bytes());
+        self.hash = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    }
+
+    /// The routing layer: 0 for a shape without subqueries, else one more
+    /// than its deepest dependency's (a transaction reaches a shape only
+    /// after every shape of a lower layer has taken it).
+    pub fn layer(&self) -> usize {
+        self.where_clause.as_ref().map_or(0, |w| nesting(&w.expr))
+    }
+
+    /// Whether this is the inner shape of some subquery.
+    pub fn is_dependency(&self) -> bool {
+        self.dependency.is_some()
+    }
+
+    /// The inner shapes of this shape's dependencies, in plan order.
+    pub fn dependency_shapes(&self, catalog: &Catalog) -> Result<Vec<Shape>, ShapeError> {
+        let Some(plan) = self.where_clause.as_ref().and_then(|w| w.plan.as_ref()) else {
+            return Ok(Vec::new());
+        };
+        plan.dependencies
+            .iter()
+            .map(|s| Shape::for_dependency(catalog, s))
+            .collect()
+    }
+
+    /// Every table this shape's rows depend on: its own and, through its
+    /// subqueries at every level, theirs.
+    pub fn tables(&self) -> std::collections::BTreeSet<TableName> {
+        let mut out = std::collections::BTreeSet::from([self.table.name.clone()]);
+        if let Some(w) = &self.where_clause {
+            subquery_tables(&w.expr, &mut out);
+        }
+        out
+    }
+
+    /// Per dependency (plan order): the tables its rows depend on, its own
+    /// and those of its subqueries at every level.
+    pub fn dependency_tables(&self) -> Vec<std::collections::BTreeSet<TableName>> {
+        let Some(plan) = self.plan() else {
+            return Vec::new();
+        };
+        plan.dependencies
+            .iter()
+            .map(|s| {
+                let mut out = std::collections::BTreeSet::from([s.table.clone()]);
+                if let Some(w) = &s.where_clause {
+                    subquery_tables(w, &mut out);
+                }
+                out
+            })
+            .collect()
+    }
+
+    /// An inner shape's value tuple of `row` (all columns, table order).
+    pub fn tuple(&self, row: &[Value]) -> Vec<Value> {
+        let columns = self.dependency.as_ref().expect("only inner shapes have tuples");
+        columns.iter().map(|&i| row[i].clone()).collect()
+    }
+
+    pub fn plan(&self) -> Option<&dnf::DnfPlan> {
+        self.where_clause.as_ref().and_then(|w| w.plan.as_ref())
     }
 
     /// The canonical comparable form: equal for equal shapes, however spelled.
@@ -176,8 +250,18 @@ impl Shape {
             .iter()
             .map(|c| format!("{}:{}:{}", quote_ident(&c.name), c.ty.pg_name(), c.not_null))
             .collect();
+        let role = match &self.dependency {
+            None => String::new(),
+            Some(columns) => {
+                let names: Vec<String> = columns
+                    .iter()
+                    .map(|&i| quote_ident(&self.table.columns[i].name))
+                    .collect();
+                format!("{DEPENDENCY}({})", names.join(","))
+            }
+        };
         format!(
-            "table={} oid={} columns=({}) where={} replica={}{DEFINITION}({})",
+            "table={} oid={} columns=({}) where={} replica={}{role}{DEFINITION}({})",
             self.table.name,
             self.table.oid,
             columns.join(","),
@@ -231,7 +315,19 @@ impl Shape {
             where_clause: subquery.where_clause.as_ref().map(Expr::to_string),
             replica: Replica::Default,
         };
-        Shape::new(catalog, &request)
+        let mut shape = Shape::new(catalog, &request)?;
+        let columns = subquery
+            .columns
+            .iter()
+            .map(|(name, _)| {
+                shape.table.column_index(name).ok_or_else(|| {
+                    ShapeError::Columns(format!("unknown column {name:?} in {}", subquery.table))
+                })
+            })
+            .collect::<Result<Vec<usize>, ShapeError>>()?;
+        shape.dependency = Some(columns);
+        shape.identify();
+        Ok(shape)
     }
 
     pub fn to_request(&self) -> ShapeRequest {
@@ -251,6 +347,32 @@ impl Shape {
 
 /// Where the table definition starts in a comparable form.
 pub const DEFINITION: &str = " definition=";
+
+/// Marks an inner shape's comparable form (boot drops such shapes until
+/// subquery shapes are restored).
+pub const DEPENDENCY: &str = " dependency=";
+
+/// The deepest nesting of subqueries a shape may have.
+pub const MAX_LAYER: usize = 3;
+
+/// How deeply subqueries nest in `expr` (0: none).
+fn nesting(expr: &Expr) -> usize {
+    let mut deepest = 0;
+    expr.visit_subqueries(&mut |s| {
+        let inner = s.where_clause.as_ref().map_or(0, nesting);
+        deepest = deepest.max(1 + inner);
+    });
+    deepest
+}
+
+fn subquery_tables(expr: &Expr, out: &mut std::collections::BTreeSet<TableName>) {
+    expr.visit_subqueries(&mut |s| {
+        out.insert(s.table.clone());
+        if let Some(w) = &s.where_clause {
+            subquery_tables(w, out);
+        }
+    });
+}
 
 /// `table`, `schema.table`, with Postgres identifier rules (quoted or folded).
 fn parse_table_name(text: &str) -> Result<TableName, ShapeError> {

@@ -154,6 +154,24 @@ fn left_side<'a>(atom: &'a Expr, row: &[Value]) -> (Vec<&'a str>, Vec<Value>) {
         .unzip()
 }
 
+/// A move pattern's value: the hash `position`'s slot holds in the tags of
+/// a row whose left side is `tuple` (the same hash, so a client matches
+/// patterns against tags).
+pub fn pattern(plan: &DnfPlan, stack_id: &str, handle: &str, position: usize, tuple: &[Value]) -> String {
+    let atom = &plan.positions[position].atom;
+    let Expr::InSubquery { columns, .. } = atom else {
+        unreachable!("only subquery positions have patterns")
+    };
+    let names: Vec<&str> = columns
+        .iter()
+        .map(|c| match c {
+            Expr::Column { name, .. } => name.as_str(),
+            other => unreachable!("the checker lets only columns on the left: {other}"),
+        })
+        .collect();
+    value_hash(stack_id, handle, &names, tuple)
+}
+
 /// One tag per disjunct (see the module doc).
 pub fn tags(plan: &DnfPlan, stack_id: &str, handle: &str, row: &[Value]) -> Vec<String> {
     let slots: Vec<String> = plan

@@ -107,6 +107,14 @@ async fn restore(stack: &Arc<Inner>, catalog: &Catalog, row: ShapeRow, clean: bo
         drop_shape(stack, &row.handle, RemovalReason::DirtyBoot).await;
         return;
     }
+    // Until subquery shapes are restored (the next issue), they and their
+    // inner shapes are dropped, as Electric does (#4735).
+    let subquery = row.comparable.contains(crate::shape::DEPENDENCY)
+        || Shape::new(catalog, &row.request).is_ok_and(|s| s.has_subquery());
+    if subquery {
+        drop_shape(stack, &row.handle, RemovalReason::SubqueryNotRestored).await;
+        return;
+    }
     let same = |a: &str, b: &str| match crate::planted!(stack.config, boot_ignores_definition) {
         // Planted: the shape's own columns are compared, not the table's.
         true => {
@@ -138,7 +146,8 @@ async fn restore(stack: &Arc<Inner>, catalog: &Catalog, row: ShapeRow, clean: bo
                     index_bytes: trimmed.index_bytes,
                 });
             }
-            stack.register(row.handle, Arc::new(shape), writer, Start::Restored);
+            let deps = Vec::new(); // only plain shapes are restored
+            stack.register(row.handle, Arc::new(shape), writer, Start::Restored, deps);
         }
         Err(LogError::Corrupt(why)) if stack.config.strict_recovery => {
             panic!(

@@ -12,7 +12,7 @@ mod boot;
 mod replication;
 mod shutdown;
 
-use crate::consumer::{self, ConsumerConfig, ShapeRemover, Start};
+use crate::consumer::{self, ConsumerConfig, Delivered, ShapeRemover, Start, Subscriber};
 use crate::env::events::RemovalReason;
 use crate::env::{Env, Event};
 use crate::flush_tracker::{FlushTracker, SharedTracker};
@@ -26,10 +26,11 @@ use futures::channel::mpsc;
 use futures::future::{self, Either};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-pub use crate::consumer::{SHAPES_DIR, ShapeEntry, shape_dir};
+pub use crate::consumer::{SHAPES_DIR, STACK_ID, ShapeEntry, shape_dir};
 
 /// Marker written at the end of a graceful shutdown, consumed at boot.
 pub const CLEAN_SHUTDOWN_MARKER: &str = "clean_shutdown";
@@ -114,6 +115,8 @@ pub(crate) struct Inner {
     /// `None` until replication first connects.
     pub tracker: Arc<SharedTracker>,
     stream: Mutex<Option<Arc<dyn ReplicationStream>>>,
+    /// How far the intake has delivered to every consumer.
+    pub(crate) delivered: Arc<Delivered>,
     /// The highest LSN known to exist upstream: Postgres' WAL position at the
     /// last connect, or the last transaction received. An offset at or below it
     /// is valid even where the log has not caught up yet (after a crash).
@@ -151,6 +154,7 @@ impl Stack {
             tracker: Arc::default(),
             stream: Mutex::new(None),
             upstream_lsn: std::sync::atomic::AtomicU64::new(0),
+            delivered: Arc::default(),
             issuer: Mutex::new(HandleIssuer::default()),
             creating: futures::lock::Mutex::new(()),
             stop_intake: event_listener::Event::new(),
@@ -255,6 +259,8 @@ impl Inner {
         self.registry().shapes.get(handle).cloned()
     }
 
+    /// The live shapes whose rows depend on `table` (a subquery shape is
+    /// listed under every table of its subqueries too).
     pub fn entries_for_table(&self, table: &TableName) -> Vec<Arc<ShapeEntry>> {
         let registry = self.registry();
         let handles = registry.by_table.get(table).into_iter().flatten();
@@ -268,21 +274,25 @@ impl Inner {
         shape: Arc<Shape>,
         writer: crate::log::ShapeLogWriter,
         start: Start,
+        deps: Vec<ShapeHandle>,
     ) {
         let (tx, rx) = mpsc::channel(self.config.consumer_queue);
-        let entry = Arc::new(ShapeEntry::new(
+        let entry = ShapeEntry::new(
             handle.clone(),
             shape.clone(),
             writer.reader(),
             tx,
             writer.meta().snapshot.wal_lsn(),
-        ));
+        );
+        let entry = Arc::new(entry.with_deps(deps));
         let mut registry = self.registry();
-        registry
-            .by_table
-            .entry(shape.table.name.clone())
-            .or_default()
-            .insert(handle.clone());
+        for table in shape.tables() {
+            registry
+                .by_table
+                .entry(table)
+                .or_default()
+                .insert(handle.clone());
+        }
         let previous = registry.shapes.insert(handle, entry.clone());
         assert!(
             previous.is_none(),
@@ -303,6 +313,7 @@ impl Inner {
             db: self.db.clone(),
             tracker: self.tracker.clone(),
             remover: self.clone(),
+            delivered: self.delivered.clone(),
         };
         self.host.env.spawner.spawn(
             "consumer",
@@ -323,8 +334,15 @@ impl Inner {
             let Some(entry) = registry.shapes.remove(handle) else {
                 return false;
             };
-            if let Some(set) = registry.by_table.get_mut(&entry.shape.table.name) {
-                set.remove(handle);
+            for table in entry.shape.tables() {
+                if let Some(set) = registry.by_table.get_mut(&table) {
+                    set.remove(handle);
+                }
+            }
+            for dep in &entry.deps {
+                if let Some(dep) = registry.shapes.get(dep) {
+                    dep.unsubscribe(handle);
+                }
             }
             self.db.remove_shape(handle);
             entry
@@ -335,6 +353,13 @@ impl Inner {
             reason,
         });
         entry.retire();
+        // The shapes that depend on it cannot be maintained without it.
+        for subscriber in entry.subscribers() {
+            let reason = RemovalReason::DependencyRemoved {
+                dependency: handle.clone(),
+            };
+            self.remove_shape(&subscriber.outer, reason);
+        }
         true
     }
 
@@ -347,19 +372,66 @@ impl Inner {
         if self.status() != Status::Ready {
             return Err("the stack is shutting down".to_string());
         }
+        self.create_locked(shape).await
+    }
+
+    /// [`Inner::get_or_create`] under the creation lock: the inner shapes
+    /// of a subquery shape first (each the same way), then the shape,
+    /// subscribed to them before its consumer can take its snapshot.
+    fn create_locked(
+        self: &Arc<Self>,
+        shape: Arc<Shape>,
+    ) -> Pin<Box<dyn Future<Output = Result<ShapeHandle, String>> + Send + '_>> {
+        Box::pin(async move {
+            let known = self.live_handle(&shape)?;
+            if let Some(handle) = known {
+                return Ok(handle);
+            }
+            let dep_shapes = shape
+                .dependency_shapes(&self.catalog())
+                .map_err(|e| e.to_string())?;
+            let mut deps = Vec::new();
+            for dep in dep_shapes {
+                deps.push(self.create_locked(Arc::new(dep)).await?);
+            }
+            let handle = self.create_new(shape, deps.clone()).await?;
+            let outer = self.entry(&handle).expect("just registered");
+            for dep in &deps {
+                let Some(inner) = self.entry(dep).filter(|e| !e.is_removed()) else {
+                    let reason = RemovalReason::DependencyRemoved {
+                        dependency: dep.clone(),
+                    };
+                    self.remove_shape(&handle, reason);
+                    return Err(format!("inner shape {dep} was removed; retry"));
+                };
+                inner.subscribe(Subscriber {
+                    outer: handle.clone(),
+                    tx: outer.tx.clone(),
+                });
+            }
+            Ok(handle)
+        })
+    }
+
+    /// The live handle of `shape`, if it has one.
+    fn live_handle(&self, shape: &Shape) -> Result<Option<ShapeHandle>, String> {
         if self.catalog().table(&shape.table.name) != Some(&shape.table) {
             return Err(format!("table {} changed; retry", shape.table.name));
         }
-        let comparable = shape.comparable();
         let known = self
             .db
-            .handle_for_comparable(&comparable)
+            .handle_for_comparable(&shape.comparable())
             .map_err(|e| e.to_string())?;
-        if let Some(handle) = known
-            && self.entry(&handle).is_some_and(|e| !e.is_removed())
-        {
-            return Ok(handle);
-        }
+        Ok(known.filter(|handle| self.entry(handle).is_some_and(|e| !e.is_removed())))
+    }
+
+    /// Creates a shape with a new handle: storage, metadata, consumer.
+    async fn create_new(
+        self: &Arc<Self>,
+        shape: Arc<Shape>,
+        deps: Vec<ShapeHandle>,
+    ) -> Result<ShapeHandle, String> {
+        let comparable = shape.comparable();
         let hash = shape.hash();
         let handle = loop {
             let candidate = self
@@ -394,7 +466,7 @@ impl Inner {
         self.env().emit(Event::ShapeCreated {
             handle: handle.clone(),
         });
-        self.register(handle.clone(), shape, writer, Start::New);
+        self.register(handle.clone(), shape, writer, Start::New, deps);
         Ok(handle)
     }
 

@@ -10,7 +10,7 @@
 //! tracker's LSN to the slot whenever it advances.
 
 use super::{Inner, Status};
-use crate::consumer::ConsumerMsg;
+use crate::consumer::{ConsumerMsg, ShapeEntry};
 use crate::env::Event;
 use crate::env::events::RemovalReason;
 use crate::flush_tracker::FlushTracker;
@@ -19,8 +19,9 @@ use crate::router;
 use crate::schema::TableSchema;
 use crate::shape::Shape;
 use futures::SinkExt;
+use futures::channel::oneshot;
 use futures::future::{self, Either};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -158,6 +159,7 @@ async fn stream_until_lost(
                     stack.upstream_lsn.fetch_max(wal_end, Ordering::SeqCst);
                     stack.tracker.update(|tracker| tracker.caught_up(wal_end));
                     stack.env().emit(Event::CaughtUp { wal_end });
+                    stack.delivered.advance(wal_end);
                 }
             }
             Ok(ReplicationMessage::Transaction(txn)) => {
@@ -190,31 +192,74 @@ async fn relation(stack: &Arc<Inner>, table: TableSchema) {
 }
 
 async fn transaction(stack: &Arc<Inner>, txn: Transaction) {
-    let tables: BTreeSet<_> = txn.changes.iter().map(|c| c.table().clone()).collect();
-    let mut routed = Vec::new();
-    for table in &tables {
-        for entry in stack.entries_for_table(table) {
-            if let Some(part) = route(stack, &entry.shape, &txn) {
-                routed.push((entry, part));
-            }
-        }
-    }
+    let lsn = txn.commit_lsn;
+    let txn = Arc::new(txn);
+    let routed = route_all(stack, &txn);
     stack.tracker.update(|tracker| {
-        tracker.txn_routed(
-            txn.commit_lsn,
-            routed.iter().map(|(entry, _)| entry.handle.as_str()),
-        )
+        tracker.txn_routed(lsn, routed.iter().map(|(entry, _)| entry.handle.as_str()))
     });
     stack.env().emit(Event::TxnRouted {
-        lsn: txn.commit_lsn,
+        lsn,
         shapes: routed
             .iter()
             .map(|(entry, _)| entry.handle.clone())
             .collect(),
     });
-    for (entry, part) in routed {
-        if entry.tx.clone().send(ConsumerMsg::Txn(part)).await.is_err() {
-            stack.remove_shape(&entry.handle, RemovalReason::ConsumerGone);
+    deliver(stack, routed).await;
+    stack.delivered.advance(lsn);
+}
+
+/// What each shape the transaction touches is sent: its part, or (an
+/// inner or subquery shape, which routes it itself) all of it.
+fn route_all(stack: &Inner, txn: &Arc<Transaction>) -> Vec<(Arc<ShapeEntry>, ConsumerMsg)> {
+    let tables: BTreeSet<_> = txn.changes.iter().map(|c| c.table().clone()).collect();
+    // A subquery shape is listed under several tables: once is enough.
+    let mut entries = BTreeMap::new();
+    for table in &tables {
+        for entry in stack.entries_for_table(table) {
+            entries.insert(entry.handle.clone(), entry);
+        }
+    }
+    let mut routed = Vec::new();
+    for entry in entries.into_values() {
+        if entry.shape.has_subquery() || entry.shape.is_dependency() {
+            routed.push((entry, ConsumerMsg::Full(txn.clone(), None)));
+        } else if let Some(part) = route(stack, &entry.shape, txn) {
+            routed.push((entry, ConsumerMsg::Txn(part)));
+        }
+    }
+    routed
+}
+
+/// Sends layer by layer: a layer gets the transaction only once every
+/// inner shape of the layers below has taken it (processed it, sending
+/// its moves first, or buffered it), so an outer shape sees a
+/// dependency's moves before the transaction that made them.
+async fn deliver(stack: &Arc<Inner>, routed: Vec<(Arc<ShapeEntry>, ConsumerMsg)>) {
+    let mut by_layer: BTreeMap<usize, Vec<_>> = BTreeMap::new();
+    for (entry, msg) in routed {
+        by_layer.entry(entry.shape.layer()).or_default().push((entry, msg));
+    }
+    for (_, layer) in by_layer {
+        let mut taken = Vec::new();
+        for (entry, msg) in layer {
+            let msg = match msg {
+                ConsumerMsg::Full(txn, None) if entry.shape.is_dependency() => {
+                    let (tx, rx) = oneshot::channel();
+                    taken.push(rx);
+                    ConsumerMsg::Full(txn, Some(tx))
+                }
+                other => other,
+            };
+            if entry.tx.clone().send(msg).await.is_err() {
+                stack.remove_shape(&entry.handle, RemovalReason::ConsumerGone);
+            }
+        }
+        for rx in taken {
+            if rx.await.is_err() {
+                // The consumer stopped (its shape was removed) without
+                // taking it: its outer shapes are removed with it.
+            }
         }
     }
 }

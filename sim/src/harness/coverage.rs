@@ -95,7 +95,24 @@ pub struct Coverage {
     pub conflicts: BTreeMap<String, u64>,
     pub checks: Checks,
     pub paths: Paths,
+    /// Subquery shapes: scenario shapes by nesting depth, moves written,
+    /// move-ins by the rule that closed their splice, rows moved in, and
+    /// synthetic deletes clients made.
+    pub subqueries: BTreeMap<String, u64>,
 }
+
+/// The keys of [`Coverage::subqueries`].
+pub const SUBQUERY_KEYS: [&str; 9] = [
+    "shapes_depth_1",
+    "shapes_depth_2",
+    "shapes_depth_3",
+    "move_outs",
+    "move_ins",
+    "move_in_rows",
+    "splice_first_invisible",
+    "splice_reached_query_lsn",
+    "synthetic_deletes",
+];
 
 impl Default for Coverage {
     fn default() -> Coverage {
@@ -110,11 +127,21 @@ impl Default for Coverage {
             conflicts: BTreeMap::new(),
             checks: Checks::default(),
             paths: Paths::default(),
+            subqueries: SUBQUERY_KEYS.iter().map(|k| (k.to_string(), 0)).collect(),
         }
     }
 }
 
 impl Coverage {
+    pub fn subquery(&mut self, key: &str) {
+        self.subquery_add(key, 1);
+    }
+
+    pub fn subquery_add(&mut self, key: &str, n: u64) {
+        assert!(SUBQUERY_KEYS.contains(&key), "unknown subquery counter {key}");
+        *self.subqueries.entry(key.to_string()).or_default() += n;
+    }
+
     pub fn restart(&mut self, kind: RestartKind) {
         *self.restarts.entry(kind.name().to_string()).or_default() += 1;
     }
@@ -161,6 +188,9 @@ impl Coverage {
         let (p, q) = (&mut self.paths, &other.paths);
         add!(p, q; replication_reconnects, kills_during_boot, created_while_ack_lags,
             snapshot_in_progress_at_shutdown, multi_chunk_snapshots, killed_before_removal_durable);
+        for (k, n) in &other.subqueries {
+            *self.subqueries.entry(k.clone()).or_default() += n;
+        }
     }
 
     /// What a sweep of the default scenario must have exercised and this
@@ -221,7 +251,21 @@ impl Coverage {
                 gaps.push(format!("no {path}"));
             }
         }
+        gaps.extend(self.subquery_gaps());
         gaps
+    }
+
+    /// With subquery shapes in the sweep: every counter reached.
+    fn subquery_gaps(&self) -> Vec<String> {
+        let shapes: u64 = (1..=3).map(|d| self.subqueries[&format!("shapes_depth_{d}")]).sum();
+        if shapes == 0 {
+            return Vec::new();
+        }
+        self.subqueries
+            .iter()
+            .filter(|(_, n)| **n == 0)
+            .map(|(k, _)| format!("no subquery {}", k.replace('_', " ")))
+            .collect()
     }
 
     /// The short table a text summary prints.
@@ -270,6 +314,13 @@ impl Coverage {
             p.multi_chunk_snapshots,
             p.killed_before_removal_durable
         ));
+        let subqueries: Vec<String> = self
+            .subqueries
+            .iter()
+            .map(|(k, n)| format!("{} {n}", k.replace('_', " ")))
+            .collect();
+        out.push_str(&format!("  subqueries    {}
+", subqueries.join(", ")));
         let c = &self.checks;
         out.push_str(&format!(
             "  checks        {} ({} non-empty, {} rows compared); {} prefixes, {} changes, {} latencies, {} acks judged",

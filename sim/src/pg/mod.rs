@@ -272,6 +272,21 @@ impl PgModel {
         self.lock().tables[table].values().cloned().collect()
     }
 
+    /// The committed rows of `table` for which `filter` is TRUE, its
+    /// subqueries read from the committed rows of their tables.
+    pub fn rows_where(&self, table: &TableName, filter: &sqlparser::ast::Expr) -> Vec<Row> {
+        let state = self.lock();
+        let schema = state.catalog.table(table).expect("table");
+        let committed = Committed {
+            catalog: &state.catalog,
+            tables: &state.tables,
+        };
+        let rows = state.tables[table].values();
+        rows.filter(|row| matches(schema, Some(filter), row, &committed))
+            .cloned()
+            .collect()
+    }
+
     /// A snapshot query: rows and visibility read under one lock, so that no
     /// commit can fall between them.
     pub fn snapshot_now(&self, query: &SnapshotQuery) -> SnapshotResult {

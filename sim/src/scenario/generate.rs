@@ -372,7 +372,13 @@ fn nullable_update(rng: &mut ChaCha8Rng, id: String) -> Op {
 /// A shape: mostly on `level_4` (Electric's oracle test), sometimes on
 /// `level_1`..`level_3`; sometimes selecting columns.
 fn shape(rng: &mut ChaCha8Rng, knobs: &Knobs) -> ShapeSpec {
-    let (table, where_clause) = if rng.random_bool(knobs.other_table_rate) {
+    // Drawn only when asked for, so scenarios without subqueries keep
+    // their seeds' shapes.
+    let subquery = knobs.subquery_rate > 0.0 && rng.random_bool(knobs.subquery_rate);
+    let (table, where_clause) = if subquery {
+        let clause = super::subqueries::subquery_clause(rng, 3);
+        ("level_4".to_string(), clause)
+    } else if rng.random_bool(knobs.other_table_rate) {
         let n = rng.random_range(1..=3u8);
         (format!("level_{n}"), upper_where(rng, n, 2))
     } else {

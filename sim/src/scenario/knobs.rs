@@ -84,6 +84,9 @@ pub struct Knobs {
     pub columns_rate: f64,
     /// Chance that a seed adds a column to a table during a batch.
     pub add_column_rate: f64,
+    /// Share of shapes on `level_4` filtered through subqueries (Electric's
+    /// oracle-test subquery forms, 1 to 3 levels).
+    pub subquery_rate: f64,
 }
 
 impl Default for Knobs {
@@ -121,6 +124,7 @@ impl Default for Knobs {
             other_table_rate: 0.25,
             columns_rate: 0.3,
             add_column_rate: 0.15,
+            subquery_rate: 0.0,
         }
     }
 }
@@ -182,6 +186,7 @@ impl Knobs {
         rate("other_table_rate", self.other_table_rate)?;
         rate("columns_rate", self.columns_rate)?;
         rate("add_column_rate", self.add_column_rate)?;
+        rate("subquery_rate", self.subquery_rate)?;
         rate("io_error_rate", self.io_error_rate)?;
         if self.shape_count == 0
             || self.batch_count == 0
@@ -280,6 +285,7 @@ knob_args! {
     other_table_rate: f64,
     columns_rate: f64,
     add_column_rate: f64,
+    subquery_rate: f64,
 }
 
 #[cfg(test)]

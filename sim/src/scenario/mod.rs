@@ -270,6 +270,12 @@ pub enum Plant {
     BootBeforeSlot,
     /// Snapshot visibility treats in-progress xids as visible (their changes are skipped).
     IgnoreXip,
+    /// A subquery shape's move-out changes its view but writes no `move-out` event.
+    MoveOutNotWritten,
+    /// A move-in splices one buffered transaction before its boundary.
+    SpliceAtWrongBoundary,
+    /// An inner shape's materializer counts values of rows not in the shape.
+    MaterializerCountsExcluded,
     /// Real bug, fixed (Electric's bug 3): 400 for an offset a crashed log has not replayed yet.
     #[value(name = "out-of-bounds-400")]
     #[serde(rename = "out-of-bounds-400")]
@@ -300,6 +306,13 @@ impl Plant {
         Plant::FsyncErrorIgnored,
         Plant::BootBeforeSlot,
         Plant::IgnoreXip,
+    ];
+    /// The planted bug classes of subquery shapes, found by sweeps of
+    /// `scenarios/subqueries.toml`.
+    pub const SUBQUERIES: [Plant; 3] = [
+        Plant::MoveOutNotWritten,
+        Plant::SpliceAtWrongBoundary,
+        Plant::MaterializerCountsExcluded,
     ];
     /// Real bugs this project's harness found, re-introduced on demand so that
     /// their corpus entries keep proving something.
@@ -336,6 +349,9 @@ impl Plant {
             fsync_error_ignored: on(Plant::FsyncErrorIgnored),
             boot_before_slot: on(Plant::BootBeforeSlot),
             ignore_xip: on(Plant::IgnoreXip),
+            move_out_not_written: on(Plant::MoveOutNotWritten),
+            splice_at_wrong_boundary: on(Plant::SpliceAtWrongBoundary),
+            materializer_counts_excluded: on(Plant::MaterializerCountsExcluded),
             out_of_bounds_400: on(Plant::OutOfBounds400),
             snapshot_attempt_budget: on(Plant::SnapshotAttemptBudget),
             no_sync_on_open: on(Plant::NoSyncOnOpen),

@@ -180,6 +180,10 @@ impl Checker {
             .map(|v| vec![(pg.last_lsn(), rows::persistent(v.query(&pg)))])
             .collect();
         let latest_handle = vec![None; shapes.len()];
+        let mut coverage = Coverage::default();
+        for view in views.iter().filter(|v| v.depth > 0) {
+            coverage.subquery(&format!("shapes_depth_{}", view.depth.min(3)));
+        }
         let open_txns = (0..shapes.len()).map(|_| None).collect();
         Checker {
             open_txns,
@@ -200,7 +204,7 @@ impl Checker {
             created_lagging: BTreeSet::new(),
             removing: BTreeSet::new(),
             snapshotting: BTreeSet::new(),
-            coverage: Coverage::default(),
+            coverage,
             timelines,
             commit_ms: BTreeMap::new(),
             // The first boot is a fault window until it caught up.
@@ -244,6 +248,19 @@ impl Checker {
         self.commit_ms.insert(txn.commit_lsn, now_ms());
         for index in 0..self.views.len() {
             let view = &self.views[index];
+            if view.depth > 0 {
+                // A subquery shape's rows move with its inner tables too.
+                if txn.changes.iter().any(|c| view.depends_on(c.table())) {
+                    let current = rows::persistent(view.query(&self.pg));
+                    if std::env::var_os("SHAPESIM_BODIES").is_some() {
+                        eprintln!("ORACLE shape {index} at {}: {} rows", txn.commit_lsn, current.len());
+                    }
+                    if current != self.oracle_now(index) {
+                        self.timelines[index].push((txn.commit_lsn, current));
+                    }
+                }
+                continue;
+            }
             let changes: Vec<&Change> = txn
                 .changes
                 .iter()
@@ -457,6 +474,15 @@ impl Checker {
             Event::Acknowledged { lsn } => self.acknowledged(*lsn),
             Event::MetadataWritten { changes } => self.metadata_written(changes),
             Event::CrashPointVisited { point } => self.coverage.point(*point).visited += 1,
+            Event::MovedOut { .. } => self.coverage.subquery("move_outs"),
+            Event::MovedIn { rows, rule, .. } => {
+                self.coverage.subquery("move_ins");
+                self.coverage.subquery_add("move_in_rows", *rows as u64);
+                self.coverage.subquery(match rule {
+                    engine::env::events::SpliceRule::FirstInvisible => "splice_first_invisible",
+                    engine::env::events::SpliceRule::ReachedQueryLsn => "splice_reached_query_lsn",
+                });
+            }
             Event::LogTrimmed { .. }
             | Event::ForeignDirRemoved { .. }
             | Event::Ready
@@ -596,6 +622,16 @@ impl Checker {
                 .iter()
                 .any(|t| self.pg.table(t).oid == *oid),
             RemovalReason::Requested => self.requested.contains(handle),
+            // Boot drops subquery shapes and inner shapes (no client ever
+            // holds an inner shape's handle), nothing else.
+            RemovalReason::SubqueryNotRestored => self
+                .handle_shape
+                .get(handle)
+                .is_none_or(|&i| self.views[i].depth > 0),
+            RemovalReason::DependencyRemoved { dependency } => self
+                .handles
+                .get(dependency.as_str())
+                .is_some_and(|s| s.explained),
             other => other.storage_failure().is_some_and(|f| {
                 matches!(f.kind, StorageFailureKind::Io(_)) && self.io_faulted.contains(handle)
             }),

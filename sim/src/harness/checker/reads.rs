@@ -111,6 +111,8 @@ impl Checker {
             .unwrap_or_default()
             .to_string();
         self.handle_shape.insert(handle.clone(), ctx.shape);
+        let synthetic = applied.synthetic_deletes.len() as u64;
+        self.coverage.subquery_add("synthetic_deletes", synthetic);
         self.latest_handle[ctx.shape] = Some(handle.clone());
         for change in &applied.changes {
             self.wire(ctx.shape, &handle, change)
@@ -209,6 +211,12 @@ impl Checker {
             return Ok(());
         }
         let (_, _, got) = open.take().expect("just pushed");
+        if self.views[shape].depth > 0 {
+            // Which changes a subquery shape gets depends on its views at
+            // the time (a move-in's buffered transactions are judged with
+            // the views before it): the prefix check judges the rows.
+            return Ok(());
+        }
         let expected = expected(&self.views[shape], &txn);
         if got != expected {
             return Err(format!(

@@ -24,6 +24,10 @@ pub(super) struct ShapeView {
     pub replica_full: bool,
     /// Selected columns added to the table during the run.
     pub added: Vec<String>,
+    /// The tables its rows depend on (its own; with subqueries, theirs).
+    pub tables: Vec<TableName>,
+    /// How deeply its subqueries nest (0: none).
+    pub depth: usize,
 }
 
 impl ShapeView {
@@ -43,7 +47,19 @@ impl ShapeView {
             "a shape's clients always get the primary key"
         );
         let parse = |w: &String| where_eval::parse(w).expect("the oracle parses every WHERE");
+        let depth = spec.where_clause.as_deref().map_or(0, subquery_depth);
+        let mut tables = vec![table.clone()];
+        if depth > 0 {
+            let text = spec.where_clause.as_deref().unwrap_or_default();
+            tables.extend(pg.catalog().tables().map(|t| t.name.clone()).filter(|n| {
+                *n != table
+                    && (text.contains(&format!(" FROM {} ", n.name))
+                        || text.contains(&format!(" FROM {})", n.name)))
+            }));
+        }
         ShapeView {
+            tables,
+            depth,
             spec: spec.clone(),
             table,
             schema,
@@ -54,8 +70,10 @@ impl ShapeView {
         }
     }
 
-    /// Whether `row` (every column, table order) is in the shape.
+    /// Whether `row` (every column, table order) is in the shape (a shape
+    /// without subqueries: see [`ShapeView::query`] for the others).
     pub fn matches(&self, row: &[Value]) -> bool {
+        assert_eq!(self.depth, 0, "a subquery shape is judged by a full query");
         let schema = &self.schema;
         self.filter.as_ref().is_none_or(|expr| {
             where_eval::holds(expr, &|name| {
@@ -124,11 +142,42 @@ impl ShapeView {
     /// The shape's rows now, by a full query of the Postgres model.
     pub fn query(&self, pg: &PgModel) -> KeyedRows {
         let mut out = KeyedRows::new();
-        for row in pg.rows(&self.table) {
-            if self.matches(&row) {
-                out.insert(self.key(&row), self.render(&row));
-            }
+        let rows = match (&self.filter, self.depth) {
+            (Some(filter), 1..) => pg.rows_where(&self.table, filter),
+            _ => pg.rows(&self.table).into_iter().filter(|r| self.matches(r)).collect(),
+        };
+        for row in rows {
+            out.insert(self.key(&row), self.render(&row));
         }
         out
     }
+
+    /// Whether a transaction on `tables` may change the shape's rows.
+    pub fn depends_on(&self, table: &TableName) -> bool {
+        self.tables.contains(table)
+    }
+}
+
+/// How deeply `(SELECT` nests in a WHERE (string literals skipped).
+pub fn subquery_depth(sql: &str) -> usize {
+    let (mut open, mut deepest) = (Vec::<bool>::new(), 0);
+    let mut in_string = false;
+    let bytes = sql.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'\'' => in_string = !in_string,
+            _ if in_string => {}
+            b'(' => {
+                let rest = sql[i + 1..].trim_start();
+                let select = rest.len() >= 6 && rest[..6].eq_ignore_ascii_case("select");
+                open.push(select);
+                deepest = deepest.max(open.iter().filter(|&&s| s).count());
+            }
+            b')' => {
+                open.pop();
+            }
+            _ => {}
+        }
+    }
+    deepest
 }

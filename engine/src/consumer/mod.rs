@@ -15,10 +15,20 @@
 //! removed: the consumer deletes the storage (it owns the directory), and only
 //! then releases the shape's hold on the acknowledged LSN.
 //!
+//! Inner shapes (dependencies of subquery shapes) and subquery shapes are
+//! sent whole transactions and route them themselves: see [`inner`] and
+//! [`subquery`].
+//!
 //! The consumer knows the stack only through [`Context`]: the environment, the
 //! Postgres queries, the metadata database, the flush tracker and a
 //! [`ShapeRemover`] to report its own failure. It reports what it does as
 //! [`Event`]s.
+
+mod inner;
+mod subquery;
+
+pub(crate) use inner::{DepMoves, Subscriber};
+pub use subquery::STACK_ID;
 
 use crate::env::events::{ConsumerFailure, RemovalReason, SkipReason};
 use crate::env::{Env, Event, join};
@@ -27,10 +37,17 @@ use crate::handle::ShapeHandle;
 use crate::log::{LogError, Operation, ShapeLog, ShapeLogReader, ShapeLogWriter, SnapshotState};
 use crate::metadata::ShapeDb;
 use crate::offset::LogOffset;
-use crate::replication::{Lsn, PostgresQueries, SnapshotQuery, SnapshotResult, Visibility};
+use crate::moves::materializer::{InnerChange, Materializer};
+use crate::replication::{
+    DependencyQuery, Lsn, PostgresQueries, SnapshotQuery, SnapshotResult, Transaction, Visibility,
+    Xid,
+};
 use crate::router::ShapeTxn;
 use crate::shape::Shape;
+use crate::shape::tags::View;
 use crate::wire;
+use std::collections::VecDeque;
+use std::sync::Mutex;
 use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
 use futures::future::{self, Either};
@@ -49,6 +66,11 @@ pub fn shape_dir(handle: &ShapeHandle) -> String {
 
 pub(crate) enum ConsumerMsg {
     Txn(ShapeTxn),
+    /// A whole transaction, for an inner or subquery shape (which routes
+    /// it itself); `taken` is answered once it is processed or buffered.
+    Full(Arc<Transaction>, Option<oneshot::Sender<()>>),
+    /// A dependency's moves (subquery shapes only).
+    Moves(DepMoves),
     /// Flush everything received, then reply (graceful shutdown).
     Drain(oneshot::Sender<()>),
 }
@@ -76,6 +98,13 @@ pub struct ShapeEntry {
     /// The `electric-schema` header of the shape's non-live responses,
     /// rendered once.
     pub schema_header: String,
+    /// A subquery shape's inner shapes, in plan order.
+    pub deps: Vec<ShapeHandle>,
+    /// An inner shape's subscribed outer shapes.
+    subscribers: Mutex<Vec<Subscriber>>,
+    /// A subquery shape's claim: its log up to this offset holds its rows
+    /// as of this LSN (`None` until its snapshot is done).
+    claim: Mutex<Option<(LogOffset, Lsn)>>,
 }
 
 impl ShapeEntry {
@@ -97,7 +126,49 @@ impl ShapeEntry {
             changed: event_listener::Event::new(),
             removed: AtomicBool::new(false),
             snapshot_lsn: AtomicU64::new(snapshot_lsn),
+            deps: Vec::new(),
+            subscribers: Mutex::new(Vec::new()),
+            claim: Mutex::new(None),
         }
+    }
+
+    /// With a subquery shape's inner shapes.
+    pub(crate) fn with_deps(mut self, deps: Vec<ShapeHandle>) -> ShapeEntry {
+        self.deps = deps;
+        self
+    }
+
+    /// Whether the shape is served only up to its claim (a subquery shape).
+    pub fn claims(&self) -> bool {
+        self.shape.has_subquery()
+    }
+
+    /// A subquery shape's claim (see the field).
+    pub fn claim(&self) -> Option<(LogOffset, Lsn)> {
+        *self.claim.lock().expect("claim")
+    }
+
+    fn set_claim(&self, offset: LogOffset, lsn: Lsn) {
+        let mut claim = self.claim.lock().expect("claim");
+        if let Some((o, l)) = *claim {
+            assert!(o <= offset && l <= lsn, "a claim of {} went backwards", self.handle);
+        }
+        *claim = Some((offset, lsn));
+    }
+
+    pub(crate) fn subscribe(&self, subscriber: Subscriber) {
+        self.subscribers.lock().expect("subscribers").push(subscriber);
+    }
+
+    pub(crate) fn unsubscribe(&self, outer: &ShapeHandle) {
+        self.subscribers
+            .lock()
+            .expect("subscribers")
+            .retain(|s| s.outer != *outer);
+    }
+
+    pub(crate) fn subscribers(&self) -> Vec<Subscriber> {
+        self.subscribers.lock().expect("subscribers").clone()
     }
 
     pub fn is_removed(&self) -> bool {
@@ -143,6 +214,22 @@ pub(crate) struct Context {
     pub db: Arc<ShapeDb>,
     pub tracker: Arc<SharedTracker>,
     pub remover: Arc<dyn ShapeRemover>,
+    pub delivered: Arc<Delivered>,
+}
+
+/// How far the intake has delivered: every transaction at or below `lsn`
+/// routed to a consumer is in its channel (a move-in's boundary rule (b)).
+#[derive(Default)]
+pub(crate) struct Delivered {
+    pub lsn: AtomicU64,
+    pub changed: event_listener::Event,
+}
+
+impl Delivered {
+    pub fn advance(&self, lsn: Lsn) {
+        self.lsn.fetch_max(lsn, Ordering::SeqCst);
+        self.changed.notify(usize::MAX);
+    }
 }
 
 struct Consumer {
@@ -151,9 +238,16 @@ struct Consumer {
     writer: ShapeLogWriter,
     rx: mpsc::Receiver<ConsumerMsg>,
     visibility: Option<Visibility>,
-    /// Transactions and drains that arrived during the snapshot.
-    buffered: Vec<ConsumerMsg>,
+    /// Messages to handle before the channel's: those that arrived during
+    /// the snapshot, or were taken while settling.
+    inbox: VecDeque<ConsumerMsg>,
     last_received: Lsn,
+    /// The last LSN applied and reported to the flush tracker.
+    applied: Lsn,
+    /// A subquery shape's own state.
+    outer: Option<subquery::Outer>,
+    /// An inner shape's materializer.
+    materializer: Option<Materializer>,
     last_reported: Lsn,
     /// The durable offset last reported as an event.
     last_durable: Option<LogOffset>,
@@ -182,14 +276,21 @@ pub(crate) async fn run(
     rx: mpsc::Receiver<ConsumerMsg>,
 ) {
     let last_durable = writer.durable_offset();
+    let outer = entry.shape.has_subquery().then(|| {
+        subquery::Outer::new(entry.deps.clone(), entry.shape.dependency_tables())
+    });
+    let materializer = entry.shape.is_dependency().then(Materializer::default);
     let mut consumer = Consumer {
         ctx,
         entry,
         writer,
         rx,
         visibility: None,
-        buffered: Vec::new(),
+        inbox: VecDeque::new(),
         last_received: 0,
+        applied: 0,
+        outer,
+        materializer,
         last_reported: 0,
         last_durable,
     };
@@ -220,6 +321,10 @@ impl Consumer {
         let result = match start {
             Start::New => self.snapshot().await,
             Start::Restored => {
+                assert!(
+                    self.outer.is_none() && self.materializer.is_none(),
+                    "subquery shapes and their inner shapes are not restored"
+                );
                 let SnapshotState::Complete { visibility, .. } = &self.writer.meta().snapshot
                 else {
                     unreachable!("only complete snapshots are restored")
@@ -234,12 +339,16 @@ impl Consumer {
         if let Err(stop) = result {
             return stop;
         }
-        for msg in std::mem::take(&mut self.buffered) {
-            if let Err(stop) = self.handle(msg).await {
-                return stop;
-            }
-        }
         loop {
+            if self.outer.is_some() {
+                self.settle().await;
+            }
+            if let Some(msg) = self.inbox.pop_front() {
+                if let Err(stop) = self.handle(msg).await {
+                    return stop;
+                }
+                continue;
+            }
             let next = match self.writer.flush_deadline_ms() {
                 None => Either::Left(self.rx.next().await),
                 Some(deadline_ms) => {
@@ -274,16 +383,35 @@ impl Consumer {
     async fn handle(&mut self, msg: ConsumerMsg) -> Result<(), Stop> {
         match msg {
             ConsumerMsg::Txn(txn) => self.append(txn).await,
-            ConsumerMsg::Drain(reply) => {
-                self.writer.flush().await?;
-                self.report_flush();
-                if reply.send(()).is_err() {
-                    // The coordinator stopped waiting (its timeout passed);
-                    // the flush stands either way.
-                }
-                Ok(())
+            ConsumerMsg::Full(txn, taken) => match self.outer.is_some() {
+                true => self.outer_txn(txn, taken).await,
+                false => self.inner_txn(txn, taken).await,
+            },
+            ConsumerMsg::Moves(moves) => {
+                self.on_moves(moves);
+                self.drain_moves().await
             }
+            ConsumerMsg::Drain(reply) => self.drain(reply).await,
         }
+    }
+
+    async fn drain(&mut self, reply: oneshot::Sender<()>) -> Result<(), Stop> {
+        self.writer.flush().await?;
+        self.report_flush();
+        if reply.send(()).is_err() {
+            // The coordinator stopped waiting (its timeout passed); the
+            // flush stands either way.
+        }
+        Ok(())
+    }
+
+    /// Whether the shape's snapshot already reflects transaction `xid`.
+    fn in_snapshot(&self, xid: Xid) -> bool {
+        let ignore_xip = crate::planted!(self.ctx.config, ignore_xip);
+        self.visibility.as_ref().is_some_and(|v| match ignore_xip {
+            false => v.is_visible(xid),
+            true => xid < v.xmax,
+        })
     }
 
     /// Runs `work` while buffering what arrives; `Err(Removed)` if the channel closes.
@@ -294,12 +422,20 @@ impl Consumer {
                 Either::Left((value, _)) => return Ok(value),
                 Either::Right((Some(msg), _)) => {
                     // Electric drops a shape whose snapshot falls this far behind.
-                    let queued = self.buffered.len();
+                    let queued = self.inbox.len();
                     if queued >= self.ctx.config.queue_limit {
                         let failure = ConsumerFailure::SnapshotBacklog { queued };
                         return Err(Stop::Failed(RemovalReason::ConsumerFailed(failure)));
                     }
-                    self.buffered.push(msg);
+                    // Buffered counts as taken: the next layer may have it.
+                    let msg = match msg {
+                        ConsumerMsg::Full(txn, taken) => {
+                            inner::tell_taken(taken);
+                            ConsumerMsg::Full(txn, None)
+                        }
+                        other => other,
+                    };
+                    self.inbox.push_back(msg);
                 }
                 Either::Right((None, _)) => return Err(Stop::Removed),
             }
@@ -349,9 +485,13 @@ impl Consumer {
         let query = SnapshotQuery {
             table: shape.table.name.clone(),
             where_sql: shape.where_clause.as_ref().map(|w| w.expr.to_string()),
-            dependencies: Vec::new(),
+            dependencies: dependency_queries(&shape),
         };
         let result = self.snapshot_query(query).await?;
+        if let Some(outer) = &mut self.outer {
+            assert_eq!(result.views.len(), outer.views_wanted(), "one view per dependency");
+            outer.views = result.views.iter().cloned().map(View::new).collect();
+        }
         let visibility = result.visibility;
         self.writer.start_snapshot(visibility.clone()).await?;
         self.entry
@@ -364,16 +504,30 @@ impl Consumer {
         let table = &shape.table;
         for row in &result.rows {
             let key = wire::row_key(table, row);
+            let tags = self.row_tags(row);
             let json = wire::snapshot_row(
                 table,
                 &key,
                 wire::values(table, row, shape.selected.iter().copied()),
-                None,
+                tags.as_ref(),
             );
+            if self.materializer.is_some() {
+                let change = InnerChange::Insert {
+                    key: key.clone(),
+                    value: shape.tuple(row),
+                    meta: self.row_meta(row),
+                };
+                let materializer = self.materializer.as_mut().expect("checked");
+                inner::feed(materializer, &handle, vec![change]);
+            }
             self.writer
                 .append_snapshot_row(Operation::Insert, key, json)
                 .await?;
             self.entry.changed.notify(usize::MAX);
+        }
+        if let Some(materializer) = &mut self.materializer {
+            // The snapshot is the starting point, not a move.
+            materializer.commit();
         }
         let end = wire::snapshot_end(&visibility);
         self.writer
@@ -398,6 +552,7 @@ impl Consumer {
             self.entry.handle
         );
         self.last_received = txn.lsn;
+        self.applied = txn.lsn;
         let last = txn
             .entries
             .last()
@@ -405,11 +560,7 @@ impl Consumer {
             .offset;
         let replayed = !crate::planted!(self.ctx.config, skip_shape_dedup)
             && self.writer.last_appended().is_some_and(|l| last <= l);
-        let ignore_xip = crate::planted!(self.ctx.config, ignore_xip);
-        let in_snapshot = self.visibility.as_ref().is_some_and(|v| match ignore_xip {
-            false => v.is_visible(txn.xid),
-            true => txn.xid < v.xmax,
-        });
+        let in_snapshot = self.in_snapshot(txn.xid);
         let skipped = match (replayed, in_snapshot) {
             (true, _) => Some(SkipReason::Replayed),
             (false, true) => Some(SkipReason::InSnapshot),
@@ -458,7 +609,7 @@ impl Consumer {
             });
         }
         let flushed = if durable == self.writer.last_committed() {
-            self.last_received
+            self.applied
         } else {
             durable.and_then(|d| d.tx()).unwrap_or(0)
         };
@@ -470,4 +621,20 @@ impl Consumer {
                 .update(|tracker| tracker.flushed(handle, flushed));
         }
     }
+}
+
+/// A subquery shape's dependency queries: each subquery's values, read in
+/// the snapshot of its rows.
+fn dependency_queries(shape: &Shape) -> Vec<DependencyQuery> {
+    let Some(plan) = shape.plan() else {
+        return Vec::new();
+    };
+    plan.dependencies
+        .iter()
+        .map(|s| DependencyQuery {
+            table: s.table.clone(),
+            columns: s.columns.iter().map(|(c, _)| c.clone()).collect(),
+            where_sql: s.where_clause.as_ref().map(|w| w.to_string()),
+        })
+        .collect()
 }

@@ -1,0 +1,187 @@
+//! The consumer of an inner shape (a dependency of subquery shapes): it
+//! routes whole transactions itself, feeds its [`Materializer`] with what
+//! it writes, and after each transaction tells every subscribed outer
+//! consumer what moved ([`DepMoves`], sent even when nothing moved: the
+//! outer shape counts on knowing how far its dependency has got).
+//!
+//! Invariants: the materializer holds exactly the rows the inner log holds
+//! (fed the same decisions, a strictness [`Violation`] is an engine
+//! invariant violation, never skipped); a transaction's moves reach the
+//! subscribers before the transaction is reported taken (the intake sends
+//! it to the next layer only then).
+
+use super::{Consumer, ConsumerMsg, Stop};
+use crate::env::Event;
+use crate::env::events::SkipReason;
+use crate::handle::ShapeHandle;
+use crate::moves::materializer::{InnerChange, Materializer, MoveEvents, RowMeta, Violation};
+use crate::replication::{Change, Lsn, Transaction, Xid};
+use crate::schema::Value;
+use crate::shape::Shape;
+use crate::wire;
+use futures::SinkExt;
+use futures::channel::{mpsc, oneshot};
+use std::sync::Arc;
+
+/// What one transaction (or one move of a nested inner shape) moved in a
+/// dependency, for the outer shapes subscribed to it.
+#[derive(Clone, Debug)]
+pub(crate) struct DepMoves {
+    pub dependency: ShapeHandle,
+    /// The transaction that made the moves (for the outer consumer's
+    /// snapshot visibility).
+    pub xid: Xid,
+    /// Every transaction at or below it routed to the dependency has been
+    /// processed and its moves sent.
+    pub through: Lsn,
+    pub events: MoveEvents,
+}
+
+/// An outer shape that wants an inner shape's moves.
+#[derive(Clone)]
+pub(crate) struct Subscriber {
+    pub outer: ShapeHandle,
+    pub tx: mpsc::Sender<ConsumerMsg>,
+}
+
+/// The materializer's view of one transaction's changes to `shape`:
+/// inclusion decided by `includes`, row metadata by `meta`.
+pub(super) fn inner_changes(
+    shape: &Shape,
+    txn: &Transaction,
+    includes: &dyn Fn(&[Value]) -> bool,
+    meta: &dyn Fn(&[Value]) -> Option<RowMeta>,
+) -> Vec<InnerChange> {
+    let table = &shape.table;
+    let key = |row: &[Value]| wire::row_key(table, row);
+    let insert = |row: &[Value]| InnerChange::Insert {
+        key: key(row),
+        value: shape.tuple(row),
+        meta: meta(row),
+    };
+    let mut out = Vec::new();
+    for change in txn.changes.iter().filter(|c| *c.table() == table.name) {
+        match change {
+            Change::Insert { new, .. } if includes(new) => out.push(insert(new)),
+            Change::Delete { old, .. } if includes(old) => {
+                out.push(InnerChange::Delete { key: key(old) })
+            }
+            Change::Update { old, new, .. } => match (includes(old), includes(new)) {
+                (true, true) => out.push(InnerChange::Update {
+                    old_key: key(old),
+                    key: key(new),
+                    value: shape.tuple(new),
+                    meta: meta(new),
+                }),
+                (false, true) => out.push(insert(new)),
+                (true, false) => out.push(InnerChange::Delete { key: key(old) }),
+                (false, false) => {}
+            },
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Applies `changes`, treating a strictness violation as the invariant
+/// violation it is.
+pub(super) fn feed(materializer: &mut Materializer, handle: &ShapeHandle, changes: Vec<InnerChange>) {
+    for change in changes {
+        if let Err(violation) = materializer.apply(change) {
+            violated(handle, &violation);
+        }
+    }
+}
+
+fn violated(handle: &ShapeHandle, violation: &Violation) -> ! {
+    panic!("invariant violated: the materializer of {handle}: {violation}")
+}
+
+impl Consumer {
+    /// A plain inner shape's transaction: routed here, written, fed to the
+    /// materializer, its moves published, then reported taken.
+    pub(super) async fn inner_txn(
+        &mut self,
+        txn: Arc<Transaction>,
+        taken: Option<oneshot::Sender<()>>,
+    ) -> Result<(), Stop> {
+        let shape = self.entry.shape.clone();
+        let visible = self.in_snapshot(txn.xid);
+        if !visible && let Some(materializer) = &mut self.materializer {
+            // Planted `materializer-counts-excluded`: every row counts.
+            let all = crate::planted!(self.ctx.config, materializer_counts_excluded);
+            let includes = |row: &[Value]| all || shape.includes(row);
+            let changes = inner_changes(&shape, &txn, &includes, &|_| None);
+            feed(materializer, &self.entry.handle, changes);
+        }
+        match crate::router::route(&shape, &txn) {
+            Some(part) => self.append(part).await?,
+            None => self.nothing_to_write(txn.commit_lsn),
+        }
+        self.publish(txn.xid, txn.commit_lsn).await;
+        tell_taken(taken);
+        Ok(())
+    }
+
+    /// A routed transaction that writes nothing here was applied as it came.
+    pub(super) fn nothing_to_write(&mut self, lsn: Lsn) {
+        assert!(
+            lsn > self.last_received,
+            "transactions reach {} out of order",
+            self.entry.handle
+        );
+        self.last_received = lsn;
+        self.skipped(lsn, SkipReason::NothingToWrite);
+        self.applied = lsn;
+        let handle = self.entry.handle.as_str();
+        self.ctx.tracker.with(|tracker| tracker.applied(handle, lsn));
+        self.report_flush();
+    }
+
+    pub(super) fn skipped(&self, lsn: Lsn, reason: SkipReason) {
+        self.ctx.env.emit(Event::TxnSkipped {
+            handle: self.entry.handle.clone(),
+            lsn,
+            reason,
+        });
+    }
+
+    /// Sends the materializer's events since the last publication to every
+    /// subscriber (nothing for a shape that is no dependency). A nested
+    /// inner shape (itself a subquery shape) vouches only for what it has
+    /// settled, never for what it merely processed.
+    pub(super) async fn publish(&mut self, xid: Xid, through: Lsn) {
+        let through = match self.outer {
+            Some(_) => self.applied,
+            None => through,
+        };
+        let Some(materializer) = &mut self.materializer else {
+            return;
+        };
+        let events = materializer.commit();
+        let subscribers = self.entry.subscribers();
+        for subscriber in subscribers {
+            let moves = DepMoves {
+                dependency: self.entry.handle.clone(),
+                xid,
+                through,
+                events: events.clone(),
+            };
+            let mut tx = subscriber.tx.clone();
+            if tx.send(ConsumerMsg::Moves(moves)).await.is_err() {
+                // The outer shape was removed (its channel is closed): it
+                // needs nothing any more, and the stack unsubscribes it.
+                continue;
+            }
+        }
+    }
+}
+
+/// Tells the intake the transaction was taken (processed or buffered).
+pub(super) fn tell_taken(taken: Option<oneshot::Sender<()>>) {
+    if let Some(taken) = taken
+        && taken.send(()).is_err()
+    {
+        // The intake stopped waiting (the stack is stopping); nothing to do.
+    }
+}

@@ -1,0 +1,540 @@
+//! The consumer of a subquery shape (an outer shape): it routes whole
+//! transactions itself, judged with its own views of its dependencies,
+//! and turns its dependencies' moves into `move-out` events and spliced
+//! move-ins (ARCHITECTURE.md, "Serving subquery shapes").
+//!
+//! Its views are its own state: taken from its snapshot (in the same
+//! Postgres snapshot as its rows) and changed only by moves it applies,
+//! never read from a materializer. A move made by a transaction its
+//! snapshot sees is skipped, as that transaction's changes are.
+//!
+//! What it may claim: the log up to the claimed offset holds exactly the
+//! shape's rows as of the claimed LSN. It claims only when steady (no move
+//! queued, no move-in in flight, nothing waiting in its channel) and when
+//! every dependency has sent its moves for every transaction it received
+//! that touches the dependency's tables; the flush tracker hears "applied"
+//! only then, so `global_last_seen_lsn` never names an LSN whose moves it
+//! has not applied.
+
+use super::inner::{DepMoves, feed, inner_changes, tell_taken};
+use super::{Consumer, ConsumerMsg, Stop};
+use crate::env::Event;
+use crate::env::events::{ConsumerFailure, RemovalReason, SkipReason, SpliceRule};
+use crate::handle::ShapeHandle;
+use crate::log::{LogEntry, Operation};
+use crate::moves::Tuple;
+use crate::moves::materializer::{InnerChange, RowMeta};
+use crate::moves::query::move_in_where;
+use crate::moves::queue::{MoveBatch, MoveKind, MoveQueue};
+use crate::moves::splice::{Boundary, BoundaryRule};
+use crate::offset::LogOffset;
+use crate::replication::{Lsn, SnapshotQuery, SnapshotResult, Transaction, Xid};
+use crate::router::{self, Tagging};
+use crate::schema::{TableName, Value};
+use crate::shape::dnf::DnfPlan;
+use crate::shape::tags::{self, View};
+use crate::wire::{self, RowTags};
+use futures::StreamExt;
+use futures::channel::mpsc::TryRecvError;
+use futures::channel::oneshot;
+use futures::future::{self, Either};
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// The stack id in tag hashes (Electric's default).
+pub const STACK_ID: &str = "single_stack";
+
+/// Transactions a move-in may buffer before the shape is removed
+/// (Electric's `subquery_buffer_max_transactions`).
+pub const MOVE_IN_BUFFER_LIMIT: usize = 1_000;
+
+/// An outer consumer's own state.
+pub(crate) struct Outer {
+    /// The inner shapes, in plan order.
+    deps: Vec<ShapeHandle>,
+    dep_tables: Vec<BTreeSet<TableName>>,
+    /// Per dependency: the value tuples this shape has applied.
+    pub views: Vec<View>,
+    queue: MoveQueue,
+    /// Per dependency: how far its moves have arrived, and how far they
+    /// must have for this shape to be consistent.
+    dep_through: Vec<Lsn>,
+    dep_needed: Vec<Lsn>,
+    /// The last transaction processed (applied or skipped), and its xid.
+    processed: Lsn,
+    last_xid: Xid,
+}
+
+impl Outer {
+    pub fn views_wanted(&self) -> usize {
+        self.deps.len()
+    }
+
+    pub fn new(deps: Vec<ShapeHandle>, dep_tables: Vec<BTreeSet<TableName>>) -> Outer {
+        assert_eq!(deps.len(), dep_tables.len(), "one table set per dependency");
+        let n = deps.len();
+        Outer {
+            deps,
+            dep_tables,
+            views: Vec::new(),
+            queue: MoveQueue::default(),
+            dep_through: vec![0; n],
+            dep_needed: vec![0; n],
+            processed: 0,
+            last_xid: 0,
+        }
+    }
+}
+
+/// A move-in in flight: the transactions it holds back and its boundary.
+#[derive(Default)]
+struct MoveIn {
+    held: Vec<Arc<Transaction>>,
+    boundary: Boundary,
+}
+
+impl Consumer {
+    fn outer(&mut self) -> &mut Outer {
+        self.outer.as_mut().expect("a subquery shape's consumer")
+    }
+
+    fn plan(&self) -> &DnfPlan {
+        self.entry.shape.plan().expect("a subquery shape has a plan")
+    }
+
+    /// Tags and active conditions of `row` under the current views.
+    pub(super) fn row_tags(&self, row: &[Value]) -> Option<RowTags> {
+        let outer = self.outer.as_ref()?;
+        let plan = self.plan();
+        Some(RowTags {
+            tags: tags::tags(plan, STACK_ID, self.entry.handle.as_str(), row),
+            active_conditions: tags::active_conditions(plan, &outer.views, row),
+            removed_tags: None,
+        })
+    }
+
+    /// The materializer's metadata of a row of this (nested inner) shape.
+    pub(super) fn row_meta(&self, row: &[Value]) -> Option<RowMeta> {
+        self.row_tags(row).map(|t| RowMeta {
+            tags: t.tags,
+            active: t.active_conditions,
+        })
+    }
+
+    /// A whole transaction, in steady state.
+    pub(super) async fn outer_txn(
+        &mut self,
+        txn: Arc<Transaction>,
+        taken: Option<oneshot::Sender<()>>,
+    ) -> Result<(), Stop> {
+        self.received(&txn);
+        self.apply_outer_txn(&txn).await?;
+        tell_taken(taken);
+        self.drain_moves().await
+    }
+
+    fn received(&mut self, txn: &Transaction) {
+        assert!(
+            txn.commit_lsn > self.last_received,
+            "transactions reach {} out of order",
+            self.entry.handle
+        );
+        self.last_received = txn.commit_lsn;
+    }
+
+    /// Writes `txn` judged with the current views (or skips it), feeds the
+    /// materializer and publishes its moves.
+    async fn apply_outer_txn(&mut self, txn: &Transaction) -> Result<(), Stop> {
+        let lsn = txn.commit_lsn;
+        if self.in_snapshot(txn.xid) {
+            self.skipped(lsn, SkipReason::InSnapshot);
+        } else {
+            let outer = self.outer.as_mut().expect("a subquery shape");
+            for (d, tables) in outer.dep_tables.iter().enumerate() {
+                if txn.changes.iter().any(|c| tables.contains(c.table())) {
+                    outer.dep_needed[d] = lsn;
+                }
+            }
+            if !self.write_outer_txn(txn).await? {
+                self.skipped(lsn, SkipReason::NothingToWrite);
+            }
+        }
+        self.outer().processed = lsn;
+        self.outer().last_xid = txn.xid;
+        self.publish(txn.xid, lsn).await;
+        Ok(())
+    }
+
+    /// Routes and appends `txn` with the current views; whether it wrote.
+    async fn write_outer_txn(&mut self, txn: &Transaction) -> Result<bool, Stop> {
+        let shape = self.entry.shape.clone();
+        let where_clause = shape.where_clause.as_ref().expect("a subquery shape");
+        let outer = self.outer.as_ref().expect("a subquery shape");
+        let tagging = Tagging {
+            plan: self.plan(),
+            clause: &where_clause.expr,
+            views: &outer.views,
+            stack_id: STACK_ID,
+            handle: self.entry.handle.as_str(),
+        };
+        let part = router::route_tagged(&shape, txn, &tagging);
+        if self.materializer.is_some() {
+            let includes = |row: &[Value]| tagging.includes(row);
+            let meta = |row: &[Value]| self.row_meta(row);
+            let changes = inner_changes(&shape, txn, &includes, &meta);
+            let materializer = self.materializer.as_mut().expect("checked");
+            feed(materializer, &self.entry.handle, changes);
+        }
+        let Some(part) = part else {
+            return Ok(false);
+        };
+        for entry in part.entries {
+            self.writer.append(entry).await?;
+        }
+        self.commit()?;
+        Ok(true)
+    }
+
+    fn commit(&mut self) -> Result<(), Stop> {
+        self.writer.commit()?;
+        self.entry.changed.notify(usize::MAX);
+        Ok(())
+    }
+
+    /// A dependency's moves: noted, and queued unless the snapshot saw them.
+    pub(super) fn on_moves(&mut self, moves: DepMoves) {
+        let visible = self.in_snapshot(moves.xid);
+        let outer = self.outer();
+        let d = outer
+            .deps
+            .iter()
+            .position(|h| *h == moves.dependency)
+            .expect("moves come only from a dependency");
+        outer.dep_through[d] = outer.dep_through[d].max(moves.through);
+        if moves.events.is_empty() || visible {
+            return;
+        }
+        let view = &outer.views[d];
+        outer.queue.enqueue(d, &moves.events, view, &[moves.xid]);
+    }
+
+    /// Applies queued moves until the queue is empty.
+    pub(super) async fn drain_moves(&mut self) -> Result<(), Stop> {
+        while let Some(batch) = self.outer().queue.pop_next() {
+            let polarity = self.plan().dependency_polarities[batch.dependency];
+            match batch.kind.for_outer(polarity) {
+                MoveKind::Out => self.move_out(batch).await?,
+                MoveKind::In => self.move_in(batch).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Changes the view of `batch`'s dependency as the batch says.
+    fn change_view(&mut self, batch: &MoveBatch) {
+        let view = &mut self.outer().views[batch.dependency];
+        for tuple in &batch.tuples {
+            let changed = match batch.kind {
+                MoveKind::In => view.insert(tuple.clone()),
+                MoveKind::Out => view.remove(tuple),
+            };
+            assert!(changed, "the move queue hands out only moves the view lacks");
+        }
+    }
+
+    /// `{pos, value}` patterns: every position of the dependency, every tuple.
+    fn patterns(&self, dependency: usize, tuples: &[Tuple]) -> Vec<(usize, String)> {
+        let plan = self.plan();
+        let handle = self.entry.handle.as_str();
+        let mut out = Vec::new();
+        for &position in &plan.dependency_positions[dependency] {
+            for tuple in tuples {
+                out.push((position, tags::pattern(plan, STACK_ID, handle, position, tuple)));
+            }
+        }
+        out
+    }
+
+    /// Where a control event or a moved-in row goes: just after the last
+    /// record (Electric's `increment(last_seen_offset)`); before any
+    /// record, at the snapshot's WAL position, where no transaction that
+    /// is not skipped can sit.
+    fn next_offset(&self) -> LogOffset {
+        match self.writer.last_appended() {
+            Some(last) => last.increment(),
+            None => {
+                let wal = self.visibility.as_ref().expect("after the snapshot").wal_lsn;
+                assert!(wal > 0, "a snapshot of an empty WAL has no place for events");
+                LogOffset::new(wal, 0)
+            }
+        }
+    }
+
+    async fn append_control(&mut self, json: String) -> Result<(), Stop> {
+        let entry = LogEntry {
+            offset: self.next_offset(),
+            operation: Operation::Control,
+            key: String::new(),
+            json,
+        };
+        self.writer.append(entry).await?;
+        Ok(())
+    }
+
+    /// A nested inner shape's own move event, for its materializer.
+    fn feed_move(&mut self, kind: MoveKind, patterns: &[(usize, String)]) {
+        if let Some(materializer) = &mut self.materializer {
+            let change = InnerChange::Move {
+                kind,
+                patterns: patterns.to_vec(),
+            };
+            feed(materializer, &self.entry.handle, vec![change]);
+        }
+    }
+
+    async fn move_out(&mut self, batch: MoveBatch) -> Result<(), Stop> {
+        self.change_view(&batch);
+        let patterns = self.patterns(batch.dependency, &batch.tuples);
+        // Planted `move-out-not-written`: the view moves, the log does not.
+        if !crate::planted!(self.ctx.config, move_out_not_written) {
+            let event = wire::move_event(MoveKind::Out, &patterns, &batch.txids);
+            self.append_control(event).await?;
+            self.commit()?;
+        }
+        self.feed_move(MoveKind::Out, &patterns);
+        self.ctx.env.emit(Event::MovedOut {
+            handle: self.entry.handle.clone(),
+            dependency: batch.dependency,
+            values: batch.tuples.len(),
+        });
+        let through = self.outer().processed;
+        self.publish(last_xid(&batch), through).await;
+        Ok(())
+    }
+
+    /// A move-in: the query, the buffering, the splice.
+    async fn move_in(&mut self, batch: MoveBatch) -> Result<(), Stop> {
+        let before = self.outer().views.clone();
+        self.change_view(&batch);
+        let after = self.outer().views.clone();
+        let where_sql = move_in_where(self.plan(), batch.dependency, &before, &after);
+        let query = SnapshotQuery {
+            table: self.entry.shape.table.name.clone(),
+            where_sql: Some(where_sql),
+            dependencies: Vec::new(),
+        };
+        let mut state = MoveIn::default();
+        let result = self.move_in_query(query, &mut state).await?;
+        state.boundary.snapshot_known(result.visibility.clone());
+        let (at, rule) = loop {
+            if let Some(found) = state.boundary.get() {
+                break found;
+            }
+            self.wait_for_boundary(&mut state).await?;
+        };
+        // Planted `splice-at-wrong-boundary`: one transaction early.
+        let at = match crate::planted!(self.ctx.config, splice_at_wrong_boundary) {
+            true => at.saturating_sub(1),
+            false => at,
+        };
+        let MoveIn { held, .. } = state;
+        self.outer().views = before;
+        for txn in &held[..at] {
+            self.apply_outer_txn(txn).await?;
+        }
+        let rows = self.write_move_in(&batch, after, &result).await?;
+        for txn in &held[at..] {
+            self.apply_outer_txn(txn).await?;
+        }
+        self.commit()?;
+        let rule = match rule {
+            BoundaryRule::FirstInvisible => SpliceRule::FirstInvisible,
+            BoundaryRule::ReachedQueryLsn => SpliceRule::ReachedQueryLsn,
+        };
+        self.ctx.env.emit(Event::MovedIn {
+            handle: self.entry.handle.clone(),
+            dependency: batch.dependency,
+            values: batch.tuples.len(),
+            rows,
+            rule,
+        });
+        Ok(())
+    }
+
+    /// The `move-in` event, the moved-in rows (tagged with the views
+    /// after the move, which become the views) and, if there were rows,
+    /// `snapshot-end`. Returns the number of rows.
+    async fn write_move_in(
+        &mut self,
+        batch: &MoveBatch,
+        after: Vec<View>,
+        result: &SnapshotResult,
+    ) -> Result<usize, Stop> {
+        let patterns = self.patterns(batch.dependency, &batch.tuples);
+        self.append_control(wire::move_event(MoveKind::In, &patterns, &batch.txids))
+            .await?;
+        self.feed_move(MoveKind::In, &patterns);
+        self.outer().views = after;
+        let shape = self.entry.shape.clone();
+        let table = &shape.table;
+        for row in &result.rows {
+            let key = wire::row_key(table, row);
+            let tags = self.row_tags(row).expect("a subquery shape");
+            let value = wire::values(table, row, shape.selected.iter().copied());
+            let json = wire::move_in_row(table, &key, value, &tags);
+            let entry = LogEntry {
+                offset: self.next_offset(),
+                operation: Operation::Insert,
+                key: key.clone(),
+                json,
+            };
+            self.writer.append(entry).await?;
+            if self.materializer.is_some() {
+                let change = InnerChange::Insert {
+                    key,
+                    value: shape.tuple(row),
+                    meta: self.row_meta(row),
+                };
+                let materializer = self.materializer.as_mut().expect("checked");
+                feed(materializer, &self.entry.handle, vec![change]);
+            }
+        }
+        if !result.rows.is_empty() {
+            self.append_control(wire::snapshot_end(&result.visibility))
+                .await?;
+        }
+        let through = self.outer().processed;
+        self.publish(last_xid(batch), through).await;
+        Ok(result.rows.len())
+    }
+
+    /// Runs the move-in query (retried like the snapshot query) while
+    /// messages are buffered.
+    async fn move_in_query(
+        &mut self,
+        query: SnapshotQuery,
+        state: &mut MoveIn,
+    ) -> Result<SnapshotResult, Stop> {
+        let config = self.ctx.config;
+        let give_up_ms = self.ctx.env.clock.now_ms() + config.snapshot_timeout_ms;
+        loop {
+            let (postgres, query) = (self.ctx.postgres.clone(), query.clone());
+            let attempt = async move { postgres.snapshot(query).await };
+            match self.while_moving(attempt, state).await? {
+                Ok(result) => return Ok(result),
+                Err(e) if self.ctx.env.clock.now_ms() >= give_up_ms => {
+                    return Err(Stop::Failed(RemovalReason::SnapshotGaveUp(e)));
+                }
+                Err(_) => {
+                    let backoff = self.ctx.env.clock.sleep_ms(config.retry_backoff_ms);
+                    self.while_moving(backoff, state).await?;
+                }
+            }
+        }
+    }
+
+    /// Waits until the intake has delivered more (rule (b) of the
+    /// boundary), first taking in everything already delivered.
+    async fn wait_for_boundary(&mut self, state: &mut MoveIn) -> Result<(), Stop> {
+        let delivered = self.ctx.delivered.clone();
+        let listener = delivered.changed.listen();
+        let lsn = delivered.lsn.load(Ordering::SeqCst);
+        loop {
+            match self.rx.try_recv() {
+                Ok(msg) => self.during_move_in(msg, state).await?,
+                Err(TryRecvError::Closed) => return Err(Stop::Removed),
+                Err(TryRecvError::Empty) => break,
+            }
+        }
+        state.boundary.reached(lsn);
+        if state.boundary.get().is_some() {
+            return Ok(());
+        }
+        self.while_moving(listener, state).await
+    }
+
+    /// Runs `work` while taking in what arrives (buffered, or queued).
+    async fn while_moving<T>(
+        &mut self,
+        work: impl Future<Output = T>,
+        state: &mut MoveIn,
+    ) -> Result<T, Stop> {
+        let mut work = pin!(work);
+        loop {
+            match future::select(work.as_mut(), self.rx.next()).await {
+                Either::Left((value, _)) => return Ok(value),
+                Either::Right((Some(msg), _)) => self.during_move_in(msg, state).await?,
+                Either::Right((None, _)) => return Err(Stop::Removed),
+            }
+        }
+    }
+
+    async fn during_move_in(&mut self, msg: ConsumerMsg, state: &mut MoveIn) -> Result<(), Stop> {
+        match msg {
+            ConsumerMsg::Full(txn, taken) => {
+                self.received(&txn);
+                tell_taken(taken);
+                let queued = state.held.len();
+                if queued >= MOVE_IN_BUFFER_LIMIT {
+                    let failure = ConsumerFailure::MoveInBacklog { queued };
+                    return Err(Stop::Failed(RemovalReason::ConsumerFailed(failure)));
+                }
+                state.boundary.buffer(txn.xid);
+                state.held.push(txn);
+            }
+            ConsumerMsg::Moves(moves) => self.on_moves(moves),
+            ConsumerMsg::Drain(reply) => self.drain(reply).await?,
+            ConsumerMsg::Txn(_) => unreachable!("a subquery shape is sent whole transactions"),
+        }
+        Ok(())
+    }
+
+    /// Claims the log as the shape's rows as of the last transaction
+    /// processed, if the shape is consistent (see the module doc); a nested
+    /// inner shape then tells its subscribers how far it vouches.
+    pub(super) async fn settle(&mut self) {
+        let advanced = self.claim_if_consistent();
+        if advanced && self.materializer.is_some() {
+            let xid = self.outer().last_xid;
+            self.publish(xid, self.applied).await;
+        }
+    }
+
+    /// Whether the claim advanced.
+    fn claim_if_consistent(&mut self) -> bool {
+        let outer = self.outer.as_ref().expect("a subquery shape");
+        let behind = (0..outer.deps.len()).any(|d| outer.dep_through[d] < outer.dep_needed[d]);
+        if behind || !outer.queue.is_empty() || !self.inbox.is_empty() {
+            return false;
+        }
+        match self.rx.try_recv() {
+            Ok(msg) => {
+                self.inbox.push_back(msg);
+                return false;
+            }
+            Err(TryRecvError::Closed) => return false, // removed: the loop stops next
+            Err(TryRecvError::Empty) => {}
+        }
+        let processed = outer.processed;
+        let advanced = self.entry.claim().is_none_or(|(_, lsn)| lsn < processed);
+        self.entry
+            .set_claim(self.entry.reader.latest_offset(), processed);
+        if processed > self.applied {
+            self.applied = processed;
+            let handle = self.entry.handle.as_str();
+            self.ctx
+                .tracker
+                .with(|tracker| tracker.applied(handle, processed));
+        }
+        self.report_flush();
+        self.entry.changed.notify(usize::MAX);
+        advanced
+    }
+}
+
+fn last_xid(batch: &MoveBatch) -> Xid {
+    batch.txids.iter().copied().max().unwrap_or(0)
+}
