@@ -34,6 +34,10 @@ pub(crate) struct DepMoves {
     /// Every transaction at or below it routed to the dependency has been
     /// processed and its moves sent.
     pub through: Lsn,
+    /// The moves reflect transactions up to here: an outer shape that
+    /// applies them reflects no earlier state until it has processed the
+    /// transaction at this LSN.
+    pub cause: Lsn,
     pub events: MoveEvents,
 }
 
@@ -151,9 +155,9 @@ impl Consumer {
     /// inner shape (itself a subquery shape) vouches only for what it has
     /// settled, never for what it merely processed.
     pub(super) async fn publish(&mut self, xid: Xid, through: Lsn) {
-        let through = match self.outer {
-            Some(_) => self.applied,
-            None => through,
+        let (through, cause) = match &self.outer {
+            Some(outer) => (self.applied, outer.cause().max(through)),
+            None => (through, through),
         };
         let Some(materializer) = &mut self.materializer else {
             return;
@@ -165,6 +169,7 @@ impl Consumer {
                 dependency: self.entry.handle.clone(),
                 xid,
                 through,
+                cause,
                 events: events.clone(),
             };
             let mut tx = subscriber.tx.clone();

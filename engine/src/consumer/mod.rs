@@ -100,6 +100,9 @@ pub struct ShapeEntry {
     pub schema_header: String,
     /// A subquery shape's inner shapes, in plan order.
     pub deps: Vec<ShapeHandle>,
+    dep_entries: Vec<Arc<ShapeEntry>>,
+    /// The snapshot is complete (its rows are all in the log).
+    snapshot_done: AtomicBool,
     /// An inner shape's subscribed outer shapes.
     subscribers: Mutex<Vec<Subscriber>>,
     /// A subquery shape's claim: its log up to this offset holds its rows
@@ -127,14 +130,17 @@ impl ShapeEntry {
             removed: AtomicBool::new(false),
             snapshot_lsn: AtomicU64::new(snapshot_lsn),
             deps: Vec::new(),
+            dep_entries: Vec::new(),
+            snapshot_done: AtomicBool::new(false),
             subscribers: Mutex::new(Vec::new()),
             claim: Mutex::new(None),
         }
     }
 
     /// With a subquery shape's inner shapes.
-    pub(crate) fn with_deps(mut self, deps: Vec<ShapeHandle>) -> ShapeEntry {
-        self.deps = deps;
+    pub(crate) fn with_deps(mut self, deps: Vec<Arc<ShapeEntry>>) -> ShapeEntry {
+        self.deps = deps.iter().map(|d| d.handle.clone()).collect();
+        self.dep_entries = deps;
         self
     }
 
@@ -319,7 +325,10 @@ pub(crate) async fn run(
 impl Consumer {
     async fn run(&mut self, start: Start) -> Stop {
         let result = match start {
-            Start::New => self.snapshot().await,
+            Start::New => match self.wait_for_dependencies().await {
+                Ok(()) => self.snapshot().await,
+                Err(stop) => Err(stop),
+            },
             Start::Restored => {
                 assert!(
                     self.outer.is_none() && self.materializer.is_none(),
@@ -479,6 +488,23 @@ impl Consumer {
         crate::planted!(self.ctx.config, snapshot_attempt_budget) && attempts >= 10
     }
 
+    /// A subquery shape takes its snapshot only after each inner shape
+    /// has taken its own: the inner shape's materializer starts from its
+    /// snapshot, so a change before it would never become a move, and this
+    /// shape's views must already reflect it.
+    async fn wait_for_dependencies(&mut self) -> Result<(), Stop> {
+        for dep in self.entry.dep_entries.clone() {
+            loop {
+                let listener = dep.changed.listen();
+                if dep.snapshot_done.load(Ordering::SeqCst) || dep.is_removed() {
+                    break; // a removed one takes this shape with it
+                }
+                self.buffering(listener).await?;
+            }
+        }
+        Ok(())
+    }
+
     async fn snapshot(&mut self) -> Result<(), Stop> {
         let shape = self.entry.shape.clone();
         let handle = self.entry.handle.clone();
@@ -540,6 +566,7 @@ impl Consumer {
             chunks: last_chunk + 1,
         });
         self.ctx.db.mark_snapshot_complete(&handle).await;
+        self.entry.snapshot_done.store(true, Ordering::SeqCst);
         self.entry.changed.notify(usize::MAX);
         self.visibility = Some(visibility);
         Ok(())

@@ -66,6 +66,10 @@ pub(crate) struct Outer {
     /// The last transaction processed (applied or skipped), and its xid.
     processed: Lsn,
     last_xid: Xid,
+    /// The highest `cause` of the dependency moves received, and of those
+    /// applied: the shape is consistent only once it has processed that far.
+    seen_cause: Lsn,
+    applied_cause: Lsn,
 }
 
 impl Outer {
@@ -85,7 +89,14 @@ impl Outer {
             dep_needed: vec![0; n],
             processed: 0,
             last_xid: 0,
+            seen_cause: 0,
+            applied_cause: 0,
         }
+    }
+
+    /// What this shape's own moves reflect at most (see [`DepMoves::cause`]).
+    pub fn cause(&self) -> Lsn {
+        self.processed.max(self.seen_cause)
     }
 }
 
@@ -214,9 +225,11 @@ impl Consumer {
             .position(|h| *h == moves.dependency)
             .expect("moves come only from a dependency");
         outer.dep_through[d] = outer.dep_through[d].max(moves.through);
+        outer.seen_cause = outer.seen_cause.max(moves.cause);
         if moves.events.is_empty() || visible {
             return;
         }
+        outer.applied_cause = outer.applied_cause.max(moves.cause);
         let view = &outer.views[d];
         outer.queue.enqueue(d, &moves.events, view, &[moves.xid]);
     }
@@ -506,7 +519,8 @@ impl Consumer {
     /// Whether the claim advanced.
     fn claim_if_consistent(&mut self) -> bool {
         let outer = self.outer.as_ref().expect("a subquery shape");
-        let behind = (0..outer.deps.len()).any(|d| outer.dep_through[d] < outer.dep_needed[d]);
+        let behind = (0..outer.deps.len()).any(|d| outer.dep_through[d] < outer.dep_needed[d])
+            || outer.processed < outer.applied_cause;
         if behind || !outer.queue.is_empty() || !self.inbox.is_empty() {
             return false;
         }

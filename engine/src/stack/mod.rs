@@ -274,7 +274,7 @@ impl Inner {
         shape: Arc<Shape>,
         writer: crate::log::ShapeLogWriter,
         start: Start,
-        deps: Vec<ShapeHandle>,
+        deps: Vec<Arc<ShapeEntry>>,
     ) {
         let (tx, rx) = mpsc::channel(self.config.consumer_queue);
         let entry = ShapeEntry::new(
@@ -392,19 +392,21 @@ impl Inner {
                 .map_err(|e| e.to_string())?;
             let mut deps = Vec::new();
             for dep in dep_shapes {
-                deps.push(self.create_locked(Arc::new(dep)).await?);
+                let dep = self.create_locked(Arc::new(dep)).await?;
+                let entry = self.entry(&dep).filter(|e| !e.is_removed());
+                deps.push(entry.ok_or_else(|| format!("inner shape {dep} was removed; retry"))?);
             }
             let handle = self.create_new(shape, deps.clone()).await?;
             let outer = self.entry(&handle).expect("just registered");
             for dep in &deps {
-                let Some(inner) = self.entry(dep).filter(|e| !e.is_removed()) else {
+                if dep.is_removed() {
                     let reason = RemovalReason::DependencyRemoved {
-                        dependency: dep.clone(),
+                        dependency: dep.handle.clone(),
                     };
                     self.remove_shape(&handle, reason);
-                    return Err(format!("inner shape {dep} was removed; retry"));
-                };
-                inner.subscribe(Subscriber {
+                    return Err(format!("inner shape {} was removed; retry", dep.handle));
+                }
+                dep.subscribe(Subscriber {
                     outer: handle.clone(),
                     tx: outer.tx.clone(),
                 });
@@ -429,7 +431,7 @@ impl Inner {
     async fn create_new(
         self: &Arc<Self>,
         shape: Arc<Shape>,
-        deps: Vec<ShapeHandle>,
+        deps: Vec<Arc<ShapeEntry>>,
     ) -> Result<ShapeHandle, String> {
         let comparable = shape.comparable();
         let hash = shape.hash();
