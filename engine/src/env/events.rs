@@ -101,6 +101,9 @@ pub enum Event {
         rows: usize,
         rule: SpliceRule,
     },
+    /// Shutdown: a shape the next boot will drop (a subquery or inner
+    /// shape) stopped holding the acknowledgement back.
+    HoldReleased { handle: ShapeHandle },
     /// The engine is acknowledging `lsn` to the slot (sent next).
     Acknowledged { lsn: Lsn },
     /// A batch of the metadata write buffer was committed to SQLite.
@@ -353,6 +356,9 @@ impl fmt::Display for Event {
                 f,
                 "{handle} moved in {values} values of dependency {dependency}: {rows} rows, spliced by {rule:?}"
             ),
+            Event::HoldReleased { handle } => {
+                write!(f, "{handle} holds nothing back (not restored)")
+            }
             Event::Acknowledged { lsn } => write!(f, "acknowledging lsn {lsn}"),
             Event::MetadataWritten { changes } => {
                 write!(f, "metadata written:")?;

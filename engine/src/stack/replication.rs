@@ -184,7 +184,10 @@ async fn relation(stack: &Arc<Inner>, table: TableSchema) {
     let name = table.name.clone();
     let previous = stack.upsert_table(table.clone());
     if previous.is_some_and(|p| p != table) {
-        for entry in stack.entries_for_table(&name) {
+        // A subquery shape on another table goes with its inner shape
+        // (removed here), for that reason.
+        let own = stack.entries_for_table(&name);
+        for entry in own.into_iter().filter(|e| e.shape.table.name == name) {
             let (table, oid) = (name.to_string(), entry.shape.table.oid);
             stack.remove_shape(&entry.handle, RemovalReason::TableChanged { table, oid });
         }

@@ -66,6 +66,7 @@ pub(super) async fn shutdown(stack: Arc<Inner>) -> bool {
             futures::future::Either::Right(_) => false,
         }
     };
+    release_unrestored(&stack);
     let idle = wait_idle(&stack, deadline_ms).await;
     let mut clean = drained && idle;
     acknowledge_final(&stack).await;
@@ -88,6 +89,23 @@ pub(super) async fn shutdown(stack: Arc<Inner>) -> bool {
 /// Waits (until `deadline_ms`) for the flush tracker to hold nothing back:
 /// every shape flushed, every removal durable (a removed shape's consumer
 /// deletes its storage on its own).
+/// Subquery shapes and their inner shapes are dropped at the next boot:
+/// what they have not made durable is never needed, so they stop holding
+/// the acknowledgement back (a move-in still waiting for transactions the
+/// stopped intake will not deliver would otherwise hold it forever).
+fn release_unrestored(stack: &Inner) {
+    let entries: Vec<_> = stack.registry().shapes.values().cloned().collect();
+    for entry in entries {
+        if entry.shape.has_subquery() || entry.shape.is_dependency() {
+            let handle = entry.handle.as_str();
+            stack.tracker.update(|tracker| tracker.remove_shape(handle));
+            stack.env().emit(Event::HoldReleased {
+                handle: entry.handle.clone(),
+            });
+        }
+    }
+}
+
 async fn wait_idle(stack: &Inner, deadline_ms: u64) -> bool {
     loop {
         let changed = stack.tracker.changed.listen();

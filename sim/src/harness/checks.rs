@@ -144,9 +144,6 @@ pub async fn exchange(
             body_hash(&response.body)
         ),
     );
-    if std::env::var_os("SHAPESIM_BODIES").is_some() {
-        eprintln!("BODY client {index}: {}", response.body);
-    }
     let applied = client.apply(&request, &response).map_err(|violation| {
         let why = format!("shape {index}: {}", violation.message);
         Failure::new(violation.class, why, Some(index), &trace)

@@ -124,7 +124,7 @@ impl Default for Knobs {
             other_table_rate: 0.25,
             columns_rate: 0.3,
             add_column_rate: 0.15,
-            subquery_rate: 0.0,
+            subquery_rate: 0.25,
         }
     }
 }
