@@ -508,10 +508,13 @@ fn malformed_requests_get_400_naming_the_field_and_bad_handles_never_reach_stora
                 vec![
                     ("table", "items"),
                     ("offset", "-1"),
-                    ("where", "id IN (SELECT id FROM items)"),
+                    (
+                        "where",
+                        "id IN (SELECT id FROM items WHERE id IN (SELECT id FROM items WHERE id IN (SELECT id FROM items WHERE id IN (SELECT id FROM items))))",
+                    ),
                 ],
                 "where",
-                "subqueries",
+                "nest at most 3 levels",
             ),
             (
                 vec![
