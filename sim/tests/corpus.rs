@@ -42,7 +42,11 @@ fn every_corpus_entry_fails_with_its_bug_and_passes_without_it() {
         .iter()
         .map(|file| CorpusEntry::load(file).unwrap_or_else(|e| panic!("{e}")))
         .collect();
-    for plant in Plant::ALL.into_iter().chain(Plant::REAL_BUGS) {
+    for plant in Plant::ALL
+        .into_iter()
+        .chain(Plant::SUBQUERIES)
+        .chain(Plant::REAL_BUGS)
+    {
         assert!(
             entries.iter().any(|e| e.scenario.plants == [plant]),
             "no corpus entry shows {} on its own: find one with `shapesim sweep --plant {}`",

@@ -32,6 +32,36 @@ const CAUGHT_BY: [(Plant, &str); 13] = [
     (Plant::IgnoreXip, "prefix-mismatch"),
 ];
 
+/// The subquery plants, in sweeps of `scenarios/subqueries.toml`: the
+/// prefix check catches a missing move-out; the strict materializer of a
+/// nested inner shape catches a wrong splice (a row inserted twice) and a
+/// materializer that counts excluded rows (a row it never held).
+const SUBQUERY_CAUGHT_BY: [(Plant, &str); 3] = [
+    (Plant::MoveOutNotWritten, "prefix-mismatch"),
+    (Plant::SpliceAtWrongBoundary, "engine-invariant"),
+    (Plant::MaterializerCountsExcluded, "engine-invariant"),
+];
+
+#[test]
+fn every_subquery_plant_is_found_in_the_subquery_scenario() {
+    harness::quiet_seed_panics();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/subqueries.toml");
+    let text = std::fs::read_to_string(path).expect("the subquery scenario");
+    let knobs = ScenarioFile::parse(&text).expect("it parses").knobs;
+    assert_eq!(SUBQUERY_CAUGHT_BY.map(|(p, _)| p), Plant::SUBQUERIES);
+    for (plant, check) in SUBQUERY_CAUGHT_BY {
+        let found = (0..CI_SEED_BUDGET).find_map(|seed| {
+            let outcome = cli::run_seed(seed, &knobs, &[plant], false);
+            outcome.failure.map(|f| (seed, f))
+        });
+        let (seed, failure) =
+            found.unwrap_or_else(|| panic!("{} survived {CI_SEED_BUDGET} seeds", plant.name()));
+        assert_eq!(failure.check, check, "{}: {}", plant.name(), failure.message);
+        let fixed = cli::run_seed(seed, &knobs, &[], false);
+        assert!(fixed.passed(), "{}: seed {seed} fails without it", plant.name());
+    }
+}
+
 #[test]
 fn every_planted_bug_is_found_by_its_check_within_the_ci_budget() {
     harness::quiet_seed_panics();
