@@ -56,9 +56,19 @@ fn every_subquery_plant_is_found_in_the_subquery_scenario() {
         });
         let (seed, failure) =
             found.unwrap_or_else(|| panic!("{} survived {CI_SEED_BUDGET} seeds", plant.name()));
-        assert_eq!(failure.check, check, "{}: {}", plant.name(), failure.message);
+        assert_eq!(
+            failure.check,
+            check,
+            "{}: {}",
+            plant.name(),
+            failure.message
+        );
         let fixed = cli::run_seed(seed, &knobs, &[], false);
-        assert!(fixed.passed(), "{}: seed {seed} fails without it", plant.name());
+        assert!(
+            fixed.passed(),
+            "{}: seed {seed} fails without it",
+            plant.name()
+        );
     }
 }
 

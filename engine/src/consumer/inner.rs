@@ -89,7 +89,11 @@ pub(super) fn inner_changes(
 
 /// Applies `changes`, treating a strictness violation as the invariant
 /// violation it is.
-pub(super) fn feed(materializer: &mut Materializer, handle: &ShapeHandle, changes: Vec<InnerChange>) {
+pub(super) fn feed(
+    materializer: &mut Materializer,
+    handle: &ShapeHandle,
+    changes: Vec<InnerChange>,
+) {
     for change in changes {
         if let Err(violation) = materializer.apply(change) {
             violated(handle, &violation);
@@ -138,7 +142,9 @@ impl Consumer {
         self.skipped(lsn, SkipReason::NothingToWrite);
         self.applied = lsn;
         let handle = self.entry.handle.as_str();
-        self.ctx.tracker.with(|tracker| tracker.applied(handle, lsn));
+        self.ctx
+            .tracker
+            .with(|tracker| tracker.applied(handle, lsn));
         self.report_flush();
     }
 

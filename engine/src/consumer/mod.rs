@@ -36,8 +36,8 @@ use crate::flush_tracker::SharedTracker;
 use crate::handle::ShapeHandle;
 use crate::log::{LogError, Operation, ShapeLog, ShapeLogReader, ShapeLogWriter, SnapshotState};
 use crate::metadata::ShapeDb;
-use crate::offset::LogOffset;
 use crate::moves::materializer::{InnerChange, Materializer};
+use crate::offset::LogOffset;
 use crate::replication::{
     DependencyQuery, Lsn, PostgresQueries, SnapshotQuery, SnapshotResult, Transaction, Visibility,
     Xid,
@@ -46,14 +46,14 @@ use crate::router::ShapeTxn;
 use crate::shape::Shape;
 use crate::shape::tags::View;
 use crate::wire;
-use std::collections::VecDeque;
-use std::sync::Mutex;
 use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
 use futures::future::{self, Either};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Where shape logs live in storage: `shapes/<handle>`.
@@ -157,13 +157,20 @@ impl ShapeEntry {
     fn set_claim(&self, offset: LogOffset, lsn: Lsn) {
         let mut claim = self.claim.lock().expect("claim");
         if let Some((o, l)) = *claim {
-            assert!(o <= offset && l <= lsn, "a claim of {} went backwards", self.handle);
+            assert!(
+                o <= offset && l <= lsn,
+                "a claim of {} went backwards",
+                self.handle
+            );
         }
         *claim = Some((offset, lsn));
     }
 
     pub(crate) fn subscribe(&self, subscriber: Subscriber) {
-        self.subscribers.lock().expect("subscribers").push(subscriber);
+        self.subscribers
+            .lock()
+            .expect("subscribers")
+            .push(subscriber);
     }
 
     pub(crate) fn unsubscribe(&self, outer: &ShapeHandle) {
@@ -282,9 +289,10 @@ pub(crate) async fn run(
     rx: mpsc::Receiver<ConsumerMsg>,
 ) {
     let last_durable = writer.durable_offset();
-    let outer = entry.shape.has_subquery().then(|| {
-        subquery::Outer::new(entry.deps.clone(), entry.shape.dependency_tables())
-    });
+    let outer = entry
+        .shape
+        .has_subquery()
+        .then(|| subquery::Outer::new(entry.deps.clone(), entry.shape.dependency_tables()));
     let materializer = entry.shape.is_dependency().then(Materializer::default);
     let mut consumer = Consumer {
         ctx,
@@ -515,7 +523,11 @@ impl Consumer {
         };
         let result = self.snapshot_query(query).await?;
         if let Some(outer) = &mut self.outer {
-            assert_eq!(result.views.len(), outer.views_wanted(), "one view per dependency");
+            assert_eq!(
+                result.views.len(),
+                outer.views_wanted(),
+                "one view per dependency"
+            );
             outer.views = result.views.iter().cloned().map(View::new).collect();
         }
         let visibility = result.visibility;

@@ -113,7 +113,10 @@ impl Consumer {
     }
 
     fn plan(&self) -> &DnfPlan {
-        self.entry.shape.plan().expect("a subquery shape has a plan")
+        self.entry
+            .shape
+            .plan()
+            .expect("a subquery shape has a plan")
     }
 
     /// Tags and active conditions of `row` under the current views.
@@ -254,7 +257,10 @@ impl Consumer {
                 MoveKind::In => view.insert(tuple.clone()),
                 MoveKind::Out => view.remove(tuple),
             };
-            assert!(changed, "the move queue hands out only moves the view lacks");
+            assert!(
+                changed,
+                "the move queue hands out only moves the view lacks"
+            );
         }
     }
 
@@ -265,7 +271,10 @@ impl Consumer {
         let mut out = Vec::new();
         for &position in &plan.dependency_positions[dependency] {
             for tuple in tuples {
-                out.push((position, tags::pattern(plan, STACK_ID, handle, position, tuple)));
+                out.push((
+                    position,
+                    tags::pattern(plan, STACK_ID, handle, position, tuple),
+                ));
             }
         }
         out
@@ -279,8 +288,15 @@ impl Consumer {
         match self.writer.last_appended() {
             Some(last) => last.increment(),
             None => {
-                let wal = self.visibility.as_ref().expect("after the snapshot").wal_lsn;
-                assert!(wal > 0, "a snapshot of an empty WAL has no place for events");
+                let wal = self
+                    .visibility
+                    .as_ref()
+                    .expect("after the snapshot")
+                    .wal_lsn;
+                assert!(
+                    wal > 0,
+                    "a snapshot of an empty WAL has no place for events"
+                );
                 LogOffset::new(wal, 0)
             }
         }

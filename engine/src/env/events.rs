@@ -345,7 +345,10 @@ impl fmt::Display for Event {
                 handle,
                 dependency,
                 values,
-            } => write!(f, "{handle} moved out {values} values of dependency {dependency}"),
+            } => write!(
+                f,
+                "{handle} moved out {values} values of dependency {dependency}"
+            ),
             Event::MovedIn {
                 handle,
                 dependency,

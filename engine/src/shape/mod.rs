@@ -216,7 +216,10 @@ impl Shape {
 
     /// An inner shape's value tuple of `row` (all columns, table order).
     pub fn tuple(&self, row: &[Value]) -> Vec<Value> {
-        let columns = self.dependency.as_ref().expect("only inner shapes have tuples");
+        let columns = self
+            .dependency
+            .as_ref()
+            .expect("only inner shapes have tuples");
         columns.iter().map(|&i| row[i].clone()).collect()
     }
 

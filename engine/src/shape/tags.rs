@@ -157,7 +157,13 @@ fn left_side<'a>(atom: &'a Expr, row: &[Value]) -> (Vec<&'a str>, Vec<Value>) {
 /// A move pattern's value: the hash `position`'s slot holds in the tags of
 /// a row whose left side is `tuple` (the same hash, so a client matches
 /// patterns against tags).
-pub fn pattern(plan: &DnfPlan, stack_id: &str, handle: &str, position: usize, tuple: &[Value]) -> String {
+pub fn pattern(
+    plan: &DnfPlan,
+    stack_id: &str,
+    handle: &str,
+    position: usize,
+    tuple: &[Value],
+) -> String {
     let atom = &plan.positions[position].atom;
     let Expr::InSubquery { columns, .. } = atom else {
         unreachable!("only subquery positions have patterns")

@@ -241,7 +241,10 @@ fn route_all(stack: &Inner, txn: &Arc<Transaction>) -> Vec<(Arc<ShapeEntry>, Con
 async fn deliver(stack: &Arc<Inner>, routed: Vec<(Arc<ShapeEntry>, ConsumerMsg)>) {
     let mut by_layer: BTreeMap<usize, Vec<_>> = BTreeMap::new();
     for (entry, msg) in routed {
-        by_layer.entry(entry.shape.layer()).or_default().push((entry, msg));
+        by_layer
+            .entry(entry.shape.layer())
+            .or_default()
+            .push((entry, msg));
     }
     for (_, layer) in by_layer {
         let mut taken = Vec::new();

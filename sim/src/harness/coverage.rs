@@ -138,7 +138,10 @@ impl Coverage {
     }
 
     pub fn subquery_add(&mut self, key: &str, n: u64) {
-        assert!(SUBQUERY_KEYS.contains(&key), "unknown subquery counter {key}");
+        assert!(
+            SUBQUERY_KEYS.contains(&key),
+            "unknown subquery counter {key}"
+        );
         *self.subqueries.entry(key.to_string()).or_default() += n;
     }
 
@@ -257,7 +260,9 @@ impl Coverage {
 
     /// With subquery shapes in the sweep: every counter reached.
     fn subquery_gaps(&self) -> Vec<String> {
-        let shapes: u64 = (1..=3).map(|d| self.subqueries[&format!("shapes_depth_{d}")]).sum();
+        let shapes: u64 = (1..=3)
+            .map(|d| self.subqueries[&format!("shapes_depth_{d}")])
+            .sum();
         if shapes == 0 {
             return Vec::new();
         }
@@ -319,8 +324,11 @@ impl Coverage {
             .iter()
             .map(|(k, n)| format!("{} {n}", k.replace('_', " ")))
             .collect();
-        out.push_str(&format!("  subqueries    {}
-", subqueries.join(", ")));
+        out.push_str(&format!(
+            "  subqueries    {}
+",
+            subqueries.join(", ")
+        ));
         let c = &self.checks;
         out.push_str(&format!(
             "  checks        {} ({} non-empty, {} rows compared); {} prefixes, {} changes, {} latencies, {} acks judged",

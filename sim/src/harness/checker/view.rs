@@ -144,7 +144,11 @@ impl ShapeView {
         let mut out = KeyedRows::new();
         let rows = match (&self.filter, self.depth) {
             (Some(filter), 1..) => pg.rows_where(&self.table, filter),
-            _ => pg.rows(&self.table).into_iter().filter(|r| self.matches(r)).collect(),
+            _ => pg
+                .rows(&self.table)
+                .into_iter()
+                .filter(|r| self.matches(r))
+                .collect(),
         };
         for row in rows {
             out.insert(self.key(&row), self.render(&row));
