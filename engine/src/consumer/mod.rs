@@ -555,8 +555,9 @@ impl Consumer {
                     value: shape.tuple(row),
                     meta: self.row_meta(row),
                 };
-                let materializer = self.materializer.as_mut().expect("checked");
-                inner::feed(materializer, &handle, vec![change]);
+                if let Some(materializer) = &mut self.materializer {
+                    inner::feed(materializer, &handle, vec![change]);
+                }
             }
             self.writer
                 .append_snapshot_row(Operation::Insert, key, json)

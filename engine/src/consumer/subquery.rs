@@ -199,8 +199,9 @@ impl Consumer {
             let includes = |row: &[Value]| tagging.includes(row);
             let meta = |row: &[Value]| self.row_meta(row);
             let changes = inner_changes(&shape, txn, &includes, &meta);
-            let materializer = self.materializer.as_mut().expect("checked");
-            feed(materializer, &self.entry.handle, changes);
+            if let Some(materializer) = &mut self.materializer {
+                feed(materializer, &self.entry.handle, changes);
+            }
         }
         let Some(part) = part else {
             return Ok(false);
@@ -427,8 +428,9 @@ impl Consumer {
                     value: shape.tuple(row),
                     meta: self.row_meta(row),
                 };
-                let materializer = self.materializer.as_mut().expect("checked");
-                feed(materializer, &self.entry.handle, vec![change]);
+                if let Some(materializer) = &mut self.materializer {
+                    feed(materializer, &self.entry.handle, vec![change]);
+                }
             }
         }
         if !result.rows.is_empty() {
