@@ -87,6 +87,53 @@ pub(super) fn inner_changes(
     out
 }
 
+/// Planted `materializer-counts-excluded`: a row the materializer holds
+/// stays counted, with its new value, when it leaves the shape.
+fn counting_excluded(
+    shape: &Shape,
+    txn: &Transaction,
+    materializer: &Materializer,
+) -> Vec<InnerChange> {
+    let table = &shape.table;
+    let key = |row: &[Value]| wire::row_key(table, row);
+    let mut out = Vec::new();
+    let mut held: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    let holds = |k: &str, held: &std::collections::BTreeSet<String>| {
+        held.contains(k) || materializer.holds(k)
+    };
+    for change in txn.changes.iter().filter(|c| *c.table() == table.name) {
+        let (old, new) = match change {
+            Change::Insert { new, .. } => (None, Some(new)),
+            Change::Update { old, new, .. } => (Some(old), Some(new)),
+            Change::Delete { old, .. } => (Some(old), None),
+        };
+        let old_held = old.is_some_and(|o| holds(&key(o), &held));
+        match (old, new) {
+            (Some(old), Some(new)) if old_held => {
+                held.remove(&key(old));
+                held.insert(key(new));
+                out.push(InnerChange::Update {
+                    old_key: key(old),
+                    key: key(new),
+                    value: shape.tuple(new),
+                    meta: None,
+                });
+            }
+            (Some(old), None) if old_held => out.push(InnerChange::Delete { key: key(old) }),
+            (_, Some(new)) if shape.includes(new) => {
+                held.insert(key(new));
+                out.push(InnerChange::Insert {
+                    key: key(new),
+                    value: shape.tuple(new),
+                    meta: None,
+                });
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Applies `changes`, treating a strictness violation as the invariant
 /// violation it is.
 pub(super) fn feed(
@@ -116,10 +163,10 @@ impl Consumer {
         let shape = self.entry.shape.clone();
         let visible = self.in_snapshot(txn.xid);
         if !visible && let Some(materializer) = &mut self.materializer {
-            // Planted `materializer-counts-excluded`: every row counts.
-            let all = crate::planted!(self.ctx.config, materializer_counts_excluded);
-            let includes = |row: &[Value]| all || shape.includes(row);
-            let changes = inner_changes(&shape, &txn, &includes, &|_| None);
+            let changes = match crate::planted!(self.ctx.config, materializer_counts_excluded) {
+                true => counting_excluded(&shape, &txn, materializer),
+                false => inner_changes(&shape, &txn, &|row| shape.includes(row), &|_| None),
+            };
             feed(materializer, &self.entry.handle, changes);
         }
         match crate::router::route(&shape, &txn) {

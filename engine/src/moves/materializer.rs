@@ -112,6 +112,11 @@ impl Materializer {
         self.counts.keys()
     }
 
+    /// Whether a row with `key` is held.
+    pub fn holds(&self, key: &str) -> bool {
+        self.rows.contains_key(key)
+    }
+
     pub fn apply(&mut self, change: InnerChange) -> Result<(), Violation> {
         match change {
             InnerChange::Insert { key, value, meta } => self.insert(key, value, meta)?,
