@@ -17,6 +17,7 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use std::cmp::Ordering;
+use std::rc::Rc;
 
 /// Parses a WHERE clause the harness generated (or the engine's canonical text).
 pub fn parse(sql: &str) -> Result<Expr, String> {
@@ -33,6 +34,13 @@ pub type NamedRow = Vec<(String, Value)>;
 pub trait Tables {
     /// Every row of `schema.table`.
     fn rows(&self, schema: &str, table: &str) -> Vec<NamedRow>;
+
+    /// The tuples the subquery `key` selects, as `compute` finds them; an
+    /// implementation serving one query may remember them (the oracle's
+    /// subqueries are uncorrelated, and the tables do not change meanwhile).
+    fn selected(&self, _key: &str, compute: &dyn Fn() -> Vec<Vec<Value>>) -> Rc<Vec<Vec<Value>>> {
+        Rc::new(compute())
+    }
 }
 
 /// For clauses without subqueries: reaching one is a harness bug.
@@ -216,23 +224,33 @@ fn in_subquery(left: &[Value], query: &Query, tables: &dyn Tables) -> Value {
         panic!("oracle: unsupported FROM in {query}")
     };
     let (schema, table) = schema_and_table(name);
-    let mut result = Value::Bool(false);
-    for row in tables.rows(&schema, &table) {
-        let lookup = |name: &str| {
-            row.iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.clone())
-                .unwrap_or_else(|| panic!("oracle: no column {name} in {schema}.{table}"))
-        };
-        if let Some(filter) = &select.selection
-            && eval(filter, &lookup, tables) != Value::Bool(true)
-        {
-            continue;
+    // Uncorrelated (a reference to an outer column panics below): its
+    // tuples are the same for every row of one query.
+    let compute = || {
+        let mut tuples = Vec::new();
+        for row in tables.rows(&schema, &table) {
+            let lookup = |name: &str| {
+                row.iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_else(|| panic!("oracle: no column {name} in {schema}.{table}"))
+            };
+            if let Some(filter) = &select.selection
+                && eval(filter, &lookup, tables) != Value::Bool(true)
+            {
+                continue;
+            }
+            tuples.push(columns.iter().map(|c| lookup(c)).collect::<Vec<Value>>());
         }
+        tuples
+    };
+    let tuples = tables.selected(&query.to_string(), &compute);
+    let mut result = Value::Bool(false);
+    for tuple in tuples.iter() {
         let mut unknown = false;
         let mut differs = false;
-        for (l, c) in left.iter().zip(&columns) {
-            match compare(l.clone(), lookup(c)) {
+        for (l, r) in left.iter().zip(tuple) {
+            match compare(l.clone(), r.clone()) {
                 Some(Ordering::Equal) => {}
                 Some(_) => differs = true,
                 None => unknown = true,

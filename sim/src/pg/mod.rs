@@ -29,7 +29,9 @@ use engine::replication::{
 };
 use engine::schema::{Catalog, Row, TableName, TableSchema, Value};
 use event_listener::Event;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The WAL position at which the slot was created: the initial rows are
@@ -280,6 +282,7 @@ impl PgModel {
         let committed = Committed {
             catalog: &state.catalog,
             tables: &state.tables,
+            selected: RefCell::default(),
         };
         let rows = state.tables[table].values();
         rows.filter(|row| matches(schema, Some(filter), row, &committed))
@@ -491,9 +494,22 @@ fn matches(
 struct Committed<'a> {
     catalog: &'a Catalog,
     tables: &'a BTreeMap<TableName, TableRows>,
+    /// Subquery results, for the one query it serves.
+    selected: RefCell<BTreeMap<String, Rc<Vec<Vec<Value>>>>>,
 }
 
 impl where_eval::Tables for Committed<'_> {
+    fn selected(&self, key: &str, compute: &dyn Fn() -> Vec<Vec<Value>>) -> Rc<Vec<Vec<Value>>> {
+        if let Some(found) = self.selected.borrow().get(key) {
+            return found.clone();
+        }
+        let tuples = Rc::new(compute());
+        self.selected
+            .borrow_mut()
+            .insert(key.to_string(), tuples.clone());
+        tuples
+    }
+
     fn rows(&self, schema: &str, table: &str) -> Vec<where_eval::NamedRow> {
         let name = TableName {
             schema: schema.to_string(),
@@ -577,6 +593,7 @@ impl State {
         let committed = Committed {
             catalog: &self.catalog,
             tables: &self.tables,
+            selected: RefCell::default(),
         };
         let rows = self.tables[table].values();
         rows.filter(|row| matches(schema, filter.as_ref(), row, &committed))
