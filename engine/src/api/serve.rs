@@ -269,8 +269,9 @@ async fn read(stack: &Arc<Inner>, entry: &Arc<ShapeEntry>, params: &Params) -> R
             entry.snapshot_lsn()
         };
         let seen = up_to_date.then(|| match claim {
-            // Everything routed to it at or below `seen` it has applied.
-            Some(Some((_, claimed))) => seen.max(claimed),
+            // What its log holds as of (never `seen`: a shape released at
+            // shutdown no longer holds the visible LSN back).
+            Some(Some((_, claimed))) => claimed,
             _ => global_last_seen_lsn(snapshot_lsn, seen, chunk_end, params.live),
         });
         let messages = entries.iter().map(|e| e.json.as_str());

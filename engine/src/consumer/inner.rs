@@ -28,9 +28,9 @@ use std::sync::Arc;
 #[derive(Clone, Debug)]
 pub(crate) struct DepMoves {
     pub dependency: ShapeHandle,
-    /// The transaction that made the moves (for the outer consumer's
-    /// snapshot visibility).
-    pub xid: Xid,
+    /// The transactions that made the moves: an outer consumer whose
+    /// snapshot sees every one of them already has them in its views.
+    pub xids: Vec<Xid>,
     /// Every transaction at or below it routed to the dependency has been
     /// processed and its moves sent.
     pub through: Lsn,
@@ -39,6 +39,17 @@ pub(crate) struct DepMoves {
     /// transaction at this LSN.
     pub cause: Lsn,
     pub events: MoveEvents,
+}
+
+/// What an inner shape has published so far: its values, how far it
+/// vouches (as [`DepMoves::through`]) and what they reflect (as
+/// [`DepMoves::cause`]). An outer shape reads it as it subscribes: its
+/// views start from it, and every later move is a change from it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Published {
+    pub values: Vec<crate::moves::Tuple>,
+    pub through: Lsn,
+    pub cause: Lsn,
 }
 
 /// An outer shape that wants an inner shape's moves.
@@ -173,7 +184,7 @@ impl Consumer {
             Some(part) => self.append(part).await?,
             None => self.nothing_to_write(txn.commit_lsn),
         }
-        self.publish(txn.xid, txn.commit_lsn).await;
+        self.publish(vec![txn.xid], txn.commit_lsn).await;
         tell_taken(taken);
         Ok(())
     }
@@ -207,7 +218,7 @@ impl Consumer {
     /// subscriber (nothing for a shape that is no dependency). A nested
     /// inner shape (itself a subquery shape) vouches only for what it has
     /// settled, never for what it merely processed.
-    pub(super) async fn publish(&mut self, xid: Xid, through: Lsn) {
+    pub(super) async fn publish(&mut self, xids: Vec<Xid>, through: Lsn) {
         let (through, cause) = match &self.outer {
             Some(outer) => (self.applied, outer.cause().max(through)),
             None => (through, through),
@@ -216,11 +227,17 @@ impl Consumer {
             return;
         };
         let events = materializer.commit();
+        let values = materializer.values().cloned().collect();
+        self.entry.publish(Published {
+            values,
+            through,
+            cause,
+        });
         let subscribers = self.entry.subscribers();
         for subscriber in subscribers {
             let moves = DepMoves {
                 dependency: self.entry.handle.clone(),
-                xid,
+                xids: xids.clone(),
                 through,
                 cause,
                 events: events.clone(),

@@ -27,7 +27,7 @@
 mod inner;
 mod subquery;
 
-pub(crate) use inner::{DepMoves, Subscriber};
+pub(crate) use inner::{DepMoves, Published, Subscriber};
 pub use subquery::STACK_ID;
 
 use crate::env::events::{ConsumerFailure, RemovalReason, SkipReason};
@@ -39,12 +39,10 @@ use crate::metadata::ShapeDb;
 use crate::moves::materializer::{InnerChange, Materializer};
 use crate::offset::LogOffset;
 use crate::replication::{
-    DependencyQuery, Lsn, PostgresQueries, SnapshotQuery, SnapshotResult, Transaction, Visibility,
-    Xid,
+    Lsn, PostgresQueries, SnapshotQuery, SnapshotResult, Transaction, Visibility, Xid,
 };
 use crate::router::ShapeTxn;
 use crate::shape::Shape;
-use crate::shape::tags::View;
 use crate::wire;
 use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
@@ -103,8 +101,11 @@ pub struct ShapeEntry {
     dep_entries: Vec<Arc<ShapeEntry>>,
     /// The snapshot is complete (its rows are all in the log).
     snapshot_done: AtomicBool,
-    /// An inner shape's subscribed outer shapes.
+    /// An inner shape's subscribed outer shapes, and what it published.
     subscribers: Mutex<Vec<Subscriber>>,
+    published: Mutex<Published>,
+    /// The last transaction the intake sent it.
+    last_sent: AtomicU64,
     /// A subquery shape's claim: its log up to this offset holds its rows
     /// as of this LSN (`None` until its snapshot is done).
     claim: Mutex<Option<(LogOffset, Lsn)>>,
@@ -133,15 +134,34 @@ impl ShapeEntry {
             dep_entries: Vec::new(),
             snapshot_done: AtomicBool::new(false),
             subscribers: Mutex::new(Vec::new()),
+            published: Mutex::new(Published::default()),
             claim: Mutex::new(None),
+            last_sent: AtomicU64::new(0),
         }
     }
 
     /// With a subquery shape's inner shapes.
     pub(crate) fn with_deps(mut self, deps: Vec<Arc<ShapeEntry>>) -> ShapeEntry {
         self.deps = deps.iter().map(|d| d.handle.clone()).collect();
+        let distinct: std::collections::BTreeSet<_> = self.deps.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            self.deps.len(),
+            "the dependencies of {} are distinct inner shapes",
+            self.handle
+        );
         self.dep_entries = deps;
         self
+    }
+
+    /// The intake sent it the transaction at `lsn`.
+    pub(crate) fn sent(&self, lsn: Lsn) {
+        self.last_sent.fetch_max(lsn, Ordering::SeqCst);
+    }
+
+    /// Whether the snapshot is complete.
+    pub fn snapshot_done(&self) -> bool {
+        self.snapshot_done.load(Ordering::SeqCst)
     }
 
     /// Whether the shape is served only up to its claim (a subquery shape).
@@ -166,11 +186,18 @@ impl ShapeEntry {
         *claim = Some((offset, lsn));
     }
 
-    pub(crate) fn subscribe(&self, subscriber: Subscriber) {
+    /// Subscribes `subscriber` and returns what was published so far, in
+    /// one step: every move published later reaches it, none before.
+    pub(crate) fn subscribe(&self, subscriber: Subscriber) -> Published {
         self.subscribers
             .lock()
             .expect("subscribers")
             .push(subscriber);
+        self.published.lock().expect("published").clone()
+    }
+
+    fn publish(&self, published: Published) {
+        *self.published.lock().expect("published") = published;
     }
 
     pub(crate) fn unsubscribe(&self, outer: &ShapeHandle) {
@@ -310,11 +337,20 @@ pub(crate) async fn run(
     };
     let stop = consumer.run(start).await;
     let Consumer {
-        ctx, entry, writer, ..
+        ctx,
+        entry,
+        writer,
+        rx,
+        inbox,
+        ..
     } = consumer;
     if let Stop::Failed(reason) = stop {
         ctx.remover.remove_shape(&entry.handle, reason);
     }
+    // What waits for this consumer (the intake, for a transaction it was
+    // to take) must not wait through the storage removal below.
+    drop(rx);
+    drop(inbox);
     drop(writer);
     // The removal must be durable before the shape stops holding back the
     // acknowledged LSN: a crash before it would restore the shape, and the
@@ -500,15 +536,32 @@ impl Consumer {
     /// has taken its own: the inner shape's materializer starts from its
     /// snapshot, so a change before it would never become a move, and this
     /// shape's views must already reflect it.
+    /// Then it subscribes, and its views start from what each published.
     async fn wait_for_dependencies(&mut self) -> Result<(), Stop> {
-        for dep in self.entry.dep_entries.clone() {
+        for (d, dep) in self.entry.dep_entries.clone().iter().enumerate() {
             loop {
                 let listener = dep.changed.listen();
-                if dep.snapshot_done.load(Ordering::SeqCst) || dep.is_removed() {
-                    break; // a removed one takes this shape with it
+                if dep.is_removed() {
+                    let dependency = dep.handle.clone();
+                    let reason = RemovalReason::DependencyRemoved { dependency };
+                    return Err(Stop::Failed(reason));
+                }
+                if dep.snapshot_done.load(Ordering::SeqCst) {
+                    break;
                 }
                 self.buffering(listener).await?;
             }
+            let published = dep.subscribe(Subscriber {
+                outer: self.entry.handle.clone(),
+                tx: self.entry.tx.clone(),
+            });
+            // What it was sent before this shape existed must be vouched
+            // for too: this shape was not sent it, and cannot know.
+            let sent = dep.last_sent.load(Ordering::SeqCst);
+            self.outer
+                .as_mut()
+                .expect("only subquery shapes have dependencies")
+                .start_from(d, published, sent);
         }
         Ok(())
     }
@@ -518,19 +571,14 @@ impl Consumer {
         let handle = self.entry.handle.clone();
         let query = SnapshotQuery {
             table: shape.table.name.clone(),
-            where_sql: shape.where_clause.as_ref().map(|w| w.expr.to_string()),
-            dependencies: dependency_queries(&shape),
+            where_sql: self.snapshot_where(),
+            dependencies: Vec::new(),
         };
         let result = self.snapshot_query(query).await?;
-        if let Some(outer) = &mut self.outer {
-            assert_eq!(
-                result.views.len(),
-                outer.views_wanted(),
-                "one view per dependency"
-            );
-            outer.views = result.views.iter().cloned().map(View::new).collect();
-        }
         let visibility = result.visibility;
+        if let Some(outer) = &mut self.outer {
+            outer.snapshot_taken(visibility.wal_lsn);
+        }
         self.writer.start_snapshot(visibility.clone()).await?;
         self.entry
             .snapshot_lsn
@@ -567,6 +615,13 @@ impl Consumer {
         if let Some(materializer) = &mut self.materializer {
             // The snapshot is the starting point, not a move.
             materializer.commit();
+            let values = materializer.values().cloned().collect();
+            let cause = self.outer.as_ref().map_or(0, |o| o.cause());
+            self.entry.publish(Published {
+                values,
+                through: 0,
+                cause: cause.max(visibility.wal_lsn),
+            });
         }
         let end = wire::snapshot_end(&visibility);
         self.writer
@@ -653,6 +708,10 @@ impl Consumer {
         } else {
             durable.and_then(|d| d.tx()).unwrap_or(0)
         };
+        // Never past what it was sent: a subquery shape's events can sit at
+        // its snapshot position, above transactions still to arrive (which
+        // must then be reported again).
+        let flushed = flushed.min(self.last_received);
         if flushed > self.last_reported {
             self.last_reported = flushed;
             let handle = self.entry.handle.as_str();
@@ -661,20 +720,4 @@ impl Consumer {
                 .update(|tracker| tracker.flushed(handle, flushed));
         }
     }
-}
-
-/// A subquery shape's dependency queries: each subquery's values, read in
-/// the snapshot of its rows.
-fn dependency_queries(shape: &Shape) -> Vec<DependencyQuery> {
-    let Some(plan) = shape.plan() else {
-        return Vec::new();
-    };
-    plan.dependencies
-        .iter()
-        .map(|s| DependencyQuery {
-            table: s.table.clone(),
-            columns: s.columns.iter().map(|(c, _)| c.clone()).collect(),
-            where_sql: s.where_clause.as_ref().map(|w| w.to_string()),
-        })
-        .collect()
 }

@@ -10,11 +10,13 @@
 //!
 //! What it may claim: the log up to the claimed offset holds exactly the
 //! shape's rows as of the claimed LSN. It claims only when steady (no move
-//! queued, no move-in in flight, nothing waiting in its channel) and when
-//! every dependency has sent its moves for every transaction it received
-//! that touches the dependency's tables; the flush tracker hears "applied"
-//! only then, so `global_last_seen_lsn` never names an LSN whose moves it
-//! has not applied.
+//! queued, no move-in in flight), when every dependency has vouched for
+//! every transaction it received that touches the dependency's tables (a
+//! dependency sends a transaction's moves before or with its vouching, so
+//! they have been applied), and when it has processed the transaction each
+//! applied move reflects; the flush tracker hears "applied" only then, so
+//! `global_last_seen_lsn` never names an LSN whose moves it has not
+//! applied.
 
 use super::inner::{DepMoves, feed, inner_changes, tell_taken};
 use super::{Consumer, ConsumerMsg, Stop};
@@ -73,17 +75,13 @@ pub(crate) struct Outer {
 }
 
 impl Outer {
-    pub fn views_wanted(&self) -> usize {
-        self.deps.len()
-    }
-
     pub fn new(deps: Vec<ShapeHandle>, dep_tables: Vec<BTreeSet<TableName>>) -> Outer {
         assert_eq!(deps.len(), dep_tables.len(), "one table set per dependency");
         let n = deps.len();
         Outer {
             deps,
             dep_tables,
-            views: Vec::new(),
+            views: vec![View::default(); n],
             queue: MoveQueue::default(),
             dep_through: vec![0; n],
             dep_needed: vec![0; n],
@@ -92,6 +90,22 @@ impl Outer {
             seen_cause: 0,
             applied_cause: 0,
         }
+    }
+
+    /// Dependency `d` subscribed with what it had `published`: the view
+    /// starts there, and the shape reflects no earlier state than it.
+    /// It must vouch for everything it was sent (up to `sent`).
+    pub fn start_from(&mut self, d: usize, published: super::Published, sent: Lsn) {
+        self.views[d] = View::new(published.values);
+        self.dep_through[d] = published.through;
+        self.dep_needed[d] = self.dep_needed[d].max(sent);
+        self.applied_cause = self.applied_cause.max(published.cause);
+    }
+
+    /// The snapshot was taken at `wal_lsn`: its rows reflect every
+    /// transaction up to there (those still to come are skipped).
+    pub fn snapshot_taken(&mut self, wal_lsn: Lsn) {
+        self.processed = self.processed.max(wal_lsn);
     }
 
     /// What this shape's own moves reflect at most (see [`DepMoves::cause`]).
@@ -117,6 +131,17 @@ impl Consumer {
             .shape
             .plan()
             .expect("a subquery shape has a plan")
+    }
+
+    /// The snapshot query's WHERE: the clause as written for a plain
+    /// shape; for a subquery shape, with its views' values (its rows then
+    /// agree with its views by construction).
+    pub(super) fn snapshot_where(&self) -> Option<String> {
+        let where_clause = self.entry.shape.where_clause.as_ref()?;
+        Some(match &self.outer {
+            None => where_clause.expr.to_string(),
+            Some(outer) => crate::moves::query::where_with_views(self.plan(), &outer.views),
+        })
     }
 
     /// Tags and active conditions of `row` under the current views.
@@ -163,22 +188,25 @@ impl Consumer {
     /// materializer and publishes its moves.
     async fn apply_outer_txn(&mut self, txn: &Transaction) -> Result<(), Stop> {
         let lsn = txn.commit_lsn;
+        // Its dependencies must vouch for it either way: the views must
+        // reflect it before this shape claims anything at or past it.
+        let outer = self.outer.as_mut().expect("a subquery shape");
+        for (d, tables) in outer.dep_tables.iter().enumerate() {
+            if txn.changes.iter().any(|c| tables.contains(c.table())) {
+                outer.dep_needed[d] = outer.dep_needed[d].max(lsn);
+            }
+        }
         if self.in_snapshot(txn.xid) {
             self.skipped(lsn, SkipReason::InSnapshot);
         } else {
-            let outer = self.outer.as_mut().expect("a subquery shape");
-            for (d, tables) in outer.dep_tables.iter().enumerate() {
-                if txn.changes.iter().any(|c| tables.contains(c.table())) {
-                    outer.dep_needed[d] = lsn;
-                }
-            }
             if !self.write_outer_txn(txn).await? {
                 self.skipped(lsn, SkipReason::NothingToWrite);
             }
         }
-        self.outer().processed = lsn;
-        self.outer().last_xid = txn.xid;
-        self.publish(txn.xid, lsn).await;
+        let outer = self.outer();
+        outer.processed = outer.processed.max(lsn);
+        outer.last_xid = txn.xid;
+        self.publish(vec![txn.xid], lsn).await;
         Ok(())
     }
 
@@ -219,9 +247,9 @@ impl Consumer {
         Ok(())
     }
 
-    /// A dependency's moves: noted, and queued unless the snapshot saw them.
+    /// A dependency's moves: noted, and queued (every one: they are changes
+    /// from what the dependency published when this shape subscribed).
     pub(super) fn on_moves(&mut self, moves: DepMoves) {
-        let visible = self.in_snapshot(moves.xid);
         let outer = self.outer();
         let d = outer
             .deps
@@ -230,12 +258,12 @@ impl Consumer {
             .expect("moves come only from a dependency");
         outer.dep_through[d] = outer.dep_through[d].max(moves.through);
         outer.seen_cause = outer.seen_cause.max(moves.cause);
-        if moves.events.is_empty() || visible {
+        if moves.events.is_empty() {
             return;
         }
         outer.applied_cause = outer.applied_cause.max(moves.cause);
         let view = &outer.views[d];
-        outer.queue.enqueue(d, &moves.events, view, &[moves.xid]);
+        outer.queue.enqueue(d, &moves.events, view, &moves.xids);
     }
 
     /// Applies queued moves until the queue is empty.
@@ -341,7 +369,7 @@ impl Consumer {
             values: batch.tuples.len(),
         });
         let through = self.outer().processed;
-        self.publish(last_xid(&batch), through).await;
+        self.publish(batch.txids.clone(), through).await;
         Ok(())
     }
 
@@ -357,6 +385,11 @@ impl Consumer {
             dependencies: Vec::new(),
         };
         let mut state = MoveIn::default();
+        // What waits in the inbox (from the snapshot) came before anything
+        // the channel holds: it is taken in first.
+        while let Some(msg) = self.inbox.pop_front() {
+            self.during_move_in(msg, &mut state).await?;
+        }
         let result = self.move_in_query(query, &mut state).await?;
         state.boundary.snapshot_known(result.visibility.clone());
         let (at, rule) = loop {
@@ -438,7 +471,7 @@ impl Consumer {
                 .await?;
         }
         let through = self.outer().processed;
-        self.publish(last_xid(batch), through).await;
+        self.publish(batch.txids.clone(), through).await;
         Ok(result.rows.len())
     }
 
@@ -530,7 +563,7 @@ impl Consumer {
         let advanced = self.claim_if_consistent();
         if advanced && self.materializer.is_some() {
             let xid = self.outer().last_xid;
-            self.publish(xid, self.applied).await;
+            self.publish(vec![xid], self.applied).await;
         }
     }
 
@@ -539,34 +572,27 @@ impl Consumer {
         let outer = self.outer.as_ref().expect("a subquery shape");
         let behind = (0..outer.deps.len()).any(|d| outer.dep_through[d] < outer.dep_needed[d])
             || outer.processed < outer.applied_cause;
-        if behind || !outer.queue.is_empty() || !self.inbox.is_empty() {
+        // Moves still in the channel are for transactions past what the
+        // dependencies vouched for, so they need not be awaited here.
+        if behind || !outer.queue.is_empty() {
             return false;
-        }
-        match self.rx.try_recv() {
-            Ok(msg) => {
-                self.inbox.push_back(msg);
-                return false;
-            }
-            Err(TryRecvError::Closed) => return false, // removed: the loop stops next
-            Err(TryRecvError::Empty) => {}
         }
         let processed = outer.processed;
         let advanced = self.entry.claim().is_none_or(|(_, lsn)| lsn < processed);
         self.entry
             .set_claim(self.entry.reader.latest_offset(), processed);
-        if processed > self.applied {
-            self.applied = processed;
+        // Applied: every transaction it was sent, up to what it reflects.
+        let applied = processed.min(self.last_received);
+        let advanced = advanced || applied > self.applied;
+        if applied > self.applied {
+            self.applied = applied;
             let handle = self.entry.handle.as_str();
             self.ctx
                 .tracker
-                .with(|tracker| tracker.applied(handle, processed));
+                .with(|tracker| tracker.applied(handle, applied));
         }
         self.report_flush();
         self.entry.changed.notify(usize::MAX);
         advanced
     }
-}
-
-fn last_xid(batch: &MoveBatch) -> Xid {
-    batch.txids.iter().copied().max().unwrap_or(0)
 }

@@ -34,6 +34,19 @@ pub fn move_in_where(plan: &DnfPlan, dependency: usize, before: &[View], after: 
     )
 }
 
+/// The whole clause with every subquery atom written with `views`' values
+/// (a subquery shape's snapshot query, judged with the views its
+/// dependencies published).
+pub fn where_with_views(plan: &DnfPlan, views: &[View]) -> String {
+    assert_eq!(
+        views.len(),
+        plan.dependencies.len(),
+        "one view per dependency"
+    );
+    let all: Vec<usize> = (0..plan.disjuncts.len()).collect();
+    disjuncts(plan, &all, views)
+}
+
 fn disjuncts(plan: &DnfPlan, which: &[usize], views: &[View]) -> String {
     if which.is_empty() {
         return "false".to_string();

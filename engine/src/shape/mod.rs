@@ -318,13 +318,20 @@ impl Shape {
             where_clause: subquery.where_clause.as_ref().map(Expr::to_string),
             replica: Replica::Default,
         };
-        let mut shape = Shape::new(catalog, &request)?;
-        let columns = subquery
-            .columns
+        Shape::inner(catalog, &request)
+    }
+
+    /// The inner shape that `request` (as [`Shape::for_dependency`] builds
+    /// it, and metadata stores it) describes: its columns, in order, are
+    /// the subquery's.
+    pub fn inner(catalog: &Catalog, request: &ShapeRequest) -> Result<Shape, ShapeError> {
+        let mut shape = Shape::new(catalog, request)?;
+        let names = request.columns.as_deref().unwrap_or_default();
+        let columns = names
             .iter()
-            .map(|(name, _)| {
+            .map(|name| {
                 shape.table.column_index(name).ok_or_else(|| {
-                    ShapeError::Columns(format!("unknown column {name:?} in {}", subquery.table))
+                    ShapeError::Columns(format!("unknown column {name:?} in {}", shape.table.name))
                 })
             })
             .collect::<Result<Vec<usize>, ShapeError>>()?;
@@ -333,11 +340,14 @@ impl Shape {
         Ok(shape)
     }
 
+    /// An inner shape's names its subquery's columns, in their order
+    /// ([`Shape::inner`] rebuilds it from them).
     pub fn to_request(&self) -> ShapeRequest {
+        let columns = self.dependency.as_ref().unwrap_or(&self.selected);
         ShapeRequest {
             table: self.table.name.to_string(),
             columns: Some(
-                self.selected
+                columns
                     .iter()
                     .map(|&i| self.table.columns[i].name.clone())
                     .collect(),

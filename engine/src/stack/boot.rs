@@ -109,8 +109,8 @@ async fn restore(stack: &Arc<Inner>, catalog: &Catalog, row: ShapeRow, clean: bo
     }
     // Until subquery shapes are restored (the next issue), they and their
     // inner shapes are dropped, as Electric does (#4735).
-    let subquery = row.comparable.contains(crate::shape::DEPENDENCY)
-        || Shape::new(catalog, &row.request).is_ok_and(|s| s.has_subquery());
+    let subquery = Shape::new(catalog, &row.request).is_ok_and(|s| s.has_subquery())
+        || Shape::inner(catalog, &row.request).is_ok_and(|s| s.comparable() == row.comparable);
     if subquery {
         drop_shape(stack, &row.handle, RemovalReason::SubqueryNotRestored).await;
         return;

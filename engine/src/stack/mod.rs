@@ -12,7 +12,7 @@ mod boot;
 mod replication;
 mod shutdown;
 
-use crate::consumer::{self, ConsumerConfig, Delivered, ShapeRemover, Start, Subscriber};
+use crate::consumer::{self, ConsumerConfig, Delivered, ShapeRemover, Start};
 use crate::env::events::RemovalReason;
 use crate::env::{Env, Event};
 use crate::flush_tracker::{FlushTracker, SharedTracker};
@@ -396,22 +396,9 @@ impl Inner {
                 let entry = self.entry(&dep).filter(|e| !e.is_removed());
                 deps.push(entry.ok_or_else(|| format!("inner shape {dep} was removed; retry"))?);
             }
-            let handle = self.create_new(shape, deps.clone()).await?;
-            let outer = self.entry(&handle).expect("just registered");
-            for dep in &deps {
-                if dep.is_removed() {
-                    let reason = RemovalReason::DependencyRemoved {
-                        dependency: dep.handle.clone(),
-                    };
-                    self.remove_shape(&handle, reason);
-                    return Err(format!("inner shape {} was removed; retry", dep.handle));
-                }
-                dep.subscribe(Subscriber {
-                    outer: handle.clone(),
-                    tx: outer.tx.clone(),
-                });
-            }
-            Ok(handle)
+            // Its consumer subscribes to each once that one's snapshot is
+            // complete (`consumer::wait_for_dependencies`).
+            self.create_new(shape, deps).await
         })
     }
 

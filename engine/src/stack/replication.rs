@@ -208,7 +208,7 @@ async fn transaction(stack: &Arc<Inner>, txn: Transaction) {
             .map(|(entry, _)| entry.handle.clone())
             .collect(),
     });
-    deliver(stack, routed).await;
+    deliver(stack, lsn, routed).await;
     stack.delivered.advance(lsn);
 }
 
@@ -237,8 +237,10 @@ fn route_all(stack: &Inner, txn: &Arc<Transaction>) -> Vec<(Arc<ShapeEntry>, Con
 /// Sends layer by layer: a layer gets the transaction only once every
 /// inner shape of the layers below has taken it (processed it, sending
 /// its moves first, or buffered it), so an outer shape sees a
-/// dependency's moves before the transaction that made them.
-async fn deliver(stack: &Arc<Inner>, routed: Vec<(Arc<ShapeEntry>, ConsumerMsg)>) {
+/// dependency's moves before the transaction that made them. An inner
+/// shape still taking its snapshot is not waited for (its moves come
+/// later either way; outer shapes wait for its vouching, not for this).
+async fn deliver(stack: &Arc<Inner>, lsn: Lsn, routed: Vec<(Arc<ShapeEntry>, ConsumerMsg)>) {
     let mut by_layer: BTreeMap<usize, Vec<_>> = BTreeMap::new();
     for (entry, msg) in routed {
         by_layer
@@ -250,13 +252,16 @@ async fn deliver(stack: &Arc<Inner>, routed: Vec<(Arc<ShapeEntry>, ConsumerMsg)>
         let mut taken = Vec::new();
         for (entry, msg) in layer {
             let msg = match msg {
-                ConsumerMsg::Full(txn, None) if entry.shape.is_dependency() => {
+                ConsumerMsg::Full(txn, None)
+                    if entry.shape.is_dependency() && entry.snapshot_done() =>
+                {
                     let (tx, rx) = oneshot::channel();
                     taken.push(rx);
                     ConsumerMsg::Full(txn, Some(tx))
                 }
                 other => other,
             };
+            entry.sent(lsn);
             if entry.tx.clone().send(msg).await.is_err() {
                 stack.remove_shape(&entry.handle, RemovalReason::ConsumerGone);
             }

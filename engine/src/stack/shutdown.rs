@@ -86,9 +86,6 @@ pub(super) async fn shutdown(stack: Arc<Inner>) -> bool {
     finish(&stack, clean)
 }
 
-/// Waits (until `deadline_ms`) for the flush tracker to hold nothing back:
-/// every shape flushed, every removal durable (a removed shape's consumer
-/// deletes its storage on its own).
 /// Subquery shapes and their inner shapes are dropped at the next boot:
 /// what they have not made durable is never needed, so they stop holding
 /// the acknowledgement back (a move-in still waiting for transactions the
@@ -106,6 +103,9 @@ fn release_unrestored(stack: &Inner) {
     }
 }
 
+/// Waits (until `deadline_ms`) for the flush tracker to hold nothing back:
+/// every shape flushed, every removal durable (a removed shape's consumer
+/// deletes its storage on its own).
 async fn wait_idle(stack: &Inner, deadline_ms: u64) -> bool {
     loop {
         let changed = stack.tracker.changed.listen();
