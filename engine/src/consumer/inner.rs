@@ -198,12 +198,18 @@ impl Consumer {
         );
         self.last_received = lsn;
         self.skipped(lsn, SkipReason::NothingToWrite);
+        self.report_applied(lsn);
+        self.report_flush();
+    }
+
+    /// Tells the flush tracker it applied everything it was sent up to `lsn`.
+    pub(super) fn report_applied(&mut self, lsn: Lsn) {
+        assert!(lsn >= self.applied, "{} unapplied {lsn}", self.entry.handle);
         self.applied = lsn;
         let handle = self.entry.handle.as_str();
         self.ctx
             .tracker
             .with(|tracker| tracker.applied(handle, lsn));
-        self.report_flush();
     }
 
     pub(super) fn skipped(&self, lsn: Lsn, reason: SkipReason) {

@@ -585,11 +585,7 @@ impl Consumer {
         let applied = processed.min(self.last_received);
         let advanced = advanced || applied > self.applied;
         if applied > self.applied {
-            self.applied = applied;
-            let handle = self.entry.handle.as_str();
-            self.ctx
-                .tracker
-                .with(|tracker| tracker.applied(handle, applied));
+            self.report_applied(applied);
         }
         self.report_flush();
         self.entry.changed.notify(usize::MAX);

@@ -277,17 +277,7 @@ impl PgModel {
     /// The committed rows of `table` for which `filter` is TRUE, its
     /// subqueries read from the committed rows of their tables.
     pub fn rows_where(&self, table: &TableName, filter: &sqlparser::ast::Expr) -> Vec<Row> {
-        let state = self.lock();
-        let schema = state.catalog.table(table).expect("table");
-        let committed = Committed {
-            catalog: &state.catalog,
-            tables: &state.tables,
-            selected: RefCell::default(),
-        };
-        let rows = state.tables[table].values();
-        rows.filter(|row| matches(schema, Some(filter), row, &committed))
-            .cloned()
-            .collect()
+        self.lock().rows_matching(table, Some(filter))
     }
 
     /// A snapshot query: rows and visibility read under one lock, so that no
@@ -589,6 +579,11 @@ impl State {
 
     fn query(&mut self, table: &TableName, where_sql: Option<&str>) -> Vec<Row> {
         let filter = self.filter(where_sql);
+        self.rows_matching(table, filter.as_ref())
+    }
+
+    /// The committed rows of `table` for which `filter` (if any) is TRUE.
+    fn rows_matching(&self, table: &TableName, filter: Option<&sqlparser::ast::Expr>) -> Vec<Row> {
         let schema = self.catalog.table(table).expect("table");
         let committed = Committed {
             catalog: &self.catalog,
@@ -596,7 +591,7 @@ impl State {
             selected: RefCell::default(),
         };
         let rows = self.tables[table].values();
-        rows.filter(|row| matches(schema, filter.as_ref(), row, &committed))
+        rows.filter(|row| matches(schema, filter, row, &committed))
             .cloned()
             .collect()
     }
