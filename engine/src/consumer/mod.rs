@@ -104,6 +104,9 @@ pub struct ShapeEntry {
     published: Mutex<Published>,
     /// The last transaction the intake sent it.
     last_sent: AtomicU64,
+    /// An inner shape's users: the subquery shapes built on it (an inner
+    /// shape nobody uses is removed).
+    users: std::sync::atomic::AtomicUsize,
     /// A subquery shape's claim: its log up to this offset holds its rows
     /// as of this LSN (`None` until its snapshot is done).
     claim: Mutex<Option<(LogOffset, Lsn)>>,
@@ -135,6 +138,7 @@ impl ShapeEntry {
             published: Mutex::new(Published::default()),
             claim: Mutex::new(None),
             last_sent: AtomicU64::new(0),
+            users: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -150,6 +154,18 @@ impl ShapeEntry {
         );
         self.dep_entries = deps;
         self
+    }
+
+    /// A subquery shape is being built on this inner shape.
+    pub(crate) fn add_user(&self) {
+        self.users.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A subquery shape built on it is gone; how many users remain.
+    pub(crate) fn drop_user(&self) -> usize {
+        let before = self.users.fetch_sub(1, Ordering::SeqCst);
+        assert!(before > 0, "{} lost a user it did not have", self.handle);
+        before - 1
     }
 
     /// The intake sent it the transaction at `lsn`.

@@ -144,6 +144,8 @@ pub enum RemovalReason {
     SubqueryNotRestored,
     /// An inner shape this subquery shape depends on was removed.
     DependencyRemoved { dependency: ShapeHandle },
+    /// An inner shape no subquery shape uses any more.
+    Unused,
     /// Planted bug `drop-all-on-dirty-boot`: boot wiped the shape because the
     /// previous stop was not clean.
     #[cfg(feature = "plants")]
@@ -232,6 +234,7 @@ impl RemovalReason {
             RemovalReason::ConsumerGone => "consumer-gone",
             RemovalReason::SubqueryNotRestored => "subquery-shape-not-restored",
             RemovalReason::DependencyRemoved { .. } => "dependency-removed",
+            RemovalReason::Unused => "unused",
             #[cfg(feature = "plants")]
             RemovalReason::DirtyBoot => "dirty-boot",
         }

@@ -329,6 +329,7 @@ impl Inner {
     /// could restore the shape, and the slot must still replay what it lacks.
     /// Idempotent: only the first removal is reported (and returns true).
     pub fn remove_shape(&self, handle: &ShapeHandle, reason: RemovalReason) -> bool {
+        let mut unused = Vec::new();
         let entry = {
             let mut registry = self.registry();
             let Some(entry) = registry.shapes.remove(handle) else {
@@ -342,6 +343,9 @@ impl Inner {
             for dep in &entry.deps {
                 if let Some(dep) = registry.shapes.get(dep) {
                     dep.unsubscribe(handle);
+                    if dep.drop_user() == 0 {
+                        unused.push(dep.handle.clone());
+                    }
                 }
             }
             self.db.remove_shape(handle);
@@ -359,6 +363,9 @@ impl Inner {
                 dependency: handle.clone(),
             };
             self.remove_shape(&subscriber.outer, reason);
+        }
+        for dep in unused {
+            self.remove_shape(&dep, RemovalReason::Unused);
         }
         true
     }
@@ -394,11 +401,20 @@ impl Inner {
             for dep in dep_shapes {
                 let dep = self.create_locked(Arc::new(dep)).await?;
                 let entry = self.entry(&dep).filter(|e| !e.is_removed());
-                deps.push(entry.ok_or_else(|| format!("inner shape {dep} was removed; retry"))?);
+                let entry = entry.ok_or_else(|| format!("inner shape {dep} was removed; retry"))?;
+                // Held from now on: it must outlive the wait for storage below.
+                entry.add_user();
+                deps.push(entry);
             }
             // Its consumer subscribes to each once that one's snapshot is
             // complete (`consumer::wait_for_dependencies`).
-            self.create_new(shape, deps).await
+            let created = self.create_new(shape, deps.clone()).await;
+            if created.is_err() {
+                for dep in deps.iter().filter(|d| d.drop_user() == 0) {
+                    self.remove_shape(&dep.handle, RemovalReason::Unused);
+                }
+            }
+            created
         })
     }
 

@@ -658,6 +658,8 @@ impl Checker {
                 .handle_shape
                 .get(handle)
                 .is_none_or(|&i| self.views[i].depth > 0),
+            // An inner shape no subquery shape uses: no client holds it.
+            RemovalReason::Unused => !self.handle_shape.contains_key(handle),
             RemovalReason::DependencyRemoved { dependency } => self
                 .handles
                 .get(dependency.as_str())
