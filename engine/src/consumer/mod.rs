@@ -293,7 +293,7 @@ struct Consumer {
     rx: mpsc::Receiver<ConsumerMsg>,
     visibility: Option<Visibility>,
     /// Messages to handle before the channel's: those that arrived during
-    /// the snapshot, or were taken while settling.
+    /// the snapshot (a move-in takes them in first).
     inbox: VecDeque<ConsumerMsg>,
     last_received: Lsn,
     /// The last LSN applied and reported to the flush tracker.

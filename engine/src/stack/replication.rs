@@ -6,7 +6,9 @@
 //! below the last one it processed (global de-duplication), routes each new
 //! one to the shapes it touches, registers it with the flush tracker *before*
 //! sending it (so no flush report can arrive for an unknown transaction), and
-//! sends every shape its part. The acknowledgement task reports the flush
+//! sends every shape its part (inner and subquery shapes the whole
+//! transaction), layer by layer ([`deliver`]), then advances the
+//! `delivered` LSN. The acknowledgement task reports the flush
 //! tracker's LSN to the slot whenever it advances.
 
 use super::{Inner, Status};
