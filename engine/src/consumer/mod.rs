@@ -102,8 +102,8 @@ pub struct ShapeEntry {
     /// An inner shape's subscribed outer shapes, and what it published.
     subscribers: Mutex<Vec<Subscriber>>,
     published: Mutex<Published>,
-    /// The last transaction the intake sent it.
-    last_sent: AtomicU64,
+    /// The last transaction the intake routed to it (possibly not sent yet).
+    last_routed: AtomicU64,
     /// An inner shape's users: the subquery shapes built on it (an inner
     /// shape nobody uses is removed).
     users: std::sync::atomic::AtomicUsize,
@@ -137,7 +137,7 @@ impl ShapeEntry {
             subscribers: Mutex::new(Vec::new()),
             published: Mutex::new(Published::default()),
             claim: Mutex::new(None),
-            last_sent: AtomicU64::new(0),
+            last_routed: AtomicU64::new(0),
             users: std::sync::atomic::AtomicUsize::new(0),
         }
     }
@@ -168,9 +168,10 @@ impl ShapeEntry {
         before - 1
     }
 
-    /// The intake sent it the transaction at `lsn`.
-    pub(crate) fn sent(&self, lsn: Lsn) {
-        self.last_sent.fetch_max(lsn, Ordering::SeqCst);
+    /// The intake routed it the transaction at `lsn` (its part may be
+    /// empty: it is not sent then).
+    pub(crate) fn routed(&self, lsn: Lsn) {
+        self.last_routed.fetch_max(lsn, Ordering::SeqCst);
     }
 
     /// Whether the snapshot is complete.

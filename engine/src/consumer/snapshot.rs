@@ -75,9 +75,10 @@ impl Consumer {
                 outer: self.entry.handle.clone(),
                 tx: self.entry.tx.clone(),
             });
-            // What it was sent before this shape existed must be vouched
-            // for too: this shape was not sent it, and cannot know.
-            let sent = dep.last_sent.load(Ordering::SeqCst);
+            // What was routed to it before this shape existed must be
+            // vouched for too (some may not even be sent yet): this shape
+            // was not routed it, and cannot know.
+            let sent = dep.last_routed.load(Ordering::SeqCst);
             self.outer
                 .as_mut()
                 .expect("only subquery shapes have dependencies")

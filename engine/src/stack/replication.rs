@@ -210,7 +210,7 @@ async fn transaction(stack: &Arc<Inner>, txn: Transaction) {
             .map(|(entry, _)| entry.handle.clone())
             .collect(),
     });
-    deliver(stack, lsn, routed).await;
+    deliver(stack, routed).await;
     stack.delivered.advance(lsn);
 }
 
@@ -227,6 +227,7 @@ fn route_all(stack: &Inner, txn: &Arc<Transaction>) -> Vec<(Arc<ShapeEntry>, Con
     }
     let mut routed = Vec::new();
     for entry in entries.into_values() {
+        entry.routed(txn.commit_lsn);
         if entry.shape.has_subquery() || entry.shape.is_dependency() {
             routed.push((entry, ConsumerMsg::Full(txn.clone(), None)));
         } else if let Some(part) = route(stack, &entry.shape, txn) {
@@ -242,7 +243,7 @@ fn route_all(stack: &Inner, txn: &Arc<Transaction>) -> Vec<(Arc<ShapeEntry>, Con
 /// dependency's moves before the transaction that made them. An inner
 /// shape still taking its snapshot is not waited for (its moves come
 /// later either way; outer shapes wait for its vouching, not for this).
-async fn deliver(stack: &Arc<Inner>, lsn: Lsn, routed: Vec<(Arc<ShapeEntry>, ConsumerMsg)>) {
+async fn deliver(stack: &Arc<Inner>, routed: Vec<(Arc<ShapeEntry>, ConsumerMsg)>) {
     let mut by_layer: BTreeMap<usize, Vec<_>> = BTreeMap::new();
     for (entry, msg) in routed {
         by_layer
@@ -263,7 +264,6 @@ async fn deliver(stack: &Arc<Inner>, lsn: Lsn, routed: Vec<(Arc<ShapeEntry>, Con
                 }
                 other => other,
             };
-            entry.sent(lsn);
             if entry.tx.clone().send(msg).await.is_err() {
                 stack.remove_shape(&entry.handle, RemovalReason::ConsumerGone);
             }

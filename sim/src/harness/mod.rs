@@ -222,12 +222,17 @@ async fn supervise(
         record(&world.trace, format_args!("process-dependent event {run}"));
     }
     let verdict = checker::lock(&world.checker).verdict.clone();
+    let nodes = world.node_ids();
     let failed = std::pin::pin!(verdict.wait());
     let ran = std::pin::pin!(world.run());
     let result = match future::select(ran, failed).await {
         Either::Left((result, _)) => result,
         Either::Right((failure, _)) => Err(failure),
     };
+    for id in nodes {
+        // Pending tasks die with their node (see `World::node_ids`).
+        madsim::runtime::Handle::current().kill(id);
+    }
     // A failure the checker found first stands over its consequences.
     match (verdict.failure(), result) {
         (Some(first), _) => Err(Box::new(first)),

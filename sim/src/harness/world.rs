@@ -158,6 +158,19 @@ impl World {
         }
     }
 
+    /// Every node of the run. Killing them at its end drops the tasks
+    /// still pending on them: a task waiting forever is otherwise kept
+    /// alive by the wakers it owns, and a sweep would keep every seed's
+    /// engine in memory.
+    pub(super) fn node_ids(&self) -> [madsim::task::NodeId; 4] {
+        [
+            self.engine.id(),
+            self.standby.id(),
+            self.postgres_id,
+            self.clients_node.id(),
+        ]
+    }
+
     /// An engine instance at `ip`: every (re)start of its node boots a
     /// stack on the disk.
     fn engine_node(
