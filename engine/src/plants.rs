@@ -62,6 +62,25 @@ pub struct Plants {
     /// An inner shape's materializer counts the values of rows that are
     /// not in the shape, so it moves in values no included row has.
     pub materializer_counts_excluded: bool,
+    /// A restored inner shape's materializer replays only the first chunk
+    /// of its log (PR 4648's bug 1).
+    pub materializer_first_chunk_only: bool,
+    /// A restored inner shape's materializer walks its main log chunk by
+    /// chunk, though each read returns the rest of the log, so it applies
+    /// records twice (PR 4648's bug 4: "Key already exists").
+    pub materializer_rereads_main_log: bool,
+    /// A restored subquery shape takes its views from its inner shapes'
+    /// materializers instead of its own durable state (PR 4648's bugs
+    /// 2(ii) and 5).
+    pub outer_view_from_materializer: bool,
+    /// A removal deletes the shape's metadata before it takes the shape
+    /// out of service, so a removal the stack refuses (it is stopping)
+    /// still deletes a healthy shape (PR 4648's bug 6).
+    pub remove_metadata_first: bool,
+    /// A shape counts as flushed only when its durable offset is exactly
+    /// the last offset of a transaction it wrote: control events and
+    /// moved-in rows after it pin the acknowledgement (Electric's bug 7).
+    pub flush_boundary_exact_match: bool,
 
     /// Real bug (Electric's bug 3, found here by the harness, fixed): an
     /// offset past a log still being replayed after a crash gets 400.

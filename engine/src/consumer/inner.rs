@@ -171,6 +171,22 @@ impl Consumer {
         txn: Arc<Transaction>,
         taken: Option<oneshot::Sender<()>>,
     ) -> Result<(), Stop> {
+        if txn.commit_lsn <= self.replayed_through {
+            // Already in the restored log (and so in the materializer,
+            // which must never see a change twice: Electric #4668).
+            assert!(
+                txn.commit_lsn > self.last_received,
+                "transactions reach {} out of order",
+                self.entry.handle
+            );
+            self.last_received = txn.commit_lsn;
+            self.skipped(txn.commit_lsn, SkipReason::Replayed);
+            self.report_applied(txn.commit_lsn);
+            self.report_flush();
+            self.publish(vec![txn.xid], txn.commit_lsn).await;
+            tell_taken(taken);
+            return Ok(());
+        }
         let shape = self.entry.shape.clone();
         let visible = self.in_snapshot(txn.xid);
         if !visible && let Some(materializer) = &mut self.materializer {
@@ -226,7 +242,9 @@ impl Consumer {
     /// settled, never for what it merely processed.
     pub(super) async fn publish(&mut self, xids: Vec<Xid>, through: Lsn) {
         let (through, cause) = match &self.outer {
-            Some(outer) => (self.applied, outer.cause().max(through)),
+            // What it claimed: every transaction up to there is processed
+            // (or reflected by its restored state) and its moves sent.
+            Some(outer) => (self.claims.lsn(), outer.cause().max(through)),
             None => (through, through),
         };
         let Some(materializer) = &mut self.materializer else {

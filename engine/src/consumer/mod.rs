@@ -25,6 +25,7 @@
 //! [`Event`]s.
 
 mod inner;
+mod restore;
 mod snapshot;
 mod subquery;
 
@@ -35,7 +36,7 @@ use crate::env::events::{ConsumerFailure, RemovalReason, SkipReason};
 use crate::env::{Env, Event, join};
 use crate::flush_tracker::SharedTracker;
 use crate::handle::ShapeHandle;
-use crate::log::{LogError, ShapeLog, ShapeLogReader, ShapeLogWriter, SnapshotState};
+use crate::log::{LogError, ShapeLog, ShapeLogReader, ShapeLogWriter};
 use crate::metadata::ShapeDb;
 use crate::moves::materializer::Materializer;
 use crate::offset::LogOffset;
@@ -74,8 +75,10 @@ pub(crate) enum ConsumerMsg {
 pub(crate) enum Start {
     /// A new shape: take the snapshot first.
     New,
-    /// A shape restored from storage at boot.
-    Restored,
+    /// A shape restored from storage at boot; the slot streams what
+    /// follows `resume_lsn` (everything at or below it is in every shape's
+    /// durable state).
+    Restored { resume_lsn: Lsn },
 }
 
 /// One live shape: what requests need to read it and the way to its consumer.
@@ -154,6 +157,11 @@ impl ShapeEntry {
         );
         self.dep_entries = deps;
         self
+    }
+
+    /// How many subquery shapes are built on this inner shape.
+    pub(crate) fn users(&self) -> usize {
+        self.users.load(Ordering::SeqCst)
     }
 
     /// A subquery shape is being built on this inner shape.
@@ -306,12 +314,25 @@ struct Consumer {
     last_reported: Lsn,
     /// The durable offset last reported as an event.
     last_durable: Option<LogOffset>,
+    /// A restored shape's durable state reflects every transaction up to
+    /// here: one at or below it is a replay.
+    replayed_through: Lsn,
+    /// A subquery shape's claims (served once durable).
+    claims: subquery::Claims,
+    /// The last offset of the last transaction written (not of a control
+    /// event or a moved-in row after it).
+    txn_end: Option<LogOffset>,
 }
 
 /// Why the consumer stopped.
 enum Stop {
     /// The channel closed: the shape was removed.
     Removed,
+    /// A graceful shutdown stopped it mid-way (a suspended move-in): the
+    /// shape stays, as durable as the drain left it.
+    Shutdown,
+    /// A drain reached a move-in in flight (handled by the move-in).
+    Drain(oneshot::Sender<()>),
     Failed(RemovalReason),
 }
 
@@ -349,6 +370,9 @@ pub(crate) async fn run(
         materializer,
         last_reported: 0,
         last_durable,
+        replayed_through: 0,
+        claims: subquery::Claims::default(),
+        txn_end: None,
     };
     let stop = consumer.run(start).await;
     let Consumer {
@@ -359,8 +383,15 @@ pub(crate) async fn run(
         inbox,
         ..
     } = consumer;
-    if let Stop::Failed(reason) = stop {
-        ctx.remover.remove_shape(&entry.handle, reason);
+    match stop {
+        Stop::Failed(reason) => {
+            ctx.remover.remove_shape(&entry.handle, reason);
+        }
+        // Not removed: the next boot restores it. What waits on it (the
+        // drain) was answered.
+        Stop::Shutdown => return,
+        Stop::Drain(_) => unreachable!("a move-in handles the drain it meets"),
+        Stop::Removed => {}
     }
     // What waits for this consumer (the intake, for a transaction it was
     // to take) must not wait through the storage removal below.
@@ -388,21 +419,11 @@ impl Consumer {
                 Ok(()) => self.snapshot().await,
                 Err(stop) => Err(stop),
             },
-            Start::Restored => {
-                assert!(
-                    self.outer.is_none() && self.materializer.is_none(),
-                    "subquery shapes and their inner shapes are not restored"
-                );
-                let SnapshotState::Complete { visibility, .. } = &self.writer.meta().snapshot
-                else {
-                    unreachable!("only complete snapshots are restored")
-                };
-                self.visibility = Some(visibility.clone());
-                self.entry
-                    .snapshot_lsn
-                    .store(visibility.wal_lsn, Ordering::SeqCst);
-                Ok(())
-            }
+            Start::Restored { resume_lsn } => match self.restore(resume_lsn).await {
+                // What the catch-up found to re-derive.
+                Ok(()) if self.outer.is_some() => self.drain_moves().await,
+                other => other,
+            },
         };
         if let Err(stop) = result {
             return stop;
@@ -541,6 +562,7 @@ impl Consumer {
                 for entry in txn.entries {
                     self.writer.append(entry).await?;
                 }
+                self.txn_end = self.writer.last_appended();
                 self.writer.commit()?;
                 if !crate::planted!(self.ctx.config, lost_wakeup) {
                     self.entry.changed.notify(usize::MAX);
@@ -572,6 +594,18 @@ impl Consumer {
                 handle: self.entry.handle.clone(),
                 offset,
             });
+        }
+        if self.outer.is_some() {
+            self.promote_claims();
+        }
+        // Planted `flush-boundary-exact-match` (Electric's bug 7): only a
+        // durable offset that ends a transaction completes the flush, so
+        // control events and moved-in rows after it pin the shape.
+        if crate::planted!(self.ctx.config, flush_boundary_exact_match)
+            && durable.is_some()
+            && durable != self.txn_end
+        {
+            return;
         }
         let flushed = if durable == self.writer.last_committed() {
             self.applied

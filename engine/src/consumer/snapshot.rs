@@ -79,10 +79,18 @@ impl Consumer {
             // vouched for too (some may not even be sent yet): this shape
             // was not routed it, and cannot know.
             let sent = dep.last_routed.load(Ordering::SeqCst);
-            self.outer
+            let planted = crate::planted!(self.ctx.config, outer_view_from_materializer);
+            let outer = self
+                .outer
                 .as_mut()
-                .expect("only subquery shapes have dependencies")
-                .start_from(d, published, sent);
+                .expect("only subquery shapes have dependencies");
+            if planted && outer.catching_up(d) {
+                // Planted `outer-view-from-materializer` (PR 4648's bugs
+                // 2(ii) and 5): the restored view is the inner shape's.
+                outer.forget_state(d);
+            }
+            outer.start_from(d, published, sent);
+            self.try_catch_up(d);
         }
         Ok(())
     }
@@ -114,6 +122,7 @@ impl Consumer {
         self.writer
             .append_snapshot_row(Operation::Control, String::new(), end)
             .await?;
+        self.save_state();
         let last_chunk = self.writer.finish_snapshot().await?;
         self.ctx.env.emit(Event::SnapshotCompleted {
             handle: handle.clone(),

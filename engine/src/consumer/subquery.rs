@@ -19,13 +19,14 @@
 //! applied.
 
 use super::inner::{DepMoves, feed, inner_changes, tell_taken};
+use super::restore::CatchUp;
 use super::{Consumer, ConsumerMsg, Stop};
 use crate::env::Event;
 use crate::env::events::{ConsumerFailure, RemovalReason, SkipReason, SpliceRule};
 use crate::handle::ShapeHandle;
-use crate::log::{LogEntry, Operation};
+use crate::log::{LogEntry, Operation, OuterState};
 use crate::moves::Tuple;
-use crate::moves::materializer::{InnerChange, RowMeta};
+use crate::moves::materializer::{InnerChange, MoveEvents, RowMeta};
 use crate::moves::query::move_in_where;
 use crate::moves::queue::{MoveBatch, MoveKind, MoveQueue};
 use crate::moves::splice::{Boundary, BoundaryRule};
@@ -72,6 +73,10 @@ pub(crate) struct Outer {
     /// applied: the shape is consistent only once it has processed that far.
     seen_cause: Lsn,
     applied_cause: Lsn,
+    /// Per dependency, while a restored shape follows it up to the
+    /// position its state recorded (`None` once caught up, and for a new
+    /// shape).
+    catch_up: Vec<Option<CatchUp>>,
 }
 
 impl Outer {
@@ -89,13 +94,76 @@ impl Outer {
             last_xid: 0,
             seen_cause: 0,
             applied_cause: 0,
+            catch_up: vec![None; n],
         }
+    }
+
+    /// A restored shape resumes from `state` (written with its durable
+    /// offset), having processed everything up to `processed`. Each view
+    /// is followed by a catch-up with its dependency.
+    pub fn resume(&mut self, state: &OuterState, processed: Lsn) {
+        self.views = state
+            .views
+            .iter()
+            .map(|v| View::new(v.iter().cloned()))
+            .collect();
+        self.dep_needed = (state.dep_through.iter().zip(&state.dep_needed))
+            .map(|(&through, &needed)| through.max(needed))
+            .collect();
+        self.processed = processed;
+        self.catch_up = state
+            .dep_through
+            .iter()
+            .map(|&target| Some(CatchUp::new(target)))
+            .collect();
+    }
+
+    /// The state to write with the log (the claim is the consumer's).
+    pub fn state(&self) -> OuterState {
+        let dep_through = (0..self.deps.len())
+            .map(|d| match &self.catch_up[d] {
+                Some(catch_up) => catch_up.target,
+                None => self.dep_through[d],
+            })
+            .collect();
+        OuterState {
+            views: self
+                .views
+                .iter()
+                .map(|v| v.tuples().cloned().collect())
+                .collect(),
+            dep_through,
+            dep_needed: self.dep_needed.clone(),
+            processed: self.processed,
+            claim: None,
+        }
+    }
+
+    /// Whether dependency `d` is still being caught up with.
+    pub fn catching_up(&self, d: usize) -> bool {
+        self.catch_up[d].is_some()
+    }
+
+    /// Planted `outer-view-from-materializer`: no catch-up; the view is
+    /// taken from what the dependency publishes.
+    pub fn forget_state(&mut self, d: usize) {
+        self.catch_up[d] = None;
     }
 
     /// Dependency `d` subscribed with what it had `published`: the view
     /// starts there, and the shape reflects no earlier state than it.
     /// It must vouch for everything it was sent (up to `sent`).
     pub fn start_from(&mut self, d: usize, published: super::Published, sent: Lsn) {
+        if let Some(catch_up) = &mut self.catch_up[d] {
+            // A restored shape keeps its own view, and follows the inner
+            // shape from here.
+            catch_up.values = Some(published.values.into_iter().collect());
+            catch_up.through = published.through;
+            catch_up.cause = published.cause;
+            catch_up.inner_at_subscribe = published.through;
+            self.dep_needed[d] = self.dep_needed[d].max(sent);
+            return;
+        }
         self.views[d] = View::new(published.values);
         self.dep_through[d] = published.through;
         self.dep_needed[d] = self.dep_needed[d].max(sent);
@@ -111,6 +179,61 @@ impl Outer {
     /// What this shape's own moves reflect at most (see [`DepMoves::cause`]).
     pub fn cause(&self) -> Lsn {
         self.processed.max(self.seen_cause)
+    }
+}
+
+/// A subquery shape's claims: served only once durable (a crash may lose
+/// what is not, and the log written after it may differ), so a client
+/// never holds rows a restore could take back.
+#[derive(Debug, Default)]
+pub(super) struct Claims {
+    /// The last claim made (durable or not).
+    pub made: Option<(LogOffset, Lsn)>,
+    /// Claims made above the durable offset, oldest first.
+    pending: std::collections::VecDeque<(LogOffset, Lsn)>,
+}
+
+impl Claims {
+    fn make(&mut self, offset: LogOffset, lsn: Lsn) {
+        self.made = Some((offset, lsn));
+        match self.pending.back_mut() {
+            Some(last) if last.0 == offset => *last = (offset, lsn),
+            _ => self.pending.push_back((offset, lsn)),
+        }
+    }
+
+    /// The LSN of the last claim made (0 before any).
+    pub fn lsn(&self) -> Lsn {
+        self.made.map_or(0, |(_, lsn)| lsn)
+    }
+
+    /// A claim restored at boot (durable by construction).
+    pub fn restored(&mut self, claim: Option<(LogOffset, Lsn)>) {
+        self.made = claim;
+    }
+
+    /// The newest claim at or below `durable`, if any became durable.
+    fn durable(&mut self, durable: LogOffset) -> Option<(LogOffset, Lsn)> {
+        let mut newest = None;
+        while let Some(&claim) = self.pending.front().filter(|(o, _)| *o <= durable) {
+            newest = Some(claim);
+            self.pending.pop_front();
+        }
+        newest
+    }
+}
+
+impl Consumer {
+    /// Serves the newest claim that is durable.
+    pub(super) fn promote_claims(&mut self) {
+        let durable = self
+            .writer
+            .durable_offset()
+            .unwrap_or(LogOffset::SNAPSHOT_END);
+        if let Some((offset, lsn)) = self.claims.durable(durable) {
+            self.entry.set_claim(offset, lsn);
+            self.entry.changed.notify(usize::MAX);
+        }
     }
 }
 
@@ -188,6 +311,11 @@ impl Consumer {
     /// materializer and publishes its moves.
     async fn apply_outer_txn(&mut self, txn: &Transaction) -> Result<(), Stop> {
         let lsn = txn.commit_lsn;
+        if lsn <= self.replayed_through {
+            // A restored shape's durable state already reflects it.
+            self.skipped(lsn, SkipReason::Replayed);
+            return Ok(());
+        }
         // Its dependencies must vouch for it either way: the views must
         // reflect it before this shape claims anything at or past it.
         let outer = self.outer.as_mut().expect("a subquery shape");
@@ -237,14 +365,27 @@ impl Consumer {
         for entry in part.entries {
             self.writer.append(entry).await?;
         }
+        self.txn_end = self.writer.last_appended();
         self.commit()?;
         Ok(true)
     }
 
     fn commit(&mut self) -> Result<(), Stop> {
         self.writer.commit()?;
+        self.save_state();
         self.entry.changed.notify(usize::MAX);
         Ok(())
+    }
+
+    /// Records the shape's state with its last commit: the metadata write
+    /// that makes the commit durable carries it (see `OuterState`).
+    pub(super) fn save_state(&mut self) {
+        let Some(outer) = &self.outer else {
+            return;
+        };
+        let mut state = outer.state();
+        state.claim = self.claims.made;
+        self.writer.set_outer_state(state);
     }
 
     /// A dependency's moves: noted, and queued (every one: they are changes
@@ -256,6 +397,12 @@ impl Consumer {
             .iter()
             .position(|h| *h == moves.dependency)
             .expect("moves come only from a dependency");
+        if let Some(catch_up) = &mut outer.catch_up[d] {
+            catch_up.follow(&moves.events, moves.through, moves.cause);
+            catch_up.xids.extend(moves.xids.iter().copied());
+            self.try_catch_up(d);
+            return;
+        }
         outer.dep_through[d] = outer.dep_through[d].max(moves.through);
         outer.seen_cause = outer.seen_cause.max(moves.cause);
         if moves.events.is_empty() {
@@ -264,6 +411,46 @@ impl Consumer {
         outer.applied_cause = outer.applied_cause.max(moves.cause);
         let view = &outer.views[d];
         outer.queue.enqueue(d, &moves.events, view, &moves.xids);
+    }
+
+    /// Ends dependency `d`'s catch-up once the inner shape has reached the
+    /// position this shape's state recorded: the difference between what
+    /// it holds there (or later) and this shape's view is queued as moves.
+    pub(super) fn try_catch_up(&mut self, d: usize) {
+        let outer = self.outer.as_mut().expect("a subquery shape");
+        if !outer.catch_up[d].as_ref().is_some_and(CatchUp::caught_up) {
+            return;
+        }
+        let catch_up = outer.catch_up[d].take().expect("caught up");
+        let values = catch_up.values.expect("caught up after subscribing");
+        let view = &outer.views[d];
+        let events = MoveEvents {
+            move_in: values
+                .iter()
+                .filter(|t| !view.contains(t))
+                .cloned()
+                .collect(),
+            move_out: view
+                .tuples()
+                .filter(|t| !values.contains(*t))
+                .cloned()
+                .collect(),
+        };
+        outer.dep_through[d] = outer.dep_through[d].max(catch_up.through);
+        outer.seen_cause = outer.seen_cause.max(catch_up.cause);
+        let moves = events.move_in.len() + events.move_out.len();
+        if moves > 0 {
+            outer.applied_cause = outer.applied_cause.max(catch_up.cause);
+            let xids: Vec<Xid> = catch_up.xids.into_iter().collect();
+            outer.queue.enqueue(d, &events, view, &xids);
+        }
+        self.ctx.env.emit(Event::ViewCaughtUp {
+            handle: self.entry.handle.clone(),
+            dependency: d,
+            outer_through: catch_up.target,
+            inner_through: catch_up.inner_at_subscribe,
+            moves,
+        });
     }
 
     /// Applies queued moves until the queue is empty.
@@ -385,18 +572,10 @@ impl Consumer {
             dependencies: Vec::new(),
         };
         let mut state = MoveIn::default();
-        // What waits in the inbox (from the snapshot) came before anything
-        // the channel holds: it is taken in first.
-        while let Some(msg) = self.inbox.pop_front() {
-            self.during_move_in(msg, &mut state).await?;
-        }
-        let result = self.move_in_query(query, &mut state).await?;
-        state.boundary.snapshot_known(result.visibility.clone());
-        let (at, rule) = loop {
-            if let Some(found) = state.boundary.get() {
-                break found;
-            }
-            self.wait_for_boundary(&mut state).await?;
+        let (result, at, rule) = match self.prepare_move_in(query, &mut state).await {
+            Ok(ready) => ready,
+            Err(Stop::Drain(reply)) => return self.suspend_move_in(before, state, reply).await,
+            Err(stop) => return Err(stop),
         };
         // Planted `splice-at-wrong-boundary`: one transaction early.
         let at = match crate::planted!(self.ctx.config, splice_at_wrong_boundary) {
@@ -409,6 +588,10 @@ impl Consumer {
             self.apply_outer_txn(txn).await?;
         }
         let rows = self.write_move_in(&batch, after, &result).await?;
+        self.ctx
+            .env
+            .crash_point(crate::env::CrashPoint::MoveInSplice)
+            .await;
         for txn in &held[at..] {
             self.apply_outer_txn(txn).await?;
         }
@@ -425,6 +608,63 @@ impl Consumer {
             rule,
         });
         Ok(())
+    }
+
+    /// Takes in what waits, runs the query and waits for the boundary:
+    /// the query's result and where to splice.
+    async fn prepare_move_in(
+        &mut self,
+        query: SnapshotQuery,
+        state: &mut MoveIn,
+    ) -> Result<(SnapshotResult, usize, BoundaryRule), Stop> {
+        // What waits in the inbox (from the snapshot) came before anything
+        // the channel holds: it is taken in first.
+        while let Some(msg) = self.inbox.pop_front() {
+            self.during_move_in(msg, state).await?;
+        }
+        let result = self.move_in_query(query, state).await?;
+        state.boundary.snapshot_known(result.visibility.clone());
+        loop {
+            if let Some((at, rule)) = state.boundary.get() {
+                return Ok((result, at, rule));
+            }
+            self.wait_for_boundary(state).await?;
+        }
+    }
+
+    /// A graceful drain came during a move-in, whose boundary may need
+    /// transactions the stopped intake will never deliver: the held
+    /// transactions are written with the views before the move, which
+    /// stays unapplied (the state written with them says so, and the next
+    /// boot re-derives it); then the consumer stops.
+    async fn suspend_move_in(
+        &mut self,
+        before: Vec<View>,
+        state: MoveIn,
+        reply: oneshot::Sender<()>,
+    ) -> Result<(), Stop> {
+        self.outer().views = before;
+        let held = state.held.len();
+        for txn in &state.held {
+            self.apply_outer_txn(txn).await?;
+        }
+        self.commit()?;
+        self.writer.flush().await?;
+        // Its durable log and state reflect everything it was sent: the
+        // slot need not replay it (the stack no longer serves).
+        let applied = self.outer().processed.min(self.last_received);
+        if applied > self.applied {
+            self.report_applied(applied);
+        }
+        self.report_flush();
+        self.ctx.env.emit(Event::MoveInSuspended {
+            handle: self.entry.handle.clone(),
+            held,
+        });
+        if reply.send(()).is_err() {
+            // The coordinator stopped waiting; the flush stands.
+        }
+        Err(Stop::Shutdown)
     }
 
     /// The `move-in` event, the moved-in rows (tagged with the views
@@ -550,7 +790,7 @@ impl Consumer {
                 state.held.push(txn);
             }
             ConsumerMsg::Moves(moves) => self.on_moves(moves),
-            ConsumerMsg::Drain(reply) => self.drain(reply).await?,
+            ConsumerMsg::Drain(reply) => return Err(Stop::Drain(reply)),
             ConsumerMsg::Txn(_) => unreachable!("a subquery shape is sent whole transactions"),
         }
         Ok(())
@@ -563,14 +803,15 @@ impl Consumer {
         let advanced = self.claim_if_consistent();
         if advanced && self.materializer.is_some() {
             let xid = self.outer().last_xid;
-            self.publish(vec![xid], self.applied).await;
+            self.publish(vec![xid], self.claims.lsn()).await;
         }
     }
 
     /// Whether the claim advanced.
     fn claim_if_consistent(&mut self) -> bool {
         let outer = self.outer.as_ref().expect("a subquery shape");
-        let behind = (0..outer.deps.len()).any(|d| outer.dep_through[d] < outer.dep_needed[d])
+        let behind = (0..outer.deps.len())
+            .any(|d| outer.catching_up(d) || outer.dep_through[d] < outer.dep_needed[d])
             || outer.processed < outer.applied_cause;
         // Moves still in the channel are for transactions past what the
         // dependencies vouched for, so they need not be awaited here.
@@ -578,9 +819,13 @@ impl Consumer {
             return false;
         }
         let processed = outer.processed;
-        let advanced = self.entry.claim().is_none_or(|(_, lsn)| lsn < processed);
-        self.entry
-            .set_claim(self.entry.reader.latest_offset(), processed);
+        let advanced = self.claims.made.is_none_or(|(_, lsn)| lsn < processed);
+        let claim = (self.entry.reader.latest_offset(), processed);
+        if self.claims.made != Some(claim) {
+            self.claims.make(claim.0, claim.1);
+            self.save_state();
+        }
+        self.promote_claims();
         // Applied: every transaction it was sent, up to what it reflects.
         let applied = processed.min(self.last_received);
         let advanced = advanced || applied > self.applied;

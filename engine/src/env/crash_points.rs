@@ -36,6 +36,10 @@ crash_points! {
         "Shape metadata: the temporary file is written and synced, not yet renamed.",
     MetaAfterRename => "meta.after_rename":
         "Shape metadata: renamed over the old file, directory not yet synced.",
+    StateAfterTempWrite => "state.after_temp_write":
+        "A subquery shape's metadata with its views: the temporary file is synced, not yet renamed.",
+    MoveInSplice => "move_in.splice":
+        "A move-in's event and rows are appended; the transactions after its boundary are not.",
     SnapshotAfterChunk => "snapshot.after_chunk":
         "A snapshot chunk is closed and synced; the snapshot is not complete.",
     SnapshotBeforeComplete => "snapshot.before_complete":

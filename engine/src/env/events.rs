@@ -104,6 +104,24 @@ pub enum Event {
     /// Shutdown: a shape the next boot will drop (a subquery or inner
     /// shape) stopped holding the acknowledgement back.
     HoldReleased { handle: ShapeHandle },
+    /// A restored inner shape rebuilt its materializer from `records`
+    /// records of its durable log.
+    MaterializerRebuilt { handle: ShapeHandle, records: u64 },
+    /// A restored subquery shape's view of `dependency` caught up: its own
+    /// state recorded the inner shape at `outer_through`, the inner shape
+    /// was restored at `inner_through` (Electric's `L_outer`, `L_inner`),
+    /// and the difference re-derived `moves` moves.
+    ViewCaughtUp {
+        handle: ShapeHandle,
+        dependency: usize,
+        outer_through: Lsn,
+        inner_through: Lsn,
+        moves: usize,
+    },
+    /// A graceful drain found a move-in in flight: the transactions it
+    /// held were written with the views before it, and the move is left
+    /// for the next boot to re-derive.
+    MoveInSuspended { handle: ShapeHandle, held: usize },
     /// The engine is acknowledging `lsn` to the slot (sent next).
     Acknowledged { lsn: Lsn },
     /// A batch of the metadata write buffer was committed to SQLite.
@@ -139,9 +157,12 @@ pub enum RemovalReason {
     Requested,
     /// Routing found the shape's consumer gone.
     ConsumerGone,
-    /// Boot: subquery shapes and the inner shapes of their dependencies are
-    /// not restored yet (Electric #4735 drops them the same way).
+    /// Boot, in Electric's mode (`subquery_restore = "drop"`, as #4735):
+    /// subquery shapes and their inner shapes are not restored.
     SubqueryNotRestored,
+    /// Boot: an inner shape this subquery shape depends on did not survive
+    /// the restart (its own drop says why).
+    DependencyLost,
     /// An inner shape this subquery shape depends on was removed.
     DependencyRemoved { dependency: ShapeHandle },
     /// An inner shape no subquery shape uses any more.
@@ -234,6 +255,7 @@ impl RemovalReason {
             RemovalReason::ConsumerGone => "consumer-gone",
             RemovalReason::SubqueryNotRestored => "subquery-shape-not-restored",
             RemovalReason::DependencyRemoved { .. } => "dependency-removed",
+            RemovalReason::DependencyLost => "dependency-lost",
             RemovalReason::Unused => "unused",
             #[cfg(feature = "plants")]
             RemovalReason::DirtyBoot => "dirty-boot",
@@ -364,6 +386,28 @@ impl fmt::Display for Event {
             ),
             Event::HoldReleased { handle } => {
                 write!(f, "{handle} holds nothing back (not restored)")
+            }
+            Event::MaterializerRebuilt { handle, records } => {
+                write!(
+                    f,
+                    "{handle} rebuilt its materializer from {records} records"
+                )
+            }
+            Event::ViewCaughtUp {
+                handle,
+                dependency,
+                outer_through,
+                inner_through,
+                moves,
+            } => write!(
+                f,
+                "{handle} caught up with dependency {dependency} (recorded at {outer_through}, inner restored at {inner_through}): {moves} moves"
+            ),
+            Event::MoveInSuspended { handle, held } => {
+                write!(
+                    f,
+                    "{handle} suspended a move-in holding {held} transactions"
+                )
             }
             Event::Acknowledged { lsn } => write!(f, "acknowledging lsn {lsn}"),
             Event::MetadataWritten { changes } => {

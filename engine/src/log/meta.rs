@@ -52,6 +52,36 @@ pub struct LogMeta {
     /// whose every record is synced. `None` until the first such flush.
     pub durable_offset: Option<LogOffset>,
     pub snapshot: SnapshotState,
+    /// A subquery shape's own state as of `durable_offset` (as of the
+    /// snapshot before the first durable transaction), written in the same
+    /// metadata write: the log and the state it was written with can never
+    /// be read apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outer: Option<OuterState>,
+}
+
+/// What a subquery shape needs, besides its log, to resume after a
+/// restart (ARCHITECTURE.md, "Restoring subquery shapes").
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OuterState {
+    /// Per dependency, in plan order: the value tuples its view holds,
+    /// sorted. The log is exactly the shape's rows judged with them.
+    pub views: Vec<Vec<Vec<crate::schema::Value>>>,
+    /// Per dependency: how far its moves had arrived. The inner shape's
+    /// values there are this view plus the moves not yet applied (queued,
+    /// or a move-in in flight), which a restore re-derives.
+    pub dep_through: Vec<crate::replication::Lsn>,
+    /// Per dependency: how far it must vouch before the shape may claim
+    /// (what was routed to it before this shape subscribed, and every
+    /// transaction processed here that touched its tables).
+    pub dep_needed: Vec<crate::replication::Lsn>,
+    /// The last transaction processed (applied, skipped, or judged to
+    /// write nothing).
+    pub processed: crate::replication::Lsn,
+    /// The last claim at or below the durable offset: its log up to the
+    /// offset holds its rows as of the LSN.
+    pub claim: Option<(LogOffset, crate::replication::Lsn)>,
 }
 
 impl Default for LogMeta {
@@ -60,6 +90,7 @@ impl Default for LogMeta {
             version: STORAGE_VERSION,
             durable_offset: None,
             snapshot: SnapshotState::NotStarted,
+            outer: None,
         }
     }
 }
@@ -78,7 +109,11 @@ pub async fn write(env: &Env, dir: &str, meta: &LogMeta) -> Result<(), LogError>
         .sync(&tmp)
         .await
         .map_err(LogError::io("sync", &tmp))?;
-    env.crash_point(CrashPoint::MetaAfterTempWrite).await;
+    env.crash_point(match meta.outer {
+        None => CrashPoint::MetaAfterTempWrite,
+        Some(_) => CrashPoint::StateAfterTempWrite,
+    })
+    .await;
     storage
         .rename(&tmp, &file)
         .await

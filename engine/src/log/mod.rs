@@ -21,7 +21,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-pub use meta::{LogMeta, SnapshotState, Visibility};
+pub use meta::{LogMeta, OuterState, SnapshotState, Visibility};
 pub use reader::{ShapeLogReader, Stream};
 pub use recover::Trimmed;
 pub use writer::ShapeLogWriter;

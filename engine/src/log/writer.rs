@@ -13,7 +13,7 @@
 //! writing frames twice or trusting a failed fsync.
 
 use super::codec::{self, ChunkEntry};
-use super::meta::{self, LogMeta, SnapshotState, Visibility};
+use super::meta::{self, LogMeta, OuterState, SnapshotState, Visibility};
 use super::reader::{ShapeLogReader, Shared};
 use super::recover::{Recovered, Trimmed};
 use super::{CHUNKS_FILE, LOG_FILE, LogConfig, LogEntry, LogError, Operation, SNAPSHOT_DIR};
@@ -69,6 +69,8 @@ pub struct ShapeLogWriter {
     failed: bool,
     /// What opening the log trimmed (nothing for a new log).
     trimmed: Trimmed,
+    /// A subquery shape's state, and the commit it describes.
+    outer: Option<(Option<LogOffset>, OuterState)>,
 }
 
 impl ShapeLogWriter {
@@ -120,6 +122,7 @@ impl ShapeLogWriter {
             snapshot: None,
             failed: false,
             trimmed: r.trimmed,
+            outer: None,
         }
     }
 
@@ -170,6 +173,25 @@ impl ShapeLogWriter {
 
     pub fn meta(&self) -> &LogMeta {
         &self.meta
+    }
+
+    /// A subquery shape's state as of its last commit (or its snapshot):
+    /// written with the durable offset once that commit is durable. Set
+    /// after every commit of such a shape, before anything else is
+    /// appended.
+    pub fn set_outer_state(&mut self, state: OuterState) {
+        self.outer = Some((self.last_committed, state));
+    }
+
+    /// The state to record with `durable`: the one set for that commit.
+    fn outer_state_at(&self, durable: Option<LogOffset>) -> Option<OuterState> {
+        let (at, state) = self.outer.as_ref()?;
+        assert_eq!(
+            *at, durable,
+            "the state of a subquery shape ({}) describes its last commit",
+            self.dir
+        );
+        Some(state.clone())
     }
 
     // ----- snapshot -------------------------------------------------------
@@ -301,6 +323,9 @@ impl ShapeLogWriter {
             visibility: snap.visibility.clone(),
             last_chunk,
         };
+        if let Some(state) = self.outer_state_at(self.last_committed) {
+            meta.outer = Some(state);
+        }
         meta::write(&self.env, &self.dir, &meta).await?;
         self.meta = meta;
         self.snapshot = None;
@@ -403,6 +428,9 @@ impl ShapeLogWriter {
         if self.meta.durable_offset != durable {
             let mut meta = self.meta.clone();
             meta.durable_offset = durable;
+            if let Some(state) = self.outer_state_at(durable) {
+                meta.outer = Some(state);
+            }
             meta::write(&self.env, &self.dir, &meta).await?;
             self.meta = meta;
         }

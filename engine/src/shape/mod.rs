@@ -316,7 +316,9 @@ impl Shape {
             table: subquery.table.to_string(),
             columns: Some(subquery.columns.iter().map(|(c, _)| c.clone()).collect()),
             where_clause: subquery.where_clause.as_ref().map(Expr::to_string),
-            replica: Replica::Default,
+            // Every record carries the whole tuple: a restored inner shape
+            // rebuilds its materializer from its own log.
+            replica: Replica::Full,
         };
         Shape::inner(catalog, &request)
     }

@@ -20,7 +20,7 @@
 //!    it has. Replayed transactions are then skipped globally (at or below
 //!    what was already processed) and per shape (at or below its log's end).
 
-use super::{CLEAN_SHUTDOWN_MARKER, Inner, SHAPES_DIR, replication, shape_dir};
+use super::{CLEAN_SHUTDOWN_MARKER, Inner, SHAPES_DIR, SubqueryRestore, replication, shape_dir};
 use crate::consumer::Start;
 use crate::env::events::RemovalReason;
 use crate::env::{CrashPoint, Event, join};
@@ -29,7 +29,7 @@ use crate::log::{LogError, ShapeLog};
 use crate::metadata::ShapeRow;
 use crate::schema::Catalog;
 use crate::shape::Shape;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 pub(super) async fn boot(stack: Arc<Inner>) {
@@ -73,9 +73,21 @@ pub(super) async fn boot(stack: Arc<Inner>) {
         stack.upsert_table(table.clone());
     }
 
+    // Inner shapes before the shapes built on them; each found by the
+    // definition its metadata stores.
+    let known: BTreeMap<String, ShapeHandle> = rows
+        .iter()
+        .map(|r| (r.comparable.clone(), r.handle.clone()))
+        .collect();
+    let mut by_layer: BTreeMap<usize, Vec<ShapeRow>> = BTreeMap::new();
     for row in rows {
-        restore(&stack, &catalog, row, clean).await;
+        by_layer.entry(layer(&catalog, &row)).or_default().push(row);
     }
+    let resume_lsn = early_slot.as_ref().map_or(0, |slot| slot.confirmed_lsn);
+    for row in by_layer.into_values().flatten() {
+        restore(&stack, &catalog, &known, row, clean, resume_lsn).await;
+    }
+    drop_unused_inner_shapes(&stack);
     remove_orphans(&stack).await;
     let slot = match early_slot {
         Some(slot) => slot,
@@ -98,20 +110,78 @@ pub(super) async fn boot(stack: Arc<Inner>) {
     );
 }
 
+/// Whether `row` is an inner shape (a dependency of subquery shapes).
+fn is_inner(catalog: &Catalog, row: &ShapeRow) -> bool {
+    Shape::inner(catalog, &row.request).is_ok_and(|s| s.comparable() == row.comparable)
+}
+
+/// The shape's layer (0 for a plain shape; see `Shape::layer`).
+fn layer(catalog: &Catalog, row: &ShapeRow) -> usize {
+    let shape = match is_inner(catalog, row) {
+        true => Shape::inner(catalog, &row.request),
+        false => Shape::new(catalog, &row.request),
+    };
+    shape.map_or(0, |s| s.layer())
+}
+
+/// The inner shapes of `shape`, restored before it, in plan order; if one
+/// did not survive, why `shape` cannot be restored either.
+fn restored_dependencies(
+    stack: &Inner,
+    catalog: &Catalog,
+    known: &BTreeMap<String, ShapeHandle>,
+    shape: &Shape,
+) -> Result<Vec<Arc<crate::consumer::ShapeEntry>>, RemovalReason> {
+    let dep_shapes = shape
+        .dependency_shapes(catalog)
+        .map_err(|_| RemovalReason::DependencyLost)?;
+    dep_shapes
+        .iter()
+        .map(|dep| {
+            let handle = known
+                .get(&dep.comparable())
+                .ok_or(RemovalReason::DependencyLost)?
+                .clone();
+            match stack.entry(&handle) {
+                Some(entry) if !entry.is_removed() => Ok(entry),
+                // Restored, then removed (an I/O error while it rebuilt).
+                _ => Err(RemovalReason::DependencyRemoved { dependency: handle }),
+            }
+        })
+        .collect()
+}
+
+/// Inner shapes no restored subquery shape uses are removed.
+fn drop_unused_inner_shapes(stack: &Arc<Inner>) {
+    let entries: Vec<_> = stack.registry().shapes.values().cloned().collect();
+    for entry in entries {
+        if entry.shape.is_dependency() && entry.users() == 0 {
+            stack.remove_shape(&entry.handle, RemovalReason::Unused);
+        }
+    }
+}
+
 /// Restores one shape from its metadata row and its log, or drops it (and
 /// says why).
-async fn restore(stack: &Arc<Inner>, catalog: &Catalog, row: ShapeRow, clean: bool) {
+async fn restore(
+    stack: &Arc<Inner>,
+    catalog: &Catalog,
+    known: &BTreeMap<String, ShapeHandle>,
+    row: ShapeRow,
+    clean: bool,
+    resume_lsn: crate::replication::Lsn,
+) {
     let env = stack.env();
     if crate::planted!(stack.config, drop_all_on_dirty_boot) && !clean {
         #[cfg(feature = "plants")]
         drop_shape(stack, &row.handle, RemovalReason::DirtyBoot).await;
         return;
     }
-    // Until subquery shapes are restored (the next issue), they and their
-    // inner shapes are dropped, as Electric does (#4735).
-    let subquery = Shape::new(catalog, &row.request).is_ok_and(|s| s.has_subquery())
-        || Shape::inner(catalog, &row.request).is_ok_and(|s| s.comparable() == row.comparable);
-    if subquery {
+    let inner = is_inner(catalog, &row);
+    // Electric's mode (#4735): subquery shapes and their inner shapes are
+    // dropped.
+    let subquery = inner || Shape::new(catalog, &row.request).is_ok_and(|s| s.has_subquery());
+    if subquery && stack.config.subquery_restore == SubqueryRestore::Drop {
         drop_shape(stack, &row.handle, RemovalReason::SubqueryNotRestored).await;
         return;
     }
@@ -122,7 +192,11 @@ async fn restore(stack: &Arc<Inner>, catalog: &Catalog, row: ShapeRow, clean: bo
         }
         false => a == b,
     };
-    let shape = Shape::new(catalog, &row.request)
+    let shape = match inner {
+        true => Shape::inner(catalog, &row.request),
+        false => Shape::new(catalog, &row.request),
+    };
+    let shape = shape
         .ok()
         .filter(|s| same(&s.comparable(), &row.comparable));
     let Some(shape) = shape else {
@@ -131,8 +205,23 @@ async fn restore(stack: &Arc<Inner>, catalog: &Catalog, row: ShapeRow, clean: bo
         drop_shape(stack, &row.handle, reason).await;
         return;
     };
+    let deps = match shape.has_subquery() {
+        false => Vec::new(),
+        true => match restored_dependencies(stack, catalog, known, &shape) {
+            Ok(deps) => deps,
+            Err(reason) => {
+                drop_shape(stack, &row.handle, reason).await;
+                return;
+            }
+        },
+    };
     let dir = shape_dir(&row.handle);
     match ShapeLog::open(env, &dir, stack.config.log).await {
+        Ok(writer) if shape.has_subquery() && writer.meta().outer.is_none() => {
+            // Written by a stack that dropped subquery shapes: no state.
+            drop(writer);
+            drop_shape(stack, &row.handle, RemovalReason::SubqueryNotRestored).await;
+        }
         Ok(writer) => {
             env.emit(Event::ShapeRestored {
                 handle: row.handle.clone(),
@@ -146,8 +235,11 @@ async fn restore(stack: &Arc<Inner>, catalog: &Catalog, row: ShapeRow, clean: bo
                     index_bytes: trimmed.index_bytes,
                 });
             }
-            let deps = Vec::new(); // only plain shapes are restored
-            stack.register(row.handle, Arc::new(shape), writer, Start::Restored, deps);
+            for dep in &deps {
+                dep.add_user();
+            }
+            let start = Start::Restored { resume_lsn };
+            stack.register(row.handle, Arc::new(shape), writer, start, deps);
         }
         Err(LogError::Corrupt(why)) if stack.config.strict_recovery => {
             panic!(

@@ -54,9 +54,23 @@ pub struct StackConfig {
     /// Treat storage corruption found at boot as a fatal invariant violation
     /// (the simulator's choice) instead of dropping the shape.
     pub strict_recovery: bool,
+    /// What boot does with subquery shapes and their inner shapes.
+    pub subquery_restore: SubqueryRestore,
     /// Planted bugs (the `plants` feature only).
     #[cfg(feature = "plants")]
     pub plants: crate::plants::Plants,
+}
+
+/// What boot does with subquery shapes and their inner shapes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SubqueryRestore {
+    /// Each resumes from its own durable state (ARCHITECTURE.md,
+    /// "Restoring subquery shapes").
+    #[default]
+    Restore,
+    /// Electric's behaviour since #4735: all of them are dropped, and
+    /// their clients refetch.
+    Drop,
 }
 
 impl Default for StackConfig {
@@ -71,6 +85,7 @@ impl Default for StackConfig {
             retry_backoff_ms: 100,
             consumer_queue: 1_000,
             strict_recovery: true,
+            subquery_restore: SubqueryRestore::Restore,
             #[cfg(feature = "plants")]
             plants: crate::plants::Plants::default(),
         }

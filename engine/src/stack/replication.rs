@@ -126,6 +126,10 @@ fn adopt(
         }
     }
     *last_processed = (*last_processed).max(confirmed_lsn);
+    // Nothing at or below the confirmed LSN is streamed again: every
+    // shape's durable state reflects it (a restored move-in's boundary
+    // may wait for exactly that).
+    stack.delivered.advance(confirmed_lsn);
     stack.upstream_lsn.fetch_max(wal_end_lsn, Ordering::SeqCst);
     *stack.stream.lock().expect("stream") = Some(stream.clone());
     if stack.status() == Status::Booting {

@@ -91,6 +91,9 @@ pub(super) async fn shutdown(stack: Arc<Inner>) -> bool {
 /// the acknowledgement back (a move-in still waiting for transactions the
 /// stopped intake will not deliver would otherwise hold it forever).
 fn release_unrestored(stack: &Inner) {
+    if stack.config.subquery_restore == super::SubqueryRestore::Restore {
+        return;
+    }
     let entries: Vec<_> = stack.registry().shapes.values().cloned().collect();
     for entry in entries {
         if entry.shape.has_subquery() || entry.shape.is_dependency() {

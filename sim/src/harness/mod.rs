@@ -82,6 +82,7 @@ pub fn stack_config(scenario: &Scenario) -> StackConfig {
     config.log.flush_period_ms = knobs.flush_period_ms;
     config.snapshot_timeout_ms = knobs.check_timeout_ms;
     config.shutdown_timeout_ms = 10_000;
+    config.subquery_restore = knobs.subquery_restore.engine();
     config.plants = Plant::switches(&scenario.plants);
     config.log.plants = config.plants;
     config

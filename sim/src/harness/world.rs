@@ -101,6 +101,7 @@ impl World {
             pg.clone(),
             scenario.shapes.clone(),
             latency_bound_ms(&scenario),
+            scenario.timing.subquery_restore == crate::scenario::SubqueryRestore::Drop,
         )));
         let storage = MemStorage::new();
         let crash = ArmedCrash::new(trace.clone());

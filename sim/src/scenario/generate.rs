@@ -40,6 +40,14 @@ const SHAPE_CHANGES: [CrashPoint; 5] = [
     CrashPoint::RemoveAfterMeta,
 ];
 
+/// Crash points a batch reaches when a subquery shape moves (views
+/// written with a flush; a move-in's splice), and how many visits to pick
+/// from.
+const SUBQUERY_MOVES: [(CrashPoint, u32); 2] = [
+    (CrashPoint::StateAfterTempWrite, 3),
+    (CrashPoint::MoveInSplice, 2),
+];
+
 /// Crash points a booting engine reaches, and how many visits to pick from
 /// (a log is trimmed per restored shape; replication starts once).
 const BOOT: [(CrashPoint, u32); 2] = [
@@ -49,9 +57,14 @@ const BOOT: [(CrashPoint, u32); 2] = [
 
 pub fn expand(seed: u64, knobs: &Knobs) -> Scenario {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let shapes = (0..knobs.shape_count)
+    let shapes: Vec<ShapeSpec> = (0..knobs.shape_count)
         .map(|_| shape(&mut rng, knobs))
         .collect();
+    let subqueries = shapes.iter().any(|s| {
+        s.where_clause
+            .as_deref()
+            .is_some_and(|w| w.contains("SELECT"))
+    });
     let mut workload = Workload {
         level4: (1..=knobs.level4_rows).map(|n| format!("l4-{n}")).collect(),
         next_id: 1_000,
@@ -84,7 +97,8 @@ pub fn expand(seed: u64, knobs: &Knobs) -> Scenario {
         }
         if knobs.restart_server_every > 0 && batch % knobs.restart_server_every == 0 && !last {
             let shapes_change = removals.contains_key(&batch);
-            restarts.insert(batch, restart(&mut rng, knobs, shapes_change));
+            let restart = restart(&mut rng, knobs, shapes_change, subqueries);
+            restarts.insert(batch, restart);
         }
         if knobs.restart_client_every > 0 && batch % knobs.restart_client_every == 0 && !last {
             client_restarts.insert(batch);
@@ -160,7 +174,7 @@ fn schema_change(rng: &mut ChaCha8Rng, knobs: &Knobs) -> Option<(usize, AddColum
 /// A restart of the kind the knobs ask for, armed (or not) at a crash point
 /// the batch will reach (`shapes_change`: it removes and re-creates a shape),
 /// maybe with a second kill during boot.
-fn restart(rng: &mut ChaCha8Rng, knobs: &Knobs, shapes_change: bool) -> Restart {
+fn restart(rng: &mut ChaCha8Rng, knobs: &Knobs, shapes_change: bool, subqueries: bool) -> Restart {
     let kind = match knobs.restart_type {
         RestartType::Graceful => RestartKind::Graceful,
         RestartType::Crash => RestartKind::Crash,
@@ -188,6 +202,10 @@ fn restart(rng: &mut ChaCha8Rng, knobs: &Knobs, shapes_change: bool) -> Restart 
         _ if !armed => None,
         RestartKind::InterruptedGraceful => point(CrashPoint::ShutdownAfterDrain, 1, rng),
         _ if shapes_change => point(*SHAPE_CHANGES.choose(rng).expect("points"), 1, rng),
+        _ if subqueries && rng.random_bool(0.25) => {
+            let (moves_point, visits) = *SUBQUERY_MOVES.choose(rng).expect("points");
+            point(moves_point, visits, rng)
+        }
         _ => point(*EVERY_BATCH.choose(rng).expect("points"), 4, rng),
     };
     let boot_kill = kills && rng.random_bool(knobs.boot_kill_rate);

@@ -18,6 +18,26 @@ pub enum RestartType {
     Mixed,
 }
 
+/// What a restarted engine does with subquery shapes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SubqueryRestore {
+    /// Each resumes from its own durable state (this engine).
+    #[default]
+    Restore,
+    /// Each is dropped and its clients refetch (Electric since #4735).
+    Drop,
+}
+
+impl SubqueryRestore {
+    pub fn engine(self) -> engine::stack::SubqueryRestore {
+        match self {
+            SubqueryRestore::Restore => engine::stack::SubqueryRestore::Restore,
+            SubqueryRestore::Drop => engine::stack::SubqueryRestore::Drop,
+        }
+    }
+}
+
 /// The knobs mirror Electric's oracle test (`SHAPE_COUNT`, `BATCH_COUNT`, ...)
 /// plus the fault model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -87,6 +107,9 @@ pub struct Knobs {
     /// Share of shapes on `level_4` filtered through subqueries (Electric's
     /// oracle-test subquery forms, 1 to 3 levels).
     pub subquery_rate: f64,
+    /// What a restart does with subquery shapes: `restore` them, or `drop`
+    /// them as Electric does (to compare the two on the same seeds).
+    pub subquery_restore: SubqueryRestore,
 }
 
 impl Default for Knobs {
@@ -125,6 +148,7 @@ impl Default for Knobs {
             columns_rate: 0.3,
             add_column_rate: 0.15,
             subquery_rate: 0.25,
+            subquery_restore: SubqueryRestore::Restore,
         }
     }
 }
@@ -286,6 +310,7 @@ knob_args! {
     columns_rate: f64,
     add_column_rate: f64,
     subquery_rate: f64,
+    subquery_restore: SubqueryRestore,
 }
 
 #[cfg(test)]

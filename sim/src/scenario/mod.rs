@@ -8,7 +8,7 @@ pub mod generate;
 mod knobs;
 pub mod subqueries;
 
-pub use knobs::{KnobArgs, Knobs, RestartType, ScenarioFile};
+pub use knobs::{KnobArgs, Knobs, RestartType, ScenarioFile, SubqueryRestore};
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -276,6 +276,16 @@ pub enum Plant {
     SpliceAtWrongBoundary,
     /// An inner shape's materializer counts values of rows not in the shape.
     MaterializerCountsExcluded,
+    /// A restored inner shape's materializer replays only its first chunk (PR 4648 bug 1).
+    MaterializerFirstChunkOnly,
+    /// A restored inner shape's materializer re-reads its main log chunk by chunk (PR 4648 bug 4).
+    MaterializerRereadsMainLog,
+    /// A restored subquery shape takes its views from its inner shapes (PR 4648 bugs 2(ii), 5).
+    OuterViewFromMaterializer,
+    /// A removal deletes metadata before taking the shape out of service (PR 4648 bug 6).
+    RemoveMetadataFirst,
+    /// Flushes complete only on an exact transaction-end offset (Electric bug 7).
+    FlushBoundaryExactMatch,
     /// Real bug, fixed (Electric's bug 3): 400 for an offset a crashed log has not replayed yet.
     #[value(name = "out-of-bounds-400")]
     #[serde(rename = "out-of-bounds-400")]
@@ -313,6 +323,15 @@ impl Plant {
         Plant::MoveOutNotWritten,
         Plant::SpliceAtWrongBoundary,
         Plant::MaterializerCountsExcluded,
+    ];
+    /// PR 4648's restore bugs (and Electric's bug 7), re-planted; found by
+    /// sweeps of `scenarios/subqueries-restart.toml`.
+    pub const RESTORE: [Plant; 5] = [
+        Plant::MaterializerFirstChunkOnly,
+        Plant::MaterializerRereadsMainLog,
+        Plant::OuterViewFromMaterializer,
+        Plant::RemoveMetadataFirst,
+        Plant::FlushBoundaryExactMatch,
     ];
     /// Real bugs this project's harness found, re-introduced on demand so that
     /// their corpus entries keep proving something.
@@ -352,6 +371,11 @@ impl Plant {
             move_out_not_written: on(Plant::MoveOutNotWritten),
             splice_at_wrong_boundary: on(Plant::SpliceAtWrongBoundary),
             materializer_counts_excluded: on(Plant::MaterializerCountsExcluded),
+            materializer_first_chunk_only: on(Plant::MaterializerFirstChunkOnly),
+            materializer_rereads_main_log: on(Plant::MaterializerRereadsMainLog),
+            outer_view_from_materializer: on(Plant::OuterViewFromMaterializer),
+            remove_metadata_first: on(Plant::RemoveMetadataFirst),
+            flush_boundary_exact_match: on(Plant::FlushBoundaryExactMatch),
             out_of_bounds_400: on(Plant::OutOfBounds400),
             snapshot_attempt_budget: on(Plant::SnapshotAttemptBudget),
             no_sync_on_open: on(Plant::NoSyncOnOpen),
@@ -381,6 +405,10 @@ pub struct Timing {
     /// before the knob existed paused up to 2 ms).
     #[serde(default = "Timing::old_txn_gap_max_ms")]
     pub txn_gap_max_ms: u64,
+    /// What a restart does with subquery shapes (files written before the
+    /// knob existed: restore, as the engine now does).
+    #[serde(default)]
+    pub subquery_restore: SubqueryRestore,
 }
 
 impl Timing {
@@ -401,6 +429,7 @@ impl Timing {
             disk_latency_us: knobs.disk_latency_us,
             io_error_rate: knobs.io_error_rate,
             txn_gap_max_ms: knobs.txn_gap_max_ms,
+            subquery_restore: knobs.subquery_restore,
         }
     }
 }

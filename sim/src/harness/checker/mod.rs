@@ -118,9 +118,15 @@ struct RunState {
     /// Per shape: the transaction part of its last durable offset (a
     /// routed transaction at or below it may still be reported skipped).
     durable_tx: BTreeMap<String, Lsn>,
+    /// This boot dropped a shape for a reason the harness accepts: a
+    /// subquery shape may then lose an inner shape (`dependency-lost`).
+    explained_boot_drop: bool,
 }
 
 pub struct Checker {
+    /// Electric's mode: boot drops subquery and inner shapes (else it
+    /// must restore them).
+    drops_subqueries: bool,
     pub(super) trace: SharedTrace,
     pub verdict: Arc<Verdict>,
     pg: PgModel,
@@ -178,6 +184,7 @@ impl Checker {
         pg: PgModel,
         shapes: Vec<ShapeSpec>,
         latency_bound_ms: Option<u64>,
+        drops_subqueries: bool,
     ) -> Checker {
         let views: Vec<ShapeView> = shapes.iter().map(|s| ShapeView::new(&pg, s)).collect();
         let timelines = views
@@ -191,6 +198,7 @@ impl Checker {
         }
         let open_txns = (0..shapes.len()).map(|_| None).collect();
         Checker {
+            drops_subqueries,
             open_txns,
             views,
             trace,
@@ -499,6 +507,20 @@ impl Checker {
                     engine::env::events::SpliceRule::ReachedQueryLsn => "splice_reached_query_lsn",
                 });
             }
+            Event::MaterializerRebuilt { .. } => self.coverage.subquery("materializers_rebuilt"),
+            Event::ViewCaughtUp {
+                outer_through,
+                inner_through,
+                moves,
+                ..
+            } => {
+                self.coverage.subquery("restored_views");
+                if outer_through != inner_through {
+                    self.coverage.subquery("restored_inner_outer_apart");
+                }
+                self.coverage.subquery_add("restore_moves", *moves as u64);
+            }
+            Event::MoveInSuspended { .. } => self.coverage.subquery("move_ins_suspended"),
             Event::LogTrimmed { .. }
             | Event::ForeignDirRemoved { .. }
             | Event::Ready
@@ -652,12 +674,19 @@ impl Checker {
                 .iter()
                 .any(|t| self.pg.table(t).oid == *oid),
             RemovalReason::Requested => self.requested.contains(handle),
-            // Boot drops subquery shapes and inner shapes (no client ever
-            // holds an inner shape's handle), nothing else.
-            RemovalReason::SubqueryNotRestored => self
-                .handle_shape
-                .get(handle)
-                .is_none_or(|&i| self.views[i].depth > 0),
+            // In Electric's mode, boot drops subquery shapes and inner
+            // shapes (no client ever holds an inner shape's handle),
+            // nothing else; otherwise it restores them.
+            RemovalReason::SubqueryNotRestored => {
+                self.drops_subqueries
+                    && self
+                        .handle_shape
+                        .get(handle)
+                        .is_none_or(|&i| self.views[i].depth > 0)
+            }
+            // An inner shape did not survive: dropped earlier in this boot
+            // for an accepted reason (inner shapes are restored first).
+            RemovalReason::DependencyLost => self.run.explained_boot_drop,
             // An inner shape no subquery shape uses: no client holds it.
             RemovalReason::Unused => !self.handle_shape.contains_key(handle),
             RemovalReason::DependencyRemoved { dependency } => self
@@ -709,6 +738,7 @@ impl Checker {
             state.fate = Some(Fate::Removed(reason.clone()));
             state.explained = accepted || explained;
         }
+        self.run.explained_boot_drop |= accepted || explained;
         if !accepted && !explained {
             let why = format!(
                 "boot dropped {handle} ({reason}) although its metadata was complete and its storage durable"
