@@ -207,13 +207,10 @@ async fn read(stack: &Arc<Inner>, entry: &Arc<ShapeEntry>, params: &Params) -> R
         // A subquery shape is read only up to its claim, where its log
         // holds its rows as of a known LSN.
         let claim = entry.claims().then(|| entry.claim());
-        let latest = match claim {
-            Some(Some((claimed, _))) => claimed,
-            _ => reader.latest_offset(),
-        };
+        let latest = readable_end(&entry);
         let mut chunk_end = reader.chunk_end(offset).unwrap_or(latest);
-        if let Some(Some((claimed, _))) = claim {
-            chunk_end = chunk_end.min(claimed.max(offset));
+        if claim.is_some() {
+            chunk_end = chunk_end.min(latest.max(offset));
         }
         let entries = match reader.log_stream(offset, chunk_end).await {
             Ok(Stream::Entries(entries)) => entries,
@@ -279,11 +276,15 @@ async fn read(stack: &Arc<Inner>, entry: &Arc<ShapeEntry>, params: &Params) -> R
     }
 }
 
-/// Where a reader may read to now: the log's end, or a subquery shape's claim.
+/// Where a reader may read to now: the log's end, or a subquery shape's
+/// claim (its snapshot until it has one: nothing after it is durable and
+/// consistent before a claim).
 fn readable_end(entry: &ShapeEntry) -> LogOffset {
-    match entry.claims().then(|| entry.claim()).flatten() {
-        Some((claimed, _)) => claimed,
-        None => entry.reader.latest_offset(),
+    let latest = entry.reader.latest_offset();
+    match entry.claims().then(|| entry.claim()) {
+        None => latest,
+        Some(Some((claimed, _))) => claimed,
+        Some(None) => latest.min(LogOffset::SNAPSHOT_END),
     }
 }
 

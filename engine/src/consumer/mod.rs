@@ -197,7 +197,7 @@ impl ShapeEntry {
         *self.claim.lock().expect("claim")
     }
 
-    fn set_claim(&self, offset: LogOffset, lsn: Lsn) {
+    pub(crate) fn set_claim(&self, offset: LogOffset, lsn: Lsn) {
         let mut claim = self.claim.lock().expect("claim");
         if let Some((o, l)) = *claim {
             assert!(
@@ -486,6 +486,17 @@ impl Consumer {
 
     async fn drain(&mut self, reply: oneshot::Sender<()>) -> Result<(), Stop> {
         self.writer.flush().await?;
+        if let Some(outer) = &self.outer {
+            // A subquery shape reports "applied" only at its claims, which
+            // may wait on dependencies the stopped intake no longer feeds.
+            // Its durable log and state reflect everything it processed
+            // (the next boot re-derives what it had not applied), and the
+            // stack no longer serves: the slot need not replay it.
+            let processed = outer.processed().min(self.last_received);
+            if processed > self.applied {
+                self.report_applied(processed);
+            }
+        }
         self.report_flush();
         if reply.send(()).is_err() {
             // The coordinator stopped waiting (its timeout passed); the

@@ -250,9 +250,7 @@ impl Consumer {
             self.entry.handle,
             state.views.len()
         );
-        if let Some((offset, lsn)) = state.claim {
-            self.entry.set_claim(offset, lsn);
-        }
+        // The entry serves it already (set at registration).
         self.claims.restored(state.claim);
         let outer = self.outer.as_mut().expect("a subquery shape");
         outer.resume(state, processed);

@@ -139,6 +139,11 @@ impl Outer {
         }
     }
 
+    /// The last transaction processed.
+    pub fn processed(&self) -> Lsn {
+        self.processed
+    }
+
     /// Whether dependency `d` is still being caught up with.
     pub fn catching_up(&self, d: usize) -> bool {
         self.catch_up[d].is_some()
@@ -182,24 +187,19 @@ impl Outer {
     }
 }
 
-/// A subquery shape's claims: served only once durable (a crash may lose
-/// what is not, and the log written after it may differ), so a client
-/// never holds rows a restore could take back.
+/// A subquery shape's claims. A claim is served only once the metadata
+/// records it (written with the next flush): a restore resumes from the
+/// recorded claim, so a client never holds rows of a claim a restart could
+/// take back, nor sees the claim go backwards.
 #[derive(Debug, Default)]
 pub(super) struct Claims {
-    /// The last claim made (durable or not).
+    /// The last claim made (recorded or not).
     pub made: Option<(LogOffset, Lsn)>,
-    /// Claims made above the durable offset, oldest first.
-    pending: std::collections::VecDeque<(LogOffset, Lsn)>,
 }
 
 impl Claims {
     fn make(&mut self, offset: LogOffset, lsn: Lsn) {
         self.made = Some((offset, lsn));
-        match self.pending.back_mut() {
-            Some(last) if last.0 == offset => *last = (offset, lsn),
-            _ => self.pending.push_back((offset, lsn)),
-        }
     }
 
     /// The LSN of the last claim made (0 before any).
@@ -207,30 +207,19 @@ impl Claims {
         self.made.map_or(0, |(_, lsn)| lsn)
     }
 
-    /// A claim restored at boot (durable by construction).
+    /// A claim restored at boot (recorded by construction).
     pub fn restored(&mut self, claim: Option<(LogOffset, Lsn)>) {
         self.made = claim;
-    }
-
-    /// The newest claim at or below `durable`, if any became durable.
-    fn durable(&mut self, durable: LogOffset) -> Option<(LogOffset, Lsn)> {
-        let mut newest = None;
-        while let Some(&claim) = self.pending.front().filter(|(o, _)| *o <= durable) {
-            newest = Some(claim);
-            self.pending.pop_front();
-        }
-        newest
     }
 }
 
 impl Consumer {
-    /// Serves the newest claim that is durable.
+    /// Serves the claim the metadata records, once it is newer.
     pub(super) fn promote_claims(&mut self) {
-        let durable = self
-            .writer
-            .durable_offset()
-            .unwrap_or(LogOffset::SNAPSHOT_END);
-        if let Some((offset, lsn)) = self.claims.durable(durable) {
+        let recorded = self.writer.meta().outer.as_ref().and_then(|o| o.claim);
+        if let Some((offset, lsn)) = recorded
+            && self.entry.claim() != Some((offset, lsn))
+        {
             self.entry.set_claim(offset, lsn);
             self.entry.changed.notify(usize::MAX);
         }
@@ -649,21 +638,11 @@ impl Consumer {
             self.apply_outer_txn(txn).await?;
         }
         self.commit()?;
-        self.writer.flush().await?;
-        // Its durable log and state reflect everything it was sent: the
-        // slot need not replay it (the stack no longer serves).
-        let applied = self.outer().processed.min(self.last_received);
-        if applied > self.applied {
-            self.report_applied(applied);
-        }
-        self.report_flush();
         self.ctx.env.emit(Event::MoveInSuspended {
             handle: self.entry.handle.clone(),
             held,
         });
-        if reply.send(()).is_err() {
-            // The coordinator stopped waiting; the flush stands.
-        }
+        self.drain(reply).await?;
         Err(Stop::Shutdown)
     }
 

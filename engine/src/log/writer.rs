@@ -180,7 +180,19 @@ impl ShapeLogWriter {
     /// after every commit of such a shape, before anything else is
     /// appended.
     pub fn set_outer_state(&mut self, state: OuterState) {
+        if self.meta.outer.as_ref() != Some(&state) {
+            // Written with the next flush, even if no record is pending.
+            self.oldest_unflushed_ms
+                .get_or_insert_with(|| self.env.clock.now_ms());
+        }
         self.outer = Some((self.last_committed, state));
+    }
+
+    /// Whether the state set for the last commit is not yet written.
+    fn outer_state_dirty(&self) -> bool {
+        self.outer
+            .as_ref()
+            .is_some_and(|(_, state)| self.meta.outer.as_ref() != Some(state))
     }
 
     /// The state to record with `durable`: the one set for that commit.
@@ -425,7 +437,7 @@ impl ShapeLogWriter {
 
     /// Writes `durable` into the metadata if it changed.
     async fn record_durable(&mut self, durable: Option<LogOffset>) -> Result<(), LogError> {
-        if self.meta.durable_offset != durable {
+        if self.meta.durable_offset != durable || self.outer_state_dirty() {
             let mut meta = self.meta.clone();
             meta.durable_offset = durable;
             if let Some(state) = self.outer_state_at(durable) {
@@ -439,7 +451,9 @@ impl ShapeLogWriter {
 
     /// When the buffered data must be flushed by (clock milliseconds), if any.
     pub fn flush_deadline_ms(&self) -> Option<u64> {
-        let pending = !self.buffer.is_empty() || self.meta.durable_offset != self.last_committed;
+        let pending = !self.buffer.is_empty()
+            || self.meta.durable_offset != self.last_committed
+            || self.outer_state_dirty();
         let oldest = self.oldest_unflushed_ms.filter(|_| pending)?;
         Some(oldest + self.config.flush_period_ms)
     }
@@ -466,6 +480,7 @@ impl ShapeLogWriter {
         if self.buffer.is_empty()
             && self.unindexed.is_empty()
             && self.meta.durable_offset == commit_at_start
+            && !self.outer_state_dirty()
         {
             return Ok(commit_at_start);
         }

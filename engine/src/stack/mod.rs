@@ -299,7 +299,12 @@ impl Inner {
             tx,
             writer.meta().snapshot.wal_lsn(),
         );
-        let entry = Arc::new(entry.with_deps(deps));
+        let entry = entry.with_deps(deps);
+        if let Some((offset, lsn)) = writer.meta().outer.as_ref().and_then(|o| o.claim) {
+            // A restored subquery shape serves its recorded claim at once.
+            entry.set_claim(offset, lsn);
+        }
+        let entry = Arc::new(entry);
         let mut registry = self.registry();
         for table in shape.tables() {
             registry
