@@ -218,6 +218,14 @@ impl Consumer {
         self.report_flush();
     }
 
+    /// How far a nested inner shape vouches: what it claimed, never past
+    /// what it received (or, restored, what its durable state reflects).
+    pub(super) fn vouched(&self) -> Lsn {
+        self.claims
+            .lsn()
+            .min(self.last_received.max(self.replayed_through))
+    }
+
     /// Tells the flush tracker it applied everything it was sent up to `lsn`.
     pub(super) fn report_applied(&mut self, lsn: Lsn) {
         assert!(lsn >= self.applied, "{} unapplied {lsn}", self.entry.handle);
@@ -244,7 +252,7 @@ impl Consumer {
         let (through, cause) = match &self.outer {
             // What it claimed: every transaction up to there is processed
             // (or reflected by its restored state) and its moves sent.
-            Some(outer) => (self.claims.lsn(), outer.cause().max(through)),
+            Some(outer) => (self.vouched(), outer.cause().max(through)),
             None => (through, through),
         };
         let Some(materializer) = &mut self.materializer else {

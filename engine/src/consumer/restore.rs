@@ -226,7 +226,7 @@ impl Consumer {
             let values = materializer.values().cloned().collect();
             // A nested inner shape vouches only for what it claimed.
             let vouched = match &self.outer {
-                Some(_) => self.claims.lsn(),
+                Some(_) => self.vouched(),
                 None => through,
             };
             self.entry.publish(super::Published {

@@ -782,7 +782,7 @@ impl Consumer {
         let advanced = self.claim_if_consistent();
         if advanced && self.materializer.is_some() {
             let xid = self.outer().last_xid;
-            self.publish(vec![xid], self.claims.lsn()).await;
+            self.publish(vec![xid], self.vouched()).await;
         }
     }
 
@@ -793,8 +793,11 @@ impl Consumer {
             .any(|d| outer.catching_up(d) || outer.dep_through[d] < outer.dep_needed[d])
             || outer.processed < outer.applied_cause;
         // Moves still in the channel are for transactions past what the
-        // dependencies vouched for, so they need not be awaited here.
-        if behind || !outer.queue.is_empty() {
+        // dependencies vouched for, so they need not be awaited here. What
+        // waits in the inbox (taken in during the snapshot) may be a
+        // transaction at or below the snapshot's position whose moves the
+        // views lack: it is taken in first.
+        if behind || !outer.queue.is_empty() || !self.inbox.is_empty() {
             return false;
         }
         let processed = outer.processed;
