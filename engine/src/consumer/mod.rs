@@ -485,6 +485,8 @@ impl Consumer {
     }
 
     async fn drain(&mut self, reply: oneshot::Sender<()>) -> Result<(), Stop> {
+        // A subquery shape's state records all it processed.
+        self.save_state();
         self.writer.flush().await?;
         if let Some(outer) = &self.outer {
             // A subquery shape reports "applied" only at its claims, which
@@ -627,6 +629,13 @@ impl Consumer {
         // its snapshot position, above transactions still to arrive (which
         // must then be reported again).
         let flushed = flushed.min(self.last_received);
+        // Nor, for a subquery shape, past what its durable state records as
+        // processed: a restore resumes from there, and the slot must still
+        // hold what follows.
+        let flushed = match self.writer.meta().outer.as_ref() {
+            Some(state) => flushed.min(state.processed),
+            None => flushed,
+        };
         if flushed > self.last_reported {
             self.last_reported = flushed;
             let handle = self.entry.handle.as_str();

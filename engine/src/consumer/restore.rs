@@ -200,19 +200,18 @@ impl Consumer {
             .snapshot_lsn
             .store(visibility.wal_lsn, Ordering::SeqCst);
         let durable_lsn = self.writer.durable_offset().and_then(LogOffset::tx);
-        let mut through = resume_lsn
-            .max(visibility.wal_lsn)
-            .max(durable_lsn.unwrap_or(0));
+        let mut through = visibility.wal_lsn.max(durable_lsn.unwrap_or(0));
         self.visibility = Some(visibility);
-        if self.outer.is_some() {
-            let state = self.writer.meta().outer.clone().unwrap_or_else(|| {
-                panic!(
-                    "invariant violated: boot restores {} without its state",
-                    self.entry.handle
-                )
-            });
-            through = through.max(state.processed);
-            self.resume_outer(&state, through);
+        match self.writer.meta().outer.clone() {
+            // A subquery shape reflects what its state records: it never
+            // reported more as flushed, so the slot replays every later
+            // transaction routed to it (the confirmed LSN may be past it
+            // only by transactions it was never sent).
+            Some(state) => {
+                through = through.max(state.processed);
+                self.resume_outer(&state, through);
+            }
+            None => through = through.max(resume_lsn),
         }
         self.replayed_through = through;
         if self.materializer.is_some() {

@@ -313,16 +313,14 @@ impl Consumer {
                 outer.dep_needed[d] = outer.dep_needed[d].max(lsn);
             }
         }
-        if self.in_snapshot(txn.xid) {
-            self.skipped(lsn, SkipReason::InSnapshot);
-        } else {
-            if !self.write_outer_txn(txn).await? {
-                self.skipped(lsn, SkipReason::NothingToWrite);
-            }
-        }
-        let outer = self.outer();
+        // Processed from here on: the state its commit records says so.
         outer.processed = outer.processed.max(lsn);
         outer.last_xid = txn.xid;
+        if self.in_snapshot(txn.xid) {
+            self.skipped(lsn, SkipReason::InSnapshot);
+        } else if !self.write_outer_txn(txn).await? {
+            self.skipped(lsn, SkipReason::NothingToWrite);
+        }
         self.publish(vec![txn.xid], lsn).await;
         Ok(())
     }
@@ -380,6 +378,7 @@ impl Consumer {
     /// A dependency's moves: noted, and queued (every one: they are changes
     /// from what the dependency published when this shape subscribed).
     pub(super) fn on_moves(&mut self, moves: DepMoves) {
+        eprintln!("DEBUG moves to {} from {} through {} cause {} in {:?} out {:?}", self.entry.handle, moves.dependency, moves.through, moves.cause, moves.events.move_in, moves.events.move_out);
         let outer = self.outer();
         let d = outer
             .deps
@@ -797,13 +796,19 @@ impl Consumer {
         // waits in the inbox (taken in during the snapshot) may be a
         // transaction at or below the snapshot's position whose moves the
         // views lack: it is taken in first.
-        if behind || !outer.queue.is_empty() || !self.inbox.is_empty() {
+        // A transaction routed here but not received yet may be at or
+        // below what it processed (its snapshot's position), with moves
+        // its dependencies have not sent yet.
+        let routed = self.entry.last_routed.load(Ordering::SeqCst);
+        let in_flight = routed > self.last_received && outer.processed > self.last_received;
+        if behind || in_flight || !outer.queue.is_empty() || !self.inbox.is_empty() {
             return false;
         }
         let processed = outer.processed;
         let advanced = self.claims.made.is_none_or(|(_, lsn)| lsn < processed);
         let claim = (self.entry.reader.latest_offset(), processed);
         if self.claims.made != Some(claim) {
+            eprintln!("DEBUG claim {} {:?} through {:?} needed {:?} processed {} applied_cause {} views {:?}", self.entry.handle, claim, outer.dep_through, outer.dep_needed, outer.processed, outer.applied_cause, outer.views);
             self.claims.make(claim.0, claim.1);
             self.save_state();
         }

@@ -88,7 +88,7 @@ pub(super) async fn boot(stack: Arc<Inner>) {
         restore(&stack, &catalog, &known, row, clean, resume_lsn).await;
     }
     drop_unused_inner_shapes(&stack);
-    remove_orphans(&stack).await;
+    remove_orphans(&stack, &known).await;
     let slot = match early_slot {
         Some(slot) => slot,
         None => replication::acquire_slot(&stack).await,
@@ -284,19 +284,17 @@ async fn remove_storage(stack: &Inner, handle: &ShapeHandle) {
     }
 }
 
-async fn remove_orphans(stack: &Inner) {
+/// Directories no metadata row owns. A row's own directory is its
+/// shape's to keep or remove (a restored shape whose consumer failed
+/// removes it itself, possibly while this runs).
+async fn remove_orphans(stack: &Inner, known: &BTreeMap<String, ShapeHandle>) {
     let names = stack
         .env()
         .storage
         .list(SHAPES_DIR)
         .await
         .expect("list the shapes directory");
-    let live: BTreeSet<String> = stack
-        .registry()
-        .shapes
-        .keys()
-        .map(|h| h.as_str().to_string())
-        .collect();
+    let live: BTreeSet<String> = known.values().map(|h| h.as_str().to_string()).collect();
     for name in names.iter().filter(|n| !live.contains(*n)) {
         let dir = join(SHAPES_DIR, name);
         if let Err(e) = ShapeLog::remove(stack.env(), &dir).await {
