@@ -79,7 +79,6 @@ impl Consumer {
             // vouched for too (some may not even be sent yet): this shape
             // was not routed it, and cannot know.
             let sent = dep.last_routed.load(Ordering::SeqCst);
-            eprintln!("DEBUG subscribe {} to {} published {:?} sent {}", self.entry.handle, dep.handle, published, sent);
             let planted = crate::planted!(self.ctx.config, outer_view_from_materializer);
             let outer = self
                 .outer

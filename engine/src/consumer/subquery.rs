@@ -378,7 +378,6 @@ impl Consumer {
     /// A dependency's moves: noted, and queued (every one: they are changes
     /// from what the dependency published when this shape subscribed).
     pub(super) fn on_moves(&mut self, moves: DepMoves) {
-        eprintln!("DEBUG moves to {} from {} through {} cause {} in {:?} out {:?}", self.entry.handle, moves.dependency, moves.through, moves.cause, moves.events.move_in, moves.events.move_out);
         let outer = self.outer();
         let d = outer
             .deps
@@ -808,7 +807,6 @@ impl Consumer {
         let advanced = self.claims.made.is_none_or(|(_, lsn)| lsn < processed);
         let claim = (self.entry.reader.latest_offset(), processed);
         if self.claims.made != Some(claim) {
-            eprintln!("DEBUG claim {} {:?} through {:?} needed {:?} processed {} applied_cause {} views {:?}", self.entry.handle, claim, outer.dep_through, outer.dep_needed, outer.processed, outer.applied_cause, outer.views);
             self.claims.make(claim.0, claim.1);
             self.save_state();
         }

@@ -705,7 +705,9 @@ impl Checker {
         self.snapshotting.remove(handle);
         self.created_lagging.remove(handle);
         let accepted = self.accepted(handle, reason);
-        let received = self.run.received;
+        // Before replication connects (a removal during boot), what the
+        // slot confirmed is what the shape had.
+        let received = self.run.received.max(self.pg.slot_confirmed());
         let state = self.handle(handle);
         state.removed_at.get_or_insert(received);
         state.fate = Some(Fate::Removed(reason.clone()));
@@ -726,7 +728,9 @@ impl Checker {
             RemovalReason::SnapshotIncomplete => !state.complete_in_db,
             _ => false,
         } || state.removed_at.is_some();
-        let received = self.run.received;
+        // Before replication connects (a removal during boot), what the
+        // slot confirmed is what the shape had.
+        let received = self.run.received.max(self.pg.slot_confirmed());
         let state = self.handle(handle);
         // Its storage is being removed: a kill may leave it partly gone.
         state.removed_at.get_or_insert(received);
