@@ -207,7 +207,7 @@ async fn read(stack: &Arc<Inner>, entry: &Arc<ShapeEntry>, params: &Params) -> R
         // A subquery shape is read only up to its claim, where its log
         // holds its rows as of a known LSN.
         let claim = entry.claims().then(|| entry.claim());
-        let latest = readable_end(&entry);
+        let latest = readable_end(entry);
         let mut chunk_end = reader.chunk_end(offset).unwrap_or(latest);
         if claim.is_some() {
             chunk_end = chunk_end.min(latest.max(offset));

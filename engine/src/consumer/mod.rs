@@ -295,6 +295,13 @@ impl Delivered {
     }
 }
 
+/// What woke a consumer's loop.
+enum Wake {
+    Message(Option<ConsumerMsg>),
+    FlushDue,
+    Delivered,
+}
+
 struct Consumer {
     ctx: Context,
     entry: Arc<ShapeEntry>,
@@ -438,28 +445,54 @@ impl Consumer {
                 }
                 continue;
             }
-            let next = match self.writer.flush_deadline_ms() {
-                None => Either::Left(self.rx.next().await),
-                Some(deadline_ms) => {
-                    let wait_ms = deadline_ms.saturating_sub(self.ctx.env.clock.now_ms());
-                    let sleep = self.ctx.env.clock.sleep_ms(wait_ms);
-                    match future::select(self.rx.next(), sleep).await {
-                        Either::Left((msg, _)) => Either::Left(msg),
-                        Either::Right(((), _)) => Either::Right(()),
-                    }
-                }
-            };
+            let next = self.next_wake().await;
             if self.entry.is_removed() {
                 return Stop::Removed; // queued work for a removed shape is moot
             }
             let result = match next {
-                Either::Left(None) => return Stop::Removed,
-                Either::Left(Some(msg)) => self.handle(msg).await,
-                Either::Right(()) => self.flush_if_due().await,
+                Wake::Message(None) => return Stop::Removed,
+                Wake::Message(Some(msg)) => self.handle(msg).await,
+                Wake::FlushDue => self.flush_if_due().await,
+                Wake::Delivered => Ok(()), // a claim may be due (settled above)
             };
             if let Err(stop) = result {
                 return stop;
             }
+        }
+    }
+
+    /// Waits for a message, the flush deadline or (a subquery shape whose
+    /// claim waits for the intake) more delivered.
+    async fn next_wake(&mut self) -> Wake {
+        let delivered = self.ctx.delivered.clone();
+        let listener = delivered.changed.listen();
+        let awaits_delivery = self.undelivered();
+        let clock = &self.ctx.env.clock;
+        let wait_ms = self
+            .writer
+            .flush_deadline_ms()
+            .map(|deadline_ms| deadline_ms.saturating_sub(clock.now_ms()));
+        let other = async move {
+            let sleep = async {
+                match wait_ms {
+                    Some(ms) => clock.sleep_ms(ms).await,
+                    None => future::pending().await,
+                }
+            };
+            let delivery = async {
+                match awaits_delivery {
+                    true => listener.await,
+                    false => future::pending().await,
+                }
+            };
+            match future::select(pin!(sleep), pin!(delivery)).await {
+                Either::Left(_) => Wake::FlushDue,
+                Either::Right(_) => Wake::Delivered,
+            }
+        };
+        match future::select(self.rx.next(), pin!(other)).await {
+            Either::Left((msg, _)) => Wake::Message(msg),
+            Either::Right((wake, _)) => wake,
         }
     }
 

@@ -111,6 +111,11 @@ impl Outer {
             .map(|(&through, &needed)| through.max(needed))
             .collect();
         self.processed = processed;
+        // Moves applied before their cause was processed: a claim waits
+        // for that cause again (it is delivered again: it is past
+        // `processed`).
+        self.applied_cause = state.applied_cause;
+        self.seen_cause = state.applied_cause;
         self.catch_up = state
             .dep_through
             .iter()
@@ -135,6 +140,7 @@ impl Outer {
             dep_through,
             dep_needed: self.dep_needed.clone(),
             processed: self.processed,
+            applied_cause: self.applied_cause,
             claim: None,
         }
     }
@@ -784,6 +790,13 @@ impl Consumer {
         }
     }
 
+    /// Whether the intake has yet to route everything up to what this
+    /// shape processed (its snapshot's position may be ahead of it).
+    pub(super) fn undelivered(&self) -> bool {
+        let delivered = self.ctx.delivered.lsn.load(Ordering::SeqCst);
+        self.outer.as_ref().is_some_and(|o| delivered < o.processed)
+    }
+
     /// Whether the claim advanced.
     fn claim_if_consistent(&mut self) -> bool {
         let outer = self.outer.as_ref().expect("a subquery shape");
@@ -800,7 +813,11 @@ impl Consumer {
         // its dependencies have not sent yet.
         let routed = self.entry.last_routed.load(Ordering::SeqCst);
         let in_flight = routed > self.last_received && outer.processed > self.last_received;
-        if behind || in_flight || !outer.queue.is_empty() || !self.inbox.is_empty() {
+        // A transaction at or below what it processed (a snapshot's
+        // position) that the intake has not routed yet may change a
+        // dependency this shape's views do not reflect.
+        let undelivered = self.undelivered();
+        if behind || in_flight || undelivered || !outer.queue.is_empty() || !self.inbox.is_empty() {
             return false;
         }
         let processed = outer.processed;

@@ -79,6 +79,13 @@ pub struct OuterState {
     /// The last transaction processed (applied, skipped, or judged to
     /// write nothing).
     pub processed: crate::replication::Lsn,
+    /// The highest cause of the dependency moves the views reflect: a move
+    /// is applied as soon as it arrives, possibly before the transaction
+    /// that caused it reaches this shape, so the views may be ahead of
+    /// `processed`; the shape is consistent again only once it has
+    /// processed this far.
+    #[serde(default)]
+    pub applied_cause: crate::replication::Lsn,
     /// The last claim at or below the durable offset: its log up to the
     /// offset holds its rows as of the LSN.
     pub claim: Option<(LogOffset, crate::replication::Lsn)>,
