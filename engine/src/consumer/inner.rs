@@ -12,7 +12,7 @@
 
 use super::{Consumer, ConsumerMsg, Stop};
 use crate::env::Event;
-use crate::env::events::SkipReason;
+use crate::env::events::{RemovalReason, SkipReason};
 use crate::handle::ShapeHandle;
 use crate::moves::materializer::{InnerChange, Materializer, MoveEvents, RowMeta, Violation};
 use crate::replication::{Change, Lsn, Transaction, Xid};
@@ -276,9 +276,12 @@ impl Consumer {
             };
             let mut tx = subscriber.tx.clone();
             if tx.send(ConsumerMsg::Moves(moves)).await.is_err() {
-                // The outer shape was removed (its channel is closed): it
-                // needs nothing any more, and the stack unsubscribes it.
-                continue;
+                // Its consumer is gone: removed (the stack unsubscribes
+                // it), or stopped for a shutdown. The stack is asked to
+                // remove it; it declines the second (PR 4648's bug 6: a
+                // teardown race deleted a healthy shape).
+                let reason = RemovalReason::ConsumerGone;
+                self.ctx.remover.remove_shape(&subscriber.outer, reason);
             }
         }
     }

@@ -113,6 +113,18 @@ pub struct ShapeEntry {
     /// A subquery shape's claim: its log up to this offset holds its rows
     /// as of this LSN (`None` until its snapshot is done).
     claim: Mutex<Option<(LogOffset, Lsn)>>,
+    /// Removed, or its consumer stopped for a shutdown (whichever came
+    /// first: the other is then declined).
+    fate: Mutex<Fate>,
+}
+
+/// What ended a shape's service in this instance.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Fate {
+    Serving,
+    Removed,
+    /// Stopped for a shutdown: the next boot restores it.
+    Stopped,
 }
 
 impl ShapeEntry {
@@ -133,6 +145,7 @@ impl ShapeEntry {
             tx,
             changed: event_listener::Event::new(),
             removed: AtomicBool::new(false),
+            fate: Mutex::new(Fate::Serving),
             snapshot_lsn: AtomicU64::new(snapshot_lsn),
             deps: Vec::new(),
             dep_entries: Vec::new(),
@@ -245,6 +258,32 @@ impl ShapeEntry {
 
     /// Marks the entry removed, wakes its readers and closes its consumer's
     /// channel (the consumer then deletes the storage).
+    /// Marks it removed, unless its consumer stopped for a shutdown first
+    /// (then the shape stays, for the next boot): false.
+    pub(crate) fn mark_removed(&self) -> bool {
+        let mut fate = self.fate.lock().expect("fate");
+        match *fate {
+            Fate::Stopped => false,
+            Fate::Serving | Fate::Removed => {
+                *fate = Fate::Removed;
+                true
+            }
+        }
+    }
+
+    /// Marks its consumer stopped for a shutdown, unless it was removed
+    /// first (then the consumer finishes the removal): false.
+    fn mark_stopped(&self) -> bool {
+        let mut fate = self.fate.lock().expect("fate");
+        match *fate {
+            Fate::Removed => false,
+            Fate::Serving | Fate::Stopped => {
+                *fate = Fate::Stopped;
+                true
+            }
+        }
+    }
+
     pub(crate) fn retire(&self) {
         self.removed.store(true, Ordering::SeqCst);
         self.changed.notify(usize::MAX);
@@ -396,6 +435,9 @@ pub(crate) async fn run(
         }
         // Not removed: the next boot restores it. What waits on it (the
         // drain) was answered.
+        // A removal during the drain (a dependency failed) is finished
+        // here: nothing else deletes its storage.
+        Stop::Shutdown if !entry.mark_stopped() => {}
         Stop::Shutdown => return,
         Stop::Drain(_) => unreachable!("a move-in handles the drain it meets"),
         Stop::Removed => {}
@@ -466,7 +508,7 @@ impl Consumer {
     async fn next_wake(&mut self) -> Wake {
         let delivered = self.ctx.delivered.clone();
         let listener = delivered.changed.listen();
-        let awaits_delivery = self.undelivered();
+        let awaits_delivery = self.awaits_delivery();
         let clock = &self.ctx.env.clock;
         let wait_ms = self
             .writer

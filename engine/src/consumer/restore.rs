@@ -223,15 +223,16 @@ impl Consumer {
         if let Some(materializer) = &mut self.materializer {
             materializer.commit();
             let values = materializer.values().cloned().collect();
-            // A nested inner shape vouches only for what it claimed.
-            let vouched = match &self.outer {
-                Some(_) => self.vouched(),
-                None => through,
+            // A nested inner shape vouches only for what it claimed, and
+            // its log may hold moves caused past that (`applied_cause`).
+            let (vouched, cause) = match &self.outer {
+                Some(outer) => (self.vouched(), outer.cause().max(through)),
+                None => (through, through),
             };
             self.entry.publish(super::Published {
                 values,
                 through: vouched,
-                cause: through,
+                cause,
             });
         }
         self.entry.snapshot_done.store(true, Ordering::SeqCst);

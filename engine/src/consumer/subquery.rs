@@ -797,8 +797,33 @@ impl Consumer {
         self.outer.as_ref().is_some_and(|o| delivered < o.processed)
     }
 
+    /// Whether this shape waits for the intake to deliver more: to claim
+    /// what it processed, or to pass its moves' cause.
+    pub(super) fn awaits_delivery(&self) -> bool {
+        let delivered = self.ctx.delivered.lsn.load(Ordering::SeqCst);
+        self.outer
+            .as_ref()
+            .is_some_and(|o| delivered < o.processed.max(o.applied_cause))
+    }
+
+    /// Moves whose cause was never routed here (a restored inner shape
+    /// publishes what it holds as of where replication resumed): once the
+    /// intake has delivered past that cause and every transaction routed
+    /// here is taken in, there is nothing between `processed` and it that
+    /// concerns this shape, so it has processed that far.
+    fn pass_unrouted(&mut self) {
+        let delivered = self.ctx.delivered.lsn.load(Ordering::SeqCst);
+        let routed = self.entry.last_routed.load(Ordering::SeqCst);
+        let idle = routed <= self.last_received && self.inbox.is_empty();
+        let outer = self.outer.as_mut().expect("a subquery shape");
+        if idle && outer.processed < outer.applied_cause && delivered >= outer.applied_cause {
+            outer.processed = outer.applied_cause;
+        }
+    }
+
     /// Whether the claim advanced.
     fn claim_if_consistent(&mut self) -> bool {
+        self.pass_unrouted();
         let outer = self.outer.as_ref().expect("a subquery shape");
         let behind = (0..outer.deps.len())
             .any(|d| outer.catching_up(d) || outer.dep_through[d] < outer.dep_needed[d])

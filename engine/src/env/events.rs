@@ -122,6 +122,12 @@ pub enum Event {
     /// held were written with the views before it, and the move is left
     /// for the next boot to re-derive.
     MoveInSuspended { handle: ShapeHandle, held: usize },
+    /// A removal found the shape's consumer stopped for a shutdown: the
+    /// shape stays, for the next boot.
+    RemovalDeclined {
+        handle: ShapeHandle,
+        reason: RemovalReason,
+    },
     /// The engine is acknowledging `lsn` to the slot (sent next).
     Acknowledged { lsn: Lsn },
     /// A batch of the metadata write buffer was committed to SQLite.
@@ -402,6 +408,11 @@ impl fmt::Display for Event {
             } => write!(
                 f,
                 "{handle} caught up with dependency {dependency} (recorded at {outer_through}, inner restored at {inner_through}): {moves} moves"
+            ),
+            Event::RemovalDeclined { handle, reason } => write!(
+                f,
+                "{handle} stays: its consumer stopped for the shutdown (removal for {} declined)",
+                reason.name()
             ),
             Event::MoveInSuspended { handle, held } => {
                 write!(

@@ -352,9 +352,25 @@ impl Inner {
         let mut unused = Vec::new();
         let entry = {
             let mut registry = self.registry();
-            let Some(entry) = registry.shapes.remove(handle) else {
+            let Some(entry) = registry.shapes.get(handle).cloned() else {
                 return false;
             };
+            // Planted `remove-metadata-first` (PR 4648's bug 6): the
+            // metadata goes before the shape is out of service.
+            if crate::planted!(self.config, remove_metadata_first) {
+                self.db.remove_shape(handle);
+            }
+            // Out of service first, then the metadata: a shape whose
+            // consumer already stopped for a shutdown stays (the next boot
+            // restores it), with its metadata.
+            if !entry.mark_removed() {
+                self.env().emit(Event::RemovalDeclined {
+                    handle: handle.clone(),
+                    reason,
+                });
+                return false;
+            }
+            registry.shapes.remove(handle);
             for table in entry.shape.tables() {
                 if let Some(set) = registry.by_table.get_mut(&table) {
                     set.remove(handle);

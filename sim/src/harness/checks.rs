@@ -248,6 +248,7 @@ pub async fn converge(
             let (check, why) = stuck(index, client, &oracle, pg);
             break Err(Failure::new(check, why, Some(index), &trace));
         }
+        let asked_handle = client.handle.clone();
         let applied = match exchange(index, client, checker, net, rules.request_timeout_ms).await {
             Ok(Some(applied)) => applied,
             Ok(None) => continue,
@@ -263,7 +264,15 @@ pub async fn converge(
                 break Ok(());
             }
             Outcome::Data { .. } => {}
-            Outcome::Refetch { .. } => conflicts += 1,
+            // A shape whose own files had I/O errors injected may be
+            // dropped again and again (a many-chunk snapshot does many
+            // writes): those refetches are the faults', not a loop.
+            Outcome::Refetch { .. } => {
+                let faulted = asked_handle
+                    .as_deref()
+                    .is_some_and(|h| checker::lock(checker).io_faulted(h));
+                conflicts += u64::from(!faulted);
+            }
             Outcome::Retry { .. } => madsim::time::sleep(Duration::from_millis(50)).await,
             Outcome::Unexpected { status, body } => {
                 let why = format!("shape {index}: {status}: {body}");

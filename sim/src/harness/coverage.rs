@@ -102,7 +102,7 @@ pub struct Coverage {
 }
 
 /// The keys of [`Coverage::subqueries`].
-pub const SUBQUERY_KEYS: [&str; 14] = [
+pub const SUBQUERY_KEYS: [&str; 15] = [
     "shapes_depth_1",
     "shapes_depth_2",
     "shapes_depth_3",
@@ -117,6 +117,7 @@ pub const SUBQUERY_KEYS: [&str; 14] = [
     "restored_inner_outer_apart",
     "restore_moves",
     "move_ins_suspended",
+    "teardown_removals_declined",
 ];
 
 /// Subquery counters only a sweep with restarts reaches.
@@ -128,8 +129,9 @@ const RESTORE_KEYS: [&str; 4] = [
 ];
 
 /// Subquery counters reported but never a gap (rare by nature: a graceful
-/// drain that meets a move-in in flight).
-const RARE_SUBQUERY_KEYS: [&str; 1] = ["move_ins_suspended"];
+/// drain that meets a move-in in flight; an inner shape publishing to a
+/// subquery shape that stopped for the shutdown before it).
+const RARE_SUBQUERY_KEYS: [&str; 2] = ["move_ins_suspended", "teardown_removals_declined"];
 
 impl Default for Coverage {
     fn default() -> Coverage {

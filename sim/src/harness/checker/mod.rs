@@ -381,6 +381,11 @@ impl Checker {
         self.requested.insert(handle.to_string());
     }
 
+    /// Whether I/O errors were injected into `handle`'s files.
+    pub fn io_faulted(&self, handle: &str) -> bool {
+        self.io_faulted.contains(handle)
+    }
+
     /// An I/O error was injected into `handle`'s files.
     pub fn io_injected(&mut self, handle: &str, op: super::faults::IoOp) {
         self.coverage.io_errors_injected += 1;
@@ -521,6 +526,7 @@ impl Checker {
                 self.coverage.subquery_add("restore_moves", *moves as u64);
             }
             Event::MoveInSuspended { .. } => self.coverage.subquery("move_ins_suspended"),
+            Event::RemovalDeclined { .. } => self.coverage.subquery("teardown_removals_declined"),
             Event::LogTrimmed { .. }
             | Event::ForeignDirRemoved { .. }
             | Event::Ready
