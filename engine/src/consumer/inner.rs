@@ -218,12 +218,12 @@ impl Consumer {
         self.report_flush();
     }
 
-    /// How far a nested inner shape vouches: what it claimed, never past
-    /// what it received (or, restored, what its durable state reflects).
+    /// How far a nested inner shape vouches: what it claimed (a claim
+    /// waits until everything up to it is delivered and every transaction
+    /// routed to it there is taken in, so a claim at its snapshot's
+    /// position, above anything it received, is sound).
     pub(super) fn vouched(&self) -> Lsn {
-        self.claims
-            .lsn()
-            .min(self.last_received.max(self.replayed_through))
+        self.claims.lsn()
     }
 
     /// Tells the flush tracker it applied everything it was sent up to `lsn`.
@@ -253,7 +253,9 @@ impl Consumer {
             // What it claimed: every transaction up to there is processed
             // (or reflected by its restored state) and its moves sent.
             Some(outer) => (self.vouched(), outer.cause().max(through)),
-            None => (through, through),
+            // Never below its snapshot's position, which it vouched for at
+            // the snapshot (a transaction the snapshot saw may come later).
+            None => (through.max(self.entry.snapshot_lsn()), through),
         };
         let Some(materializer) = &mut self.materializer else {
             return;

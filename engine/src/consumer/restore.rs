@@ -254,8 +254,8 @@ impl Consumer {
         self.claims.restored(state.claim);
         let outer = self.outer.as_mut().expect("a subquery shape");
         outer.resume(state, processed);
-        let state = outer.state();
-        self.writer.set_outer_state(state);
+        // With its claim: the next metadata write must not forget it.
+        self.save_state();
     }
 
     /// Feeds the materializer the whole durable log: each snapshot chunk,

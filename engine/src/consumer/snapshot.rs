@@ -77,8 +77,14 @@ impl Consumer {
             });
             // What was routed to it before this shape existed must be
             // vouched for too (some may not even be sent yet): this shape
-            // was not routed it, and cannot know.
-            let sent = dep.last_routed.load(Ordering::SeqCst);
+            // was not routed it, and cannot know. So must its snapshot's
+            // position: a nested inner shape publishes what it vouches
+            // for, which may be nothing yet, while its values reflect its
+            // snapshot (subqueries-restart seed 445, drop mode).
+            let sent = dep
+                .last_routed
+                .load(Ordering::SeqCst)
+                .max(dep.snapshot_lsn());
             let planted = crate::planted!(self.ctx.config, outer_view_from_materializer);
             let outer = self
                 .outer
@@ -171,9 +177,16 @@ impl Consumer {
             materializer.commit();
             let values = materializer.values().cloned().collect();
             let cause = self.outer.as_ref().map_or(0, |o| o.cause());
+            // A plain inner shape vouches for its snapshot's position: every
+            // transaction up to it is in the snapshot (and is skipped, with
+            // no moves); a nested one only for what it will have claimed.
+            let through = match self.outer {
+                None => wal_lsn,
+                Some(_) => 0,
+            };
             self.entry.publish(Published {
                 values,
-                through: 0,
+                through,
                 cause: cause.max(wal_lsn),
             });
         }

@@ -1,51 +1,34 @@
 //! The consumer of a subquery shape (an outer shape): it routes whole
 //! transactions itself, judged with its own views of its dependencies,
 //! and turns its dependencies' moves into `move-out` events and spliced
-//! move-ins (ARCHITECTURE.md, "Serving subquery shapes").
+//! move-ins (`move_in.rs`; ARCHITECTURE.md, "Serving subquery shapes").
 //!
-//! Its views are its own state: taken from its snapshot (in the same
-//! Postgres snapshot as its rows) and changed only by moves it applies,
-//! never read from a materializer. A move made by a transaction its
-//! snapshot sees is skipped, as that transaction's changes are.
-//!
-//! What it may claim: the log up to the claimed offset holds exactly the
-//! shape's rows as of the claimed LSN. It claims only when steady (no move
-//! queued, no move-in in flight), when every dependency has vouched for
-//! every transaction it received that touches the dependency's tables (a
-//! dependency sends a transaction's moves before or with its vouching, so
-//! they have been applied), and when it has processed the transaction each
-//! applied move reflects; the flush tracker hears "applied" only then, so
-//! `global_last_seen_lsn` never names an LSN whose moves it has not
-//! applied.
+//! Its views are its own state: they start from what each inner shape
+//! published when this shape subscribed (a restored shape: from the state
+//! its metadata recorded, caught up with each inner shape by moves) and
+//! change only by moves it applies, never by reading a materializer.
+//! What it claims, and when, is `claims.rs`'s.
 
 use super::inner::{DepMoves, feed, inner_changes, tell_taken};
 use super::restore::CatchUp;
-use super::{Consumer, ConsumerMsg, Stop};
+use super::{Consumer, Stop};
 use crate::env::Event;
-use crate::env::events::{ConsumerFailure, RemovalReason, SkipReason, SpliceRule};
+use crate::env::events::SkipReason;
 use crate::handle::ShapeHandle;
 use crate::log::{LogEntry, Operation, OuterState};
 use crate::moves::Tuple;
 use crate::moves::materializer::{InnerChange, MoveEvents, RowMeta};
-use crate::moves::query::move_in_where;
 use crate::moves::queue::{MoveBatch, MoveKind, MoveQueue};
-use crate::moves::splice::{Boundary, BoundaryRule};
 use crate::offset::LogOffset;
-use crate::replication::{Lsn, SnapshotQuery, SnapshotResult, Transaction, Xid};
+use crate::replication::{Lsn, Transaction, Xid};
 use crate::router::{self, Tagging};
 use crate::schema::{TableName, Value};
 use crate::shape::dnf::DnfPlan;
 use crate::shape::tags::{self, View};
 use crate::wire::{self, RowTags};
-use futures::StreamExt;
-use futures::channel::mpsc::TryRecvError;
 use futures::channel::oneshot;
-use futures::future::{self, Either};
 use std::collections::BTreeSet;
-use std::future::Future;
-use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 /// The stack id in tag hashes (Electric's default).
 pub const STACK_ID: &str = "single_stack";
@@ -57,26 +40,26 @@ pub const MOVE_IN_BUFFER_LIMIT: usize = 1_000;
 /// An outer consumer's own state.
 pub(crate) struct Outer {
     /// The inner shapes, in plan order.
-    deps: Vec<ShapeHandle>,
-    dep_tables: Vec<BTreeSet<TableName>>,
+    pub(super) deps: Vec<ShapeHandle>,
+    pub(super) dep_tables: Vec<BTreeSet<TableName>>,
     /// Per dependency: the value tuples this shape has applied.
     pub views: Vec<View>,
-    queue: MoveQueue,
+    pub(super) queue: MoveQueue,
     /// Per dependency: how far its moves have arrived, and how far they
     /// must have for this shape to be consistent.
-    dep_through: Vec<Lsn>,
-    dep_needed: Vec<Lsn>,
+    pub(super) dep_through: Vec<Lsn>,
+    pub(super) dep_needed: Vec<Lsn>,
     /// The last transaction processed (applied or skipped), and its xid.
-    processed: Lsn,
-    last_xid: Xid,
+    pub(super) processed: Lsn,
+    pub(super) last_xid: Xid,
     /// The highest `cause` of the dependency moves received, and of those
     /// applied: the shape is consistent only once it has processed that far.
-    seen_cause: Lsn,
-    applied_cause: Lsn,
+    pub(super) seen_cause: Lsn,
+    pub(super) applied_cause: Lsn,
     /// Per dependency, while a restored shape follows it up to the
     /// position its state recorded (`None` once caught up, and for a new
     /// shape).
-    catch_up: Vec<Option<CatchUp>>,
+    pub(super) catch_up: Vec<Option<CatchUp>>,
 }
 
 impl Outer {
@@ -193,58 +176,12 @@ impl Outer {
     }
 }
 
-/// A subquery shape's claims. A claim is served only once the metadata
-/// records it (written with the next flush): a restore resumes from the
-/// recorded claim, so a client never holds rows of a claim a restart could
-/// take back, nor sees the claim go backwards.
-#[derive(Debug, Default)]
-pub(super) struct Claims {
-    /// The last claim made (recorded or not).
-    pub made: Option<(LogOffset, Lsn)>,
-}
-
-impl Claims {
-    fn make(&mut self, offset: LogOffset, lsn: Lsn) {
-        self.made = Some((offset, lsn));
-    }
-
-    /// The LSN of the last claim made (0 before any).
-    pub fn lsn(&self) -> Lsn {
-        self.made.map_or(0, |(_, lsn)| lsn)
-    }
-
-    /// A claim restored at boot (recorded by construction).
-    pub fn restored(&mut self, claim: Option<(LogOffset, Lsn)>) {
-        self.made = claim;
-    }
-}
-
 impl Consumer {
-    /// Serves the claim the metadata records, once it is newer.
-    pub(super) fn promote_claims(&mut self) {
-        let recorded = self.writer.meta().outer.as_ref().and_then(|o| o.claim);
-        if let Some((offset, lsn)) = recorded
-            && self.entry.claim() != Some((offset, lsn))
-        {
-            self.entry.set_claim(offset, lsn);
-            self.entry.changed.notify(usize::MAX);
-        }
-    }
-}
-
-/// A move-in in flight: the transactions it holds back and its boundary.
-#[derive(Default)]
-struct MoveIn {
-    held: Vec<Arc<Transaction>>,
-    boundary: Boundary,
-}
-
-impl Consumer {
-    fn outer(&mut self) -> &mut Outer {
+    pub(super) fn outer(&mut self) -> &mut Outer {
         self.outer.as_mut().expect("a subquery shape's consumer")
     }
 
-    fn plan(&self) -> &DnfPlan {
+    pub(super) fn plan(&self) -> &DnfPlan {
         self.entry
             .shape
             .plan()
@@ -293,7 +230,7 @@ impl Consumer {
         self.drain_moves().await
     }
 
-    fn received(&mut self, txn: &Transaction) {
+    pub(super) fn received(&mut self, txn: &Transaction) {
         assert!(
             txn.commit_lsn > self.last_received,
             "transactions reach {} out of order",
@@ -304,7 +241,7 @@ impl Consumer {
 
     /// Writes `txn` judged with the current views (or skips it), feeds the
     /// materializer and publishes its moves.
-    async fn apply_outer_txn(&mut self, txn: &Transaction) -> Result<(), Stop> {
+    pub(super) async fn apply_outer_txn(&mut self, txn: &Transaction) -> Result<(), Stop> {
         let lsn = txn.commit_lsn;
         if lsn <= self.replayed_through {
             // A restored shape's durable state already reflects it.
@@ -363,7 +300,7 @@ impl Consumer {
         Ok(true)
     }
 
-    fn commit(&mut self) -> Result<(), Stop> {
+    pub(super) fn commit(&mut self) -> Result<(), Stop> {
         self.writer.commit()?;
         self.save_state();
         self.entry.changed.notify(usize::MAX);
@@ -459,7 +396,7 @@ impl Consumer {
     }
 
     /// Changes the view of `batch`'s dependency as the batch says.
-    fn change_view(&mut self, batch: &MoveBatch) {
+    pub(super) fn change_view(&mut self, batch: &MoveBatch) {
         let view = &mut self.outer().views[batch.dependency];
         for tuple in &batch.tuples {
             let changed = match batch.kind {
@@ -474,7 +411,7 @@ impl Consumer {
     }
 
     /// `{pos, value}` patterns: every position of the dependency, every tuple.
-    fn patterns(&self, dependency: usize, tuples: &[Tuple]) -> Vec<(usize, String)> {
+    pub(super) fn patterns(&self, dependency: usize, tuples: &[Tuple]) -> Vec<(usize, String)> {
         let plan = self.plan();
         let handle = self.entry.handle.as_str();
         let mut out = Vec::new();
@@ -493,7 +430,7 @@ impl Consumer {
     /// record (Electric's `increment(last_seen_offset)`); before any
     /// record, at the snapshot's WAL position, where no transaction that
     /// is not skipped can sit.
-    fn next_offset(&self) -> LogOffset {
+    pub(super) fn next_offset(&self) -> LogOffset {
         match self.writer.last_appended() {
             Some(last) => last.increment(),
             None => {
@@ -511,7 +448,7 @@ impl Consumer {
         }
     }
 
-    async fn append_control(&mut self, json: String) -> Result<(), Stop> {
+    pub(super) async fn append_control(&mut self, json: String) -> Result<(), Stop> {
         let entry = LogEntry {
             offset: self.next_offset(),
             operation: Operation::Control,
@@ -523,7 +460,7 @@ impl Consumer {
     }
 
     /// A nested inner shape's own move event, for its materializer.
-    fn feed_move(&mut self, kind: MoveKind, patterns: &[(usize, String)]) {
+    pub(super) fn feed_move(&mut self, kind: MoveKind, patterns: &[(usize, String)]) {
         if let Some(materializer) = &mut self.materializer {
             let change = InnerChange::Move {
                 kind,
@@ -551,316 +488,5 @@ impl Consumer {
         let through = self.outer().processed;
         self.publish(batch.txids.clone(), through).await;
         Ok(())
-    }
-
-    /// A move-in: the query, the buffering, the splice.
-    async fn move_in(&mut self, batch: MoveBatch) -> Result<(), Stop> {
-        let before = self.outer().views.clone();
-        self.change_view(&batch);
-        let after = self.outer().views.clone();
-        let where_sql = move_in_where(self.plan(), batch.dependency, &before, &after);
-        let query = SnapshotQuery {
-            table: self.entry.shape.table.name.clone(),
-            where_sql: Some(where_sql),
-            dependencies: Vec::new(),
-        };
-        let mut state = MoveIn::default();
-        let (result, at, rule) = match self.prepare_move_in(query, &mut state).await {
-            Ok(ready) => ready,
-            Err(Stop::Drain(reply)) => return self.suspend_move_in(before, state, reply).await,
-            Err(stop) => return Err(stop),
-        };
-        // Planted `splice-at-wrong-boundary`: one transaction early.
-        let at = match crate::planted!(self.ctx.config, splice_at_wrong_boundary) {
-            true => at.saturating_sub(1),
-            false => at,
-        };
-        let MoveIn { held, .. } = state;
-        self.outer().views = before;
-        for txn in &held[..at] {
-            self.apply_outer_txn(txn).await?;
-        }
-        let rows = self.write_move_in(&batch, after, &result).await?;
-        self.ctx
-            .env
-            .crash_point(crate::env::CrashPoint::MoveInSplice)
-            .await;
-        for txn in &held[at..] {
-            self.apply_outer_txn(txn).await?;
-        }
-        self.commit()?;
-        let rule = match rule {
-            BoundaryRule::FirstInvisible => SpliceRule::FirstInvisible,
-            BoundaryRule::ReachedQueryLsn => SpliceRule::ReachedQueryLsn,
-        };
-        self.ctx.env.emit(Event::MovedIn {
-            handle: self.entry.handle.clone(),
-            dependency: batch.dependency,
-            values: batch.tuples.len(),
-            rows,
-            rule,
-        });
-        Ok(())
-    }
-
-    /// Takes in what waits, runs the query and waits for the boundary:
-    /// the query's result and where to splice.
-    async fn prepare_move_in(
-        &mut self,
-        query: SnapshotQuery,
-        state: &mut MoveIn,
-    ) -> Result<(SnapshotResult, usize, BoundaryRule), Stop> {
-        // What waits in the inbox (from the snapshot) came before anything
-        // the channel holds: it is taken in first.
-        while let Some(msg) = self.inbox.pop_front() {
-            self.during_move_in(msg, state).await?;
-        }
-        let result = self.move_in_query(query, state).await?;
-        state.boundary.snapshot_known(result.visibility.clone());
-        loop {
-            if let Some((at, rule)) = state.boundary.get() {
-                return Ok((result, at, rule));
-            }
-            self.wait_for_boundary(state).await?;
-        }
-    }
-
-    /// A graceful drain came during a move-in, whose boundary may need
-    /// transactions the stopped intake will never deliver: the held
-    /// transactions are written with the views before the move, which
-    /// stays unapplied (the state written with them says so, and the next
-    /// boot re-derives it); then the consumer stops.
-    async fn suspend_move_in(
-        &mut self,
-        before: Vec<View>,
-        state: MoveIn,
-        reply: oneshot::Sender<()>,
-    ) -> Result<(), Stop> {
-        self.outer().views = before;
-        let held = state.held.len();
-        for txn in &state.held {
-            self.apply_outer_txn(txn).await?;
-        }
-        self.commit()?;
-        self.ctx.env.emit(Event::MoveInSuspended {
-            handle: self.entry.handle.clone(),
-            held,
-        });
-        self.drain(reply).await?;
-        Err(Stop::Shutdown)
-    }
-
-    /// The `move-in` event, the moved-in rows (tagged with the views
-    /// after the move, which become the views) and, if there were rows,
-    /// `snapshot-end`. Returns the number of rows.
-    async fn write_move_in(
-        &mut self,
-        batch: &MoveBatch,
-        after: Vec<View>,
-        result: &SnapshotResult,
-    ) -> Result<usize, Stop> {
-        let patterns = self.patterns(batch.dependency, &batch.tuples);
-        self.append_control(wire::move_event(MoveKind::In, &patterns, &batch.txids))
-            .await?;
-        self.feed_move(MoveKind::In, &patterns);
-        self.outer().views = after;
-        let shape = self.entry.shape.clone();
-        let table = &shape.table;
-        for row in &result.rows {
-            let key = wire::row_key(table, row);
-            let tags = self.row_tags(row).expect("a subquery shape");
-            let value = wire::values(table, row, shape.selected.iter().copied());
-            let json = wire::move_in_row(table, &key, value, &tags);
-            let entry = LogEntry {
-                offset: self.next_offset(),
-                operation: Operation::Insert,
-                key: key.clone(),
-                json,
-            };
-            self.writer.append(entry).await?;
-            if self.materializer.is_some() {
-                let change = InnerChange::Insert {
-                    key,
-                    value: shape.tuple(row),
-                    meta: self.row_meta(row),
-                };
-                if let Some(materializer) = &mut self.materializer {
-                    feed(materializer, &self.entry.handle, vec![change]);
-                }
-            }
-        }
-        if !result.rows.is_empty() {
-            self.append_control(wire::snapshot_end(&result.visibility))
-                .await?;
-        }
-        let through = self.outer().processed;
-        self.publish(batch.txids.clone(), through).await;
-        Ok(result.rows.len())
-    }
-
-    /// Runs the move-in query (retried like the snapshot query) while
-    /// messages are buffered.
-    async fn move_in_query(
-        &mut self,
-        query: SnapshotQuery,
-        state: &mut MoveIn,
-    ) -> Result<SnapshotResult, Stop> {
-        let config = self.ctx.config;
-        let give_up_ms = self.ctx.env.clock.now_ms() + config.snapshot_timeout_ms;
-        loop {
-            let (postgres, query) = (self.ctx.postgres.clone(), query.clone());
-            let attempt = async move { postgres.snapshot(query).await };
-            match self.while_moving(attempt, state).await? {
-                Ok(result) => return Ok(result),
-                Err(e) if self.ctx.env.clock.now_ms() >= give_up_ms => {
-                    return Err(Stop::Failed(RemovalReason::SnapshotGaveUp(e)));
-                }
-                Err(_) => {
-                    let backoff = self.ctx.env.clock.sleep_ms(config.retry_backoff_ms);
-                    self.while_moving(backoff, state).await?;
-                }
-            }
-        }
-    }
-
-    /// Waits until the intake has delivered more (rule (b) of the
-    /// boundary), first taking in everything already delivered.
-    async fn wait_for_boundary(&mut self, state: &mut MoveIn) -> Result<(), Stop> {
-        let delivered = self.ctx.delivered.clone();
-        let listener = delivered.changed.listen();
-        let lsn = delivered.lsn.load(Ordering::SeqCst);
-        loop {
-            match self.rx.try_recv() {
-                Ok(msg) => self.during_move_in(msg, state).await?,
-                Err(TryRecvError::Closed) => return Err(Stop::Removed),
-                Err(TryRecvError::Empty) => break,
-            }
-        }
-        state.boundary.reached(lsn);
-        if state.boundary.get().is_some() {
-            return Ok(());
-        }
-        self.while_moving(listener, state).await
-    }
-
-    /// Runs `work` while taking in what arrives (buffered, or queued).
-    async fn while_moving<T>(
-        &mut self,
-        work: impl Future<Output = T>,
-        state: &mut MoveIn,
-    ) -> Result<T, Stop> {
-        let mut work = pin!(work);
-        loop {
-            match future::select(work.as_mut(), self.rx.next()).await {
-                Either::Left((value, _)) => return Ok(value),
-                Either::Right((Some(msg), _)) => self.during_move_in(msg, state).await?,
-                Either::Right((None, _)) => return Err(Stop::Removed),
-            }
-        }
-    }
-
-    async fn during_move_in(&mut self, msg: ConsumerMsg, state: &mut MoveIn) -> Result<(), Stop> {
-        match msg {
-            ConsumerMsg::Full(txn, taken) => {
-                self.received(&txn);
-                tell_taken(taken);
-                let queued = state.held.len();
-                if queued >= MOVE_IN_BUFFER_LIMIT {
-                    let failure = ConsumerFailure::MoveInBacklog { queued };
-                    return Err(Stop::Failed(RemovalReason::ConsumerFailed(failure)));
-                }
-                state.boundary.buffer(txn.xid);
-                state.held.push(txn);
-            }
-            ConsumerMsg::Moves(moves) => self.on_moves(moves),
-            ConsumerMsg::Drain(reply) => return Err(Stop::Drain(reply)),
-            ConsumerMsg::Txn(_) => unreachable!("a subquery shape is sent whole transactions"),
-        }
-        Ok(())
-    }
-
-    /// Claims the log as the shape's rows as of the last transaction
-    /// processed, if the shape is consistent (see the module doc); a nested
-    /// inner shape then tells its subscribers how far it vouches.
-    pub(super) async fn settle(&mut self) {
-        let advanced = self.claim_if_consistent();
-        if advanced && self.materializer.is_some() {
-            let xid = self.outer().last_xid;
-            self.publish(vec![xid], self.vouched()).await;
-        }
-    }
-
-    /// Whether the intake has yet to route everything up to what this
-    /// shape processed (its snapshot's position may be ahead of it).
-    pub(super) fn undelivered(&self) -> bool {
-        let delivered = self.ctx.delivered.lsn.load(Ordering::SeqCst);
-        self.outer.as_ref().is_some_and(|o| delivered < o.processed)
-    }
-
-    /// Whether this shape waits for the intake to deliver more: to claim
-    /// what it processed, or to pass its moves' cause.
-    pub(super) fn awaits_delivery(&self) -> bool {
-        let delivered = self.ctx.delivered.lsn.load(Ordering::SeqCst);
-        self.outer
-            .as_ref()
-            .is_some_and(|o| delivered < o.processed.max(o.applied_cause))
-    }
-
-    /// Moves whose cause was never routed here (a restored inner shape
-    /// publishes what it holds as of where replication resumed): once the
-    /// intake has delivered past that cause and every transaction routed
-    /// here is taken in, there is nothing between `processed` and it that
-    /// concerns this shape, so it has processed that far.
-    fn pass_unrouted(&mut self) {
-        let delivered = self.ctx.delivered.lsn.load(Ordering::SeqCst);
-        let routed = self.entry.last_routed.load(Ordering::SeqCst);
-        let idle = routed <= self.last_received && self.inbox.is_empty();
-        let outer = self.outer.as_mut().expect("a subquery shape");
-        if idle && outer.processed < outer.applied_cause && delivered >= outer.applied_cause {
-            outer.processed = outer.applied_cause;
-        }
-    }
-
-    /// Whether the claim advanced.
-    fn claim_if_consistent(&mut self) -> bool {
-        self.pass_unrouted();
-        let outer = self.outer.as_ref().expect("a subquery shape");
-        let behind = (0..outer.deps.len())
-            .any(|d| outer.catching_up(d) || outer.dep_through[d] < outer.dep_needed[d])
-            || outer.processed < outer.applied_cause;
-        // Moves still in the channel are for transactions past what the
-        // dependencies vouched for, so they need not be awaited here. What
-        // waits in the inbox (taken in during the snapshot) may be a
-        // transaction at or below the snapshot's position whose moves the
-        // views lack: it is taken in first.
-        // A transaction routed here but not received yet may be at or
-        // below what it processed (its snapshot's position), with moves
-        // its dependencies have not sent yet.
-        let routed = self.entry.last_routed.load(Ordering::SeqCst);
-        let in_flight = routed > self.last_received && outer.processed > self.last_received;
-        // A transaction at or below what it processed (a snapshot's
-        // position) that the intake has not routed yet may change a
-        // dependency this shape's views do not reflect.
-        let undelivered = self.undelivered();
-        if behind || in_flight || undelivered || !outer.queue.is_empty() || !self.inbox.is_empty() {
-            return false;
-        }
-        let processed = outer.processed;
-        let advanced = self.claims.made.is_none_or(|(_, lsn)| lsn < processed);
-        let claim = (self.entry.reader.latest_offset(), processed);
-        if self.claims.made != Some(claim) {
-            self.claims.make(claim.0, claim.1);
-            self.save_state();
-        }
-        self.promote_claims();
-        // Applied: every transaction it was sent, up to what it reflects.
-        let applied = processed.min(self.last_received);
-        let advanced = advanced || applied > self.applied;
-        if applied > self.applied {
-            self.report_applied(applied);
-        }
-        self.report_flush();
-        self.entry.changed.notify(usize::MAX);
-        advanced
     }
 }

@@ -56,6 +56,9 @@ pub(super) async fn shutdown(stack: Arc<Inner>) -> bool {
             .await
             .is_ok()
             && done.await.is_ok()
+            // Removed meanwhile (its inner shape failed as it was created):
+            // nothing to drain; `wait_idle` waits for its storage to go.
+            || entry.is_removed()
     });
     let all_drained = async { join_all(drains).await.into_iter().all(|ok| ok) };
     let drained = {

@@ -48,6 +48,8 @@ pub struct ShapeClient {
     pub rows: BTreeMap<String, ClientRow>,
     pub requests: u64,
     pub refetches: u64,
+    /// The rows it held when its last 409 made it start over.
+    pub rows_dropped: u64,
     /// The highest `global_last_seen_lsn` seen for the current handle.
     pub up_to_date_lsn: Option<Lsn>,
     /// A transaction whose last change has not arrived yet.
@@ -155,6 +157,7 @@ impl ShapeClient {
             rows: BTreeMap::new(),
             requests: 0,
             refetches: 0,
+            rows_dropped: 0,
             up_to_date_lsn: None,
             open_txn: None,
             last_change_lsn: None,
@@ -205,6 +208,7 @@ impl ShapeClient {
         match response.status {
             200 => {}
             409 => {
+                self.rows_dropped = self.rows.len() as u64;
                 self.start_over();
                 self.refetches += 1;
                 self.handle = response.header("electric-handle").map(str::to_string);

@@ -148,7 +148,11 @@ pub async fn exchange(
         let why = format!("shape {index}: {}", violation.message);
         Failure::new(violation.class, why, Some(index), &trace)
     })?;
-    checker::lock(checker)
+    let mut checker = checker::lock(checker);
+    if matches!(applied.outcome, Outcome::Refetch { .. }) {
+        checker.coverage.rows_refetched += client.rows_dropped;
+    }
+    checker
         .on_response(&ctx, &response, &applied, client)
         .map_err(|failure| *failure)?;
     Ok(Some(applied))

@@ -93,6 +93,9 @@ pub struct Coverage {
     pub io_errors_injected: u64,
     /// 409s, by the removal reason that explains each.
     pub conflicts: BTreeMap<String, u64>,
+    /// Rows clients held when a 409 made them start over: each is sent
+    /// again (what a refetch costs).
+    pub rows_refetched: u64,
     pub checks: Checks,
     pub paths: Paths,
     /// Subquery shapes: scenario shapes by nesting depth, moves written,
@@ -144,6 +147,7 @@ impl Default for Coverage {
             power_losses: PowerLosses::default(),
             io_errors_injected: 0,
             conflicts: BTreeMap::new(),
+            rows_refetched: 0,
             checks: Checks::default(),
             paths: Paths::default(),
             subqueries: SUBQUERY_KEYS.iter().map(|k| (k.to_string(), 0)).collect(),
@@ -205,6 +209,7 @@ impl Coverage {
         for (k, n) in &other.conflicts {
             *self.conflicts.entry(k.clone()).or_default() += n;
         }
+        self.rows_refetched += other.rows_refetched;
         let (c, d) = (&mut self.checks, &other.checks);
         add!(c, d; total, non_empty, rows_compared, prefix, changes, latency, acks);
         let (p, q) = (&mut self.paths, &other.paths);
@@ -330,7 +335,10 @@ impl Coverage {
         } else {
             conflicts.join(", ")
         };
-        out.push_str(&format!("  409s          {conflicts}\n"));
+        out.push_str(&format!(
+            "  409s          {conflicts}; {} client rows to send again\n",
+            self.rows_refetched
+        ));
         let p = &self.paths;
         out.push_str(&format!(
             "  rare paths    {} replication reconnects, {} kills during boot, {} created while acks lag, {} snapshots at shutdown, {} multi-chunk snapshots, {} kills before a removal was durable\n",

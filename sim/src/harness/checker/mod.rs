@@ -141,6 +141,10 @@ pub struct Checker {
     run: RunState,
     /// Removals the harness asked for.
     requested: BTreeSet<String>,
+    /// Subquery shapes whose removal a shutdown declined although a
+    /// reason the harness accepts stood (an inner shape failed): the next
+    /// boot may drop them (`dependency-lost`).
+    declined_explained: BTreeSet<String>,
     /// Shapes a shutdown released as not restored: boot must drop them.
     unrestored: BTreeSet<String>,
     /// Shapes (by handle) whose files got an injected I/O error.
@@ -209,6 +213,7 @@ impl Checker {
             handle_shape: BTreeMap::new(),
             run: RunState::default(),
             requested: BTreeSet::new(),
+            declined_explained: BTreeSet::new(),
             unrestored: BTreeSet::new(),
             io_faulted: BTreeSet::new(),
             write_faulted: BTreeSet::new(),
@@ -526,7 +531,12 @@ impl Checker {
                 self.coverage.subquery_add("restore_moves", *moves as u64);
             }
             Event::MoveInSuspended { .. } => self.coverage.subquery("move_ins_suspended"),
-            Event::RemovalDeclined { .. } => self.coverage.subquery("teardown_removals_declined"),
+            Event::RemovalDeclined { handle, reason } => {
+                self.coverage.subquery("teardown_removals_declined");
+                if self.accepted(handle.as_str(), reason) {
+                    self.declined_explained.insert(handle.to_string());
+                }
+            }
             Event::LogTrimmed { .. }
             | Event::ForeignDirRemoved { .. }
             | Event::Ready
@@ -692,7 +702,9 @@ impl Checker {
             }
             // An inner shape did not survive: dropped earlier in this boot
             // for an accepted reason (inner shapes are restored first).
-            RemovalReason::DependencyLost => self.run.explained_boot_drop,
+            RemovalReason::DependencyLost => {
+                self.run.explained_boot_drop || self.declined_explained.contains(handle)
+            }
             // An inner shape no subquery shape uses: no client holds it.
             RemovalReason::Unused => !self.handle_shape.contains_key(handle),
             RemovalReason::DependencyRemoved { dependency } => self
