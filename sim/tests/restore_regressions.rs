@@ -204,25 +204,49 @@ fn bug4() -> Script {
     }
 }
 
-/// Bug 6: subquery shapes over a nested inner shape, toggles up to a
-/// graceful restart: during the drain an inner shape publishes to a
-/// subquery shape that already stopped, and asks for its removal; a
-/// removal that deletes metadata before it is declined loses the shape.
+/// Bug 6: a subquery shape over a three-level chain and one over
+/// `NOT IN` active rows; the last batch moves rows at every level just
+/// before a graceful restart. During the drain an inner shape still
+/// publishing finds a subquery shape that already stopped and asks for its
+/// removal; a removal that deletes the metadata before it is declined
+/// loses a healthy shape.
 fn bug6() -> Script {
-    let nested = "level_3_id IN (SELECT id FROM level_3 WHERE active AND level_2_id IN \
-                  (SELECT id FROM level_2 WHERE active))";
-    let mut batches = toggles(&["l3-1", "l3-2", "l3-3", "l3-4", "l3-5"], 40, 10);
-    let restart_after = batches.len();
-    batches.push(vec![vec![toggle3("l3-1")]]);
+    let chain = "level_3_id IN (SELECT id FROM level_3 WHERE level_2_id IN (SELECT id FROM \
+                 level_2 WHERE level_1_id IN (SELECT id FROM level_1 WHERE active = true)))";
+    let last = vec![
+        vec![toggle(1, "l1-2")],
+        vec![reparent(3, "l3-1", "l2-1")],
+        vec![toggle(1, "l1-4"), reparent(3, "l3-2", "l2-3")],
+        vec![reparent(2, "l2-1", "l1-2")],
+    ];
+    let mut batches = vec![vec![vec![toggle3("l3-2")]], vec![vec![toggle3("l3-2")]]];
+    batches.push(last);
     Script {
         shapes: vec![
-            shape(nested, false),
-            shape(&format!("{nested} AND rank > 0"), true),
-            shape(ACTIVE_L3, false),
+            shape(&format!("({chain}) AND (level_3_id = 'l3-1')"), true),
+            shape(
+                "level_3_id NOT IN (SELECT id FROM level_3 WHERE active)",
+                false,
+            ),
         ],
         batches,
-        restart_after,
+        restart_after: 3,
         restart: restart(RestartKind::Graceful),
+    }
+}
+
+fn toggle(level: u8, id: &str) -> Op {
+    Op::ToggleActive {
+        level,
+        id: id.to_string(),
+    }
+}
+
+fn reparent(level: u8, id: &str, parent: &str) -> Op {
+    Op::Reparent {
+        level,
+        id: id.to_string(),
+        parent: parent.to_string(),
     }
 }
 
@@ -274,10 +298,10 @@ fn bug7_events_after_a_transactions_end_never_pin_the_acknowledgement() {
     bug7().assert_regression(BUG7_SCHED, Plant::FlushBoundaryExactMatch, "ack-liveness");
 }
 
-const BUG5_SCHED: u64 = 0;
+const BUG5_SCHED: u64 = 5;
 const BUG1_SCHED: u64 = 0;
 const BUG4_SCHED: u64 = 0;
-const BUG6_SCHED: u64 = 0;
+const BUG6_SCHED: u64 = 23;
 const BUG7_SCHED: u64 = 0;
 
 /// Finds the scheduler seeds above (run with `--ignored`, in release).
