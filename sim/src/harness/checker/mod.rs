@@ -23,7 +23,9 @@
 //! crash or power loss; after a graceful restart nothing is lost, so no 409
 //! is accepted.
 
+mod acks;
 mod reads;
+mod removals;
 mod view;
 
 pub use reads::ReadContext;
@@ -35,9 +37,8 @@ use super::trace::{SharedTrace, record};
 use crate::oracle::rows::{self, OracleRows};
 use crate::pg::PgModel;
 use crate::scenario::ShapeSpec;
-use engine::env::events::{MetaChange, RemovalReason, StorageFailureKind};
+use engine::env::events::{MetaChange, RemovalReason};
 use engine::env::{Event, EventSink};
-use engine::offset::LogOffset;
 use engine::replication::Lsn;
 use engine::replication::{Change, Transaction};
 use engine::schema::Row;
@@ -406,36 +407,6 @@ impl Checker {
         self.latest_handle[index].clone()
     }
 
-    /// Why the slot has not reached `target`: the shape holding it back, or
-    /// what the engine failed to do.
-    pub fn ack_holdup(&self, target: Lsn) -> String {
-        if self.run.received < target {
-            return format!(
-                "the engine received transactions only up to lsn {} (of {target})",
-                self.run.received
-            );
-        }
-        let oldest = self
-            .run
-            .pending
-            .iter()
-            .filter_map(|(h, p)| p.first().map(|l| (*l, h)))
-            .min();
-        match oldest {
-            Some((lsn, handle)) => {
-                let shape = self.handle_shape.get(handle.as_str());
-                format!(
-                    "shape {} ({handle}) holds it back: lsn {lsn} was routed to it and is not durable there",
-                    shape.map_or("?".to_string(), |s| s.to_string())
-                )
-            }
-            None => format!(
-                "no shape holds it back: every shape made lsn {target} durable, the engine last acknowledged {:?}",
-                self.run.acked
-            ),
-        }
-    }
-
     // ----- the engine's events --------------------------------------------
 
     pub fn on_event(&mut self, event: &Event) {
@@ -546,97 +517,6 @@ impl Checker {
         }
     }
 
-    fn caught_up_maybe(&mut self) {
-        let caught_up = self
-            .run
-            .catch_up_to
-            .is_some_and(|end| self.run.received >= end);
-        if caught_up {
-            self.run.catch_up_to = None;
-            let now = now_ms();
-            for window in self.faults.iter_mut().filter(|(_, end)| end.is_none()) {
-                window.1 = Some(now);
-            }
-        }
-    }
-
-    /// A keepalive reached the engine: nothing at or below `wal_end` is
-    /// still to come, and no WAL the model has not written is claimed.
-    fn caught_up(&mut self, wal_end: Lsn) {
-        assert!(
-            wal_end <= self.pg.last_lsn(),
-            "a keepalive for lsn {wal_end}, past the WAL's end {}",
-            self.pg.last_lsn()
-        );
-        self.run.received = self.run.received.max(wal_end);
-    }
-
-    fn routed(&mut self, lsn: Lsn, shapes: &[engine::handle::ShapeHandle]) {
-        self.run.received = self.run.received.max(lsn);
-        for handle in shapes {
-            // A log already durable past it (a subquery shape's events sit
-            // at its snapshot position) needs nothing more for it.
-            let durable = self.run.durable_tx.get(handle.as_str());
-            if durable.is_some_and(|&tx| lsn <= tx) {
-                continue;
-            }
-            self.run
-                .pending
-                .entry(handle.to_string())
-                .or_default()
-                .insert(lsn);
-        }
-        self.caught_up_maybe();
-    }
-
-    fn durable(&mut self, handle: &str, offset: LogOffset) {
-        self.created_lagging.remove(handle);
-        if self.write_faulted.contains(handle) {
-            let why = format!(
-                "{handle} reported durable to {offset} after a write or sync of its files failed: what the failure covered may never reach the disk"
-            );
-            return self.fail("durability", why, Some(handle));
-        }
-        let tx = offset.tx().unwrap_or(0);
-        let durable_tx = self.run.durable_tx.entry(handle.to_string()).or_default();
-        *durable_tx = (*durable_tx).max(tx);
-        if let Some(pending) = self.run.pending.get_mut(handle) {
-            pending.retain(|&lsn| lsn > tx);
-        }
-    }
-
-    fn acknowledged(&mut self, lsn: Lsn) {
-        self.coverage.checks.acks += 1;
-        let floor = self.run.acked.or(self.run.confirmed);
-        if let Some(floor) = floor.filter(|&f| lsn < f) {
-            return self.fail(
-                "ack-contract",
-                format!("acknowledged lsn {lsn} after {floor}: backwards"),
-                None,
-            );
-        }
-        if lsn > self.run.received {
-            let why = format!(
-                "acknowledged lsn {lsn}, past everything received ({})",
-                self.run.received
-            );
-            return self.fail("ack-contract", why, None);
-        }
-        let unflushed = self
-            .run
-            .pending
-            .iter()
-            .filter_map(|(h, p)| p.first().filter(|&&l| l <= lsn).map(|l| (*l, h.clone())))
-            .min();
-        if let Some((pending, handle)) = unflushed {
-            let why = format!(
-                "acknowledged lsn {lsn} while lsn {pending}, routed to {handle}, is not durable there"
-            );
-            return self.fail("ack-contract", why, Some(&handle));
-        }
-        self.run.acked = Some(lsn);
-    }
-
     fn metadata_written(&mut self, changes: &[MetaChange]) {
         for change in changes {
             match change {
@@ -653,120 +533,6 @@ impl Checker {
 
     fn handle(&mut self, handle: &str) -> &mut HandleState {
         self.handles.entry(handle.to_string()).or_default()
-    }
-
-    /// Boot restored a shape. One whose removal had begun (its tombstone
-    /// was lost with the write buffer) is back in service, but it was routed
-    /// nothing after its removal: the slot must still hold all of that.
-    fn restored(&mut self, handle: &str) {
-        // A new writer, from what its files hold durably.
-        self.write_faulted.remove(handle);
-        let confirmed = self.pg.slot_confirmed();
-        if self.unrestored.contains(handle) {
-            let why = format!(
-                "boot restored {handle}, which the shutdown released as a shape the next boot drops: the acknowledgement may have passed what it lacks"
-            );
-            self.fail("ack-contract", why, Some(handle));
-        }
-        let state = self.handle(handle);
-        let removed_at = state.removed_at;
-        (state.fate, state.removed_at, state.explained) = (None, None, false);
-        if let Some(removed_at) = removed_at.filter(|&r| confirmed > r) {
-            let why = format!(
-                "boot restored {handle}, removed at lsn {removed_at}, but the slot was acknowledged to {confirmed}: what it missed since can never be replayed"
-            );
-            self.fail("ack-contract", why, Some(handle));
-        }
-    }
-
-    /// Whether the harness accepts `reason` for removing `handle` (the
-    /// accepted 409s): its table changed, the harness asked, or an I/O
-    /// error was injected into its files.
-    fn accepted(&self, handle: &str, reason: &RemovalReason) -> bool {
-        match reason {
-            RemovalReason::TableChanged { oid, .. } => self
-                .pg
-                .altered_tables()
-                .iter()
-                .any(|t| self.pg.table(t).oid == *oid),
-            RemovalReason::Requested => self.requested.contains(handle),
-            // In Electric's mode, boot drops subquery shapes and inner
-            // shapes (no client ever holds an inner shape's handle),
-            // nothing else; otherwise it restores them.
-            RemovalReason::SubqueryNotRestored => {
-                self.drops_subqueries
-                    && self
-                        .handle_shape
-                        .get(handle)
-                        .is_none_or(|&i| self.views[i].depth > 0)
-            }
-            // An inner shape did not survive: dropped earlier in this boot
-            // for an accepted reason (inner shapes are restored first).
-            RemovalReason::DependencyLost => {
-                self.run.explained_boot_drop || self.declined_explained.contains(handle)
-            }
-            // An inner shape no subquery shape uses: no client holds it.
-            RemovalReason::Unused => !self.handle_shape.contains_key(handle),
-            RemovalReason::DependencyRemoved { dependency } => self
-                .handles
-                .get(dependency.as_str())
-                .is_some_and(|s| s.explained),
-            other => other.storage_failure().is_some_and(|f| {
-                matches!(f.kind, StorageFailureKind::Io(_)) && self.io_faulted.contains(handle)
-            }),
-        }
-    }
-
-    fn removed(&mut self, handle: &str, reason: &RemovalReason) {
-        self.last_removal = Some((now_ms(), reason.name().to_string()));
-        self.removing.insert(handle.to_string());
-        self.snapshotting.remove(handle);
-        self.created_lagging.remove(handle);
-        let accepted = self.accepted(handle, reason);
-        // Before replication connects (a removal during boot), what the
-        // slot confirmed is what the shape had.
-        let received = self.run.received.max(self.pg.slot_confirmed());
-        let state = self.handle(handle);
-        state.removed_at.get_or_insert(received);
-        state.fate = Some(Fate::Removed(reason.clone()));
-        state.explained = accepted;
-        if !accepted {
-            let why = format!("the engine removed live shape {handle}: {reason}");
-            self.fail("lost-shape", why, Some(handle));
-        }
-    }
-
-    fn boot_dropped(&mut self, handle: &str, reason: &RemovalReason) {
-        let accepted = self.accepted(handle, reason);
-        let state = self.handle(handle).clone();
-        // What the metadata database says explains some drops by itself; a
-        // shape whose removal had begun may be dropped for any reason.
-        let explained = match reason {
-            RemovalReason::MetadataLost => !state.in_db,
-            RemovalReason::SnapshotIncomplete => !state.complete_in_db,
-            _ => false,
-        } || state.removed_at.is_some();
-        // Before replication connects (a removal during boot), what the
-        // slot confirmed is what the shape had.
-        let received = self.run.received.max(self.pg.slot_confirmed());
-        let state = self.handle(handle);
-        // Its storage is being removed: a kill may leave it partly gone.
-        state.removed_at.get_or_insert(received);
-        if *reason == RemovalReason::SnapshotIncomplete {
-            // Boot deleted the row from the metadata database itself.
-            (state.in_db, state.complete_in_db) = (false, false);
-        }
-        if state.fate.is_none() {
-            state.fate = Some(Fate::Removed(reason.clone()));
-            state.explained = accepted || explained;
-        }
-        self.run.explained_boot_drop |= accepted || explained;
-        if !accepted && !explained {
-            let why = format!(
-                "boot dropped {handle} ({reason}) although its metadata was complete and its storage durable"
-            );
-            self.fail("lost-shape", why, Some(handle));
-        }
     }
 }
 
