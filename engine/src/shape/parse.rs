@@ -403,6 +403,17 @@ impl Checker<'_> {
                 ));
             }
         };
+        // PostgreSQL's grammar makes comparisons non-associative: `a = b = c`
+        // is a syntax error there, so it is a 400 here (sqlparser would read
+        // it as `(a = b) = c`). Found by the WHERE differential (issue 12).
+        if let Some(chained) = [left, right].into_iter().find(|e| is_comparison(e)) {
+            return Err(error_at(
+                node,
+                format!(
+                    "comparison operators do not associate (PostgreSQL: a syntax error): parentheses must group `{chained}` in `{node}`"
+                ),
+            ));
+        }
         let [left, right]: [Expr; 2] = self
             .unify(vec![self.expr(left)?, self.expr(right)?], node)?
             .try_into()
@@ -546,4 +557,20 @@ fn describe(node: &ast::Expr) -> &'static str {
         A::UnaryOp { .. } => "this unary operator",
         _ => "this construct",
     }
+}
+
+/// A comparison as written (not parenthesized: `Nested` is not one).
+fn is_comparison(expr: &ast::Expr) -> bool {
+    matches!(
+        expr,
+        ast::Expr::BinaryOp {
+            op: BinaryOperator::Eq
+                | BinaryOperator::NotEq
+                | BinaryOperator::Lt
+                | BinaryOperator::LtEq
+                | BinaryOperator::Gt
+                | BinaryOperator::GtEq,
+            ..
+        }
+    )
 }

@@ -188,6 +188,10 @@ fn unsupported_constructs_name_the_construct() {
         ("n + 0 IN (SELECT n FROM t)", "on the left of IN"),
         ("(n, 1) IN (SELECT n, id FROM t)", "on the left of IN"),
         ("5 IN (SELECT n FROM t)", "on the left of IN"),
+        // PostgreSQL: syntax errors (comparisons do not associate). Found
+        // by the WHERE differential against PostgreSQL (reality crate).
+        ("n > 1 = flag", "do not associate"),
+        ("flag = flag <> true", "do not associate"),
     ];
     assert!(cases.len() >= 15);
     let catalog = catalog();

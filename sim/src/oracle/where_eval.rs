@@ -69,7 +69,8 @@ fn eval(expr: &Expr, column: &dyn Fn(&str) -> Value, tables: &dyn Tables) -> Val
         Expr::Nested(inner) => ev(inner),
         Expr::Value(v) => match &v.value {
             Lit::Number(n, _) => Value::Int(n.parse().expect("integer literal")),
-            Lit::SingleQuotedString(s) => Value::Text(s.clone()),
+            // `E'...'`: the tokenizer has already resolved its escapes.
+            Lit::SingleQuotedString(s) | Lit::EscapedStringLiteral(s) => Value::Text(s.clone()),
             Lit::Boolean(b) => Value::Bool(*b),
             Lit::Null => Value::Null,
             other => panic!("oracle: unsupported literal {other}"),
@@ -81,9 +82,12 @@ fn eval(expr: &Expr, column: &dyn Fn(&str) -> Value, tables: &dyn Tables) -> Val
         Expr::UnaryOp {
             op: UnaryOperator::Minus,
             expr,
-        } => match ev(expr) {
-            Value::Int(i) => Value::Int(-i),
-            other => panic!("oracle: minus on {other:?}"),
+        } => match negative_literal(expr) {
+            Some(n) => Value::Int(n),
+            None => match ev(expr) {
+                Value::Int(i) => Value::Int(-i),
+                other => panic!("oracle: minus on {other:?}"),
+            },
         },
         Expr::UnaryOp {
             op: UnaryOperator::Plus,
@@ -114,10 +118,10 @@ fn eval(expr: &Expr, column: &dyn Fn(&str) -> Value, tables: &dyn Tables) -> Val
         }
         Expr::IsNull(e) => Value::Bool(ev(e) == Value::Null),
         Expr::IsNotNull(e) => Value::Bool(ev(e) != Value::Null),
-        Expr::IsTrue(e) => Value::Bool(ev(e) == Value::Bool(true)),
-        Expr::IsNotTrue(e) => Value::Bool(ev(e) != Value::Bool(true)),
-        Expr::IsFalse(e) => Value::Bool(ev(e) == Value::Bool(false)),
-        Expr::IsNotFalse(e) => Value::Bool(ev(e) != Value::Bool(false)),
+        Expr::IsTrue(e) => Value::Bool(boolean(ev(e)) == Value::Bool(true)),
+        Expr::IsNotTrue(e) => Value::Bool(boolean(ev(e)) != Value::Bool(true)),
+        Expr::IsFalse(e) => Value::Bool(boolean(ev(e)) == Value::Bool(false)),
+        Expr::IsNotFalse(e) => Value::Bool(boolean(ev(e)) != Value::Bool(false)),
         Expr::IsUnknown(e) => Value::Bool(ev(e) == Value::Null),
         Expr::IsNotUnknown(e) => Value::Bool(ev(e) != Value::Null),
         Expr::Between {
@@ -312,6 +316,26 @@ fn compare(a: Value, b: Value) -> Option<Ordering> {
         (Value::Bool(x), Value::Text(y)) => Some(x.cmp(&pg_bool(&y))),
         (Value::Text(x), Value::Bool(y)) => Some(pg_bool(&x).cmp(&y)),
         (x, y) => panic!("oracle: comparing {x:?} with {y:?}"),
+    }
+}
+
+/// `-<number>` as one literal (`-9223372036854775808`: the number alone
+/// is past i64).
+fn negative_literal(expr: &Expr) -> Option<i64> {
+    match expr {
+        Expr::Value(v) => match &v.value {
+            Lit::Number(n, _) => Some(format!("-{n}").parse().expect("integer literal")),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A value where a boolean is expected: an untyped string becomes one.
+fn boolean(v: Value) -> Value {
+    match v {
+        Value::Text(t) => Value::Bool(pg_bool(&t)),
+        other => other,
     }
 }
 

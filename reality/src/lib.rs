@@ -1,0 +1,10 @@
+//! Reality checks (issue 12; ARCHITECTURE.md, "Reality checks"): the
+//! harness's three models (the WHERE evaluators, the Postgres model and
+//! `MemStorage`'s crash semantics) checked against a real PostgreSQL and
+//! real process crashes on a real disk.
+//!
+//! - [`server`]: a private PostgreSQL server per check;
+//! - [`clauses`]: the WHERE differential (engine, oracle, PostgreSQL).
+
+pub mod clauses;
+pub mod server;

@@ -1,0 +1,212 @@
+//! A private PostgreSQL server for one check: a temporary data directory,
+//! a Unix socket in it (no TCP listener), `wal_level=logical`, the C locale
+//! (so text compares bytewise, as the engine and the oracle assume: written
+//! down in ARCHITECTURE.md, "Reality checks"), `fsync=off` (the checks never
+//! crash this server). It is stopped when the value is dropped.
+//!
+//! PostgreSQL refuses to run as root; as root (CI), `initdb`, `pg_ctl` and
+//! the server run as the `postgres` system user that Debian's package
+//! creates, and the data directory is handed to it.
+
+use std::fmt;
+use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// Why no server could be started: the binaries are missing (a skip outside
+/// CI) or they failed (always an error).
+#[derive(Debug)]
+pub enum ServerError {
+    NotInstalled(String),
+    Failed(String),
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerError::NotInstalled(m) => write!(
+                f,
+                "PostgreSQL is not installed ({m}); install Debian's `postgresql` package \
+                 (`apt-get install -y postgresql`) or set PG_BIN to the directory holding initdb"
+            ),
+            ServerError::Failed(m) => write!(f, "could not start PostgreSQL: {m}"),
+        }
+    }
+}
+
+pub struct PgServer {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    user: Option<(u32, u32)>,
+}
+
+impl PgServer {
+    /// Initializes and starts a server; waits until it accepts connections.
+    pub fn start() -> Result<PgServer, ServerError> {
+        let bin = find_bin()?;
+        let dir = tempfile::Builder::new()
+            .prefix("reality-pg.")
+            .tempdir_in("/tmp")
+            .map_err(|e| ServerError::Failed(format!("temporary directory: {e}")))?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        let user = if root { Some(postgres_user()?) } else { None };
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
+                .map_err(|e| ServerError::Failed(format!("chown {}: {e}", dir.path().display())))?;
+        }
+        let server = PgServer { bin, dir, user };
+        server.run(
+            "initdb",
+            &[
+                "-D",
+                &server.data(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--locale=C",
+                "--encoding=UTF8",
+                "--no-sync",
+            ],
+        )?;
+        let options = format!(
+            "-c listen_addresses='' -c unix_socket_directories='{}' -c wal_level=logical \
+             -c fsync=off -c max_replication_slots=8 -c max_wal_senders=8 \
+             -c max_prepared_transactions=0",
+            server.socket_dir()
+        );
+        let log = format!("{}/server.log", server.socket_dir());
+        server.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &server.data(),
+                "-l",
+                &log,
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                &options,
+                "start",
+            ],
+        )?;
+        Ok(server)
+    }
+
+    /// A new connection to the `postgres` database.
+    pub fn connect(&self) -> postgres::Client {
+        let config = format!("host={} user=postgres dbname=postgres", self.socket_dir());
+        postgres::Client::connect(&config, postgres::NoTls)
+            .unwrap_or_else(|e| panic!("connect to the private server at {config}: {e}"))
+    }
+
+    fn socket_dir(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+
+    fn data(&self) -> String {
+        format!("{}/data", self.socket_dir())
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> Result<Output, ServerError> {
+        let mut command = Command::new(self.bin.join(program));
+        command.args(args).env("LC_ALL", "C");
+        if let Some((uid, gid)) = self.user {
+            command.uid(uid).gid(gid);
+        }
+        let output = command
+            .output()
+            .map_err(|e| ServerError::Failed(format!("{program}: {e}")))?;
+        if !output.status.success() {
+            return Err(ServerError::Failed(format!(
+                "{program} {}: {}\n{}{}",
+                args.join(" "),
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            )));
+        }
+        Ok(output)
+    }
+}
+
+impl Drop for PgServer {
+    /// Stops the server (an immediate shutdown: nothing of it is kept).
+    /// A failed stop is reported, never hidden; the directory goes anyway.
+    fn drop(&mut self) {
+        let data = self.data();
+        if let Err(e) = self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]) {
+            eprintln!("reality: stopping the private PostgreSQL server failed: {e}");
+        }
+    }
+}
+
+/// `initdb`'s directory: `PG_BIN`, else the newest Debian
+/// `/usr/lib/postgresql/<major>/bin`, else `initdb` on the PATH.
+fn find_bin() -> Result<PathBuf, ServerError> {
+    if let Some(dir) = std::env::var_os("PG_BIN") {
+        let dir = PathBuf::from(dir);
+        return match dir.join("initdb").is_file() {
+            true => Ok(dir),
+            false => Err(ServerError::NotInstalled(format!(
+                "PG_BIN={} has no initdb",
+                dir.display()
+            ))),
+        };
+    }
+    let mut majors: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let major = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").is_file().then_some((major, bin))
+        })
+        .collect();
+    majors.sort();
+    if let Some((_, bin)) = majors.pop() {
+        return Ok(bin);
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .find(|dir| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file());
+    on_path.ok_or_else(|| {
+        ServerError::NotInstalled("no /usr/lib/postgresql/*/bin/initdb, none on PATH".into())
+    })
+}
+
+/// The `postgres` system user's uid and gid.
+fn postgres_user() -> Result<(u32, u32), ServerError> {
+    let id = |flag: &str| -> Result<u32, ServerError> {
+        let out = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .map_err(|e| ServerError::Failed(format!("id {flag} postgres: {e}")))?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(|_| {
+                ServerError::NotInstalled(
+                    "running as root and there is no `postgres` user to run the server as".into(),
+                )
+            })
+    };
+    Ok((id("-u")?, id("-g")?))
+}
+
+/// Starts a server for a test, or decides that the test is skipped: a
+/// missing PostgreSQL is a failure in CI (`CI=true`), a printed skip
+/// elsewhere.
+pub fn server_for_test(test: &str) -> Option<PgServer> {
+    match PgServer::start() {
+        Ok(server) => Some(server),
+        Err(ServerError::NotInstalled(m)) if std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("SKIPPED {test}: {}", ServerError::NotInstalled(m));
+            None
+        }
+        Err(e) => panic!("{test}: {e}"),
+    }
+}

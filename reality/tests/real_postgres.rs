@@ -1,0 +1,26 @@
+//! The harness's models against a real PostgreSQL (a private server per
+//! test; skipped with a message when PostgreSQL is not installed, a failure
+//! in CI). Longer runs: `cargo run --release -p reality -- --help`.
+
+use reality::server::server_for_test;
+
+/// 2,000 generated clauses: engine, oracle and PostgreSQL agree on every
+/// row, and every clause PostgreSQL rejects is a 400 naming `where`.
+#[test]
+fn real_postgres_where_clauses_agree_with_the_engine_and_the_oracle() {
+    let Some(server) = server_for_test("real_postgres_where_clauses") else {
+        return;
+    };
+    let mut client = server.connect();
+    let report = reality::clauses::run(&mut client, 0, 2_000);
+    println!("{}", report.summary());
+    assert!(
+        report.disagreements.is_empty(),
+        "{}\n{}",
+        report.summary(),
+        report.disagreements.join("\n")
+    );
+    // The comparison covered most clauses, and rejections happened.
+    assert!(report.compared >= 1_200, "{}", report.summary());
+    assert!(report.both_rejected >= 200, "{}", report.summary());
+}
