@@ -4,7 +4,10 @@
 //! real process crashes on a real disk.
 //!
 //! - [`server`]: a private PostgreSQL server per check;
-//! - [`clauses`]: the WHERE differential (engine, oracle, PostgreSQL).
+//! - [`clauses`]: the WHERE differential (engine, oracle, PostgreSQL);
+//! - [`model`]: the Postgres model against PostgreSQL (transactions,
+//!   snapshots, the replication slot and its replay).
 
 pub mod clauses;
+pub mod model;
 pub mod server;

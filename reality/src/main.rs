@@ -29,29 +29,50 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// The Postgres model against PostgreSQL: seeded workloads of
+    /// interleaved and aborted transactions, snapshots, the slot's stream
+    /// and its replay.
+    Model {
+        /// How many workloads.
+        #[arg(long, default_value_t = 200)]
+        workloads: usize,
+        /// The first workload's seed (then seed+1, ...).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Where { cases, seed } => {
-            let server = match PgServer::start() {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("reality where: {e}");
-                    return ExitCode::from(2);
-                }
+            let Some(server) = start("where") else {
+                return ExitCode::from(2);
             };
-            let mut client = server.connect();
-            let report = reality::clauses::run(&mut client, seed, cases);
+            let report = reality::clauses::run(&mut server.connect(), seed, cases);
+            let refused = &report.engine_refused;
+            finish("where", &report.summary(), &report.disagreements, refused)
+        }
+        Command::Model { workloads, seed } => {
+            let Some(server) = start("model") else {
+                return ExitCode::from(2);
+            };
+            let report = reality::model::run(&server, seed, workloads);
             finish(
-                "where",
+                "model",
                 &report.summary(),
-                &report.disagreements,
-                &report.engine_refused,
+                &report.differences,
+                &Default::default(),
             )
         }
     }
+}
+
+/// A private server, or the reason there is none (printed).
+fn start(check: &str) -> Option<PgServer> {
+    PgServer::start()
+        .inspect_err(|e| eprintln!("reality {check}: {e}"))
+        .ok()
 }
 
 fn finish(

@@ -24,3 +24,27 @@ fn real_postgres_where_clauses_agree_with_the_engine_and_the_oracle() {
     assert!(report.compared >= 1_200, "{}", report.summary());
     assert!(report.both_rejected >= 200, "{}", report.summary());
 }
+
+/// 200 seeded workloads of interleaved and aborted transactions: xids,
+/// snapshots (with transactions in progress), visibility, repeatable-read
+/// rows, the slot's stream and its replay all agree with the model.
+#[test]
+fn real_postgres_model_matches_transactions_snapshots_and_replay() {
+    let Some(server) = server_for_test("real_postgres_model") else {
+        return;
+    };
+    let report = reality::model::run(&server, 0, 200);
+    println!("{}", report.summary());
+    assert!(
+        report.differences.is_empty(),
+        "{}\n{}",
+        report.summary(),
+        report.differences.join("\n")
+    );
+    assert!(
+        report.aborted >= 200 && report.snapshots_with_xip >= 200,
+        "{}",
+        report.summary()
+    );
+    assert_eq!(report.replays, 200, "{}", report.summary());
+}

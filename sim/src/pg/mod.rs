@@ -5,8 +5,9 @@
 //!
 //! A transaction takes its xid at BEGIN ([`PgModel::begin`]) and may stay
 //! open while others begin and commit, so xid order is not commit order,
-//! and a snapshot taken meanwhile lists it as in progress (`xmin` the oldest
-//! open xid, `xmax` the next, `xip_list` the open ones). It may also abort:
+//! and a snapshot taken meanwhile lists it as in progress (as PostgreSQL's
+//! `pg_current_snapshot()` does: `xmax` one past the latest completed xid,
+//! `xip_list` the open ones below it, `xmin` the oldest of those or xmax). It may also abort:
 //! its xid was in progress for a while and never reaches the WAL. Its
 //! statements are applied at commit, under the model's one lock: what READ
 //! COMMITTED gives these single-row statements, which see the latest
@@ -93,6 +94,9 @@ struct State {
     next_xid: Xid,
     /// Transactions begun and neither committed nor aborted.
     in_progress: std::collections::BTreeSet<Xid>,
+    /// The highest xid that committed or aborted (PostgreSQL's
+    /// `latestCompletedXid`): a snapshot's xmax is one past it.
+    latest_completed: Xid,
     last_lsn: Lsn,
     /// Every committed transaction and schema change, by LSN.
     wal: Vec<(Lsn, ReplicationMessage)>,
@@ -134,6 +138,7 @@ impl PgModel {
             tables,
             next_xid: 500,
             in_progress: Default::default(),
+            latest_completed: 499,
             last_lsn: SLOT_CREATED_LSN,
             wal: Vec::new(),
             slot_confirmed: SLOT_CREATED_LSN,
@@ -191,8 +196,10 @@ impl PgModel {
 
     /// ROLLBACK of transaction `xid`: nothing of it reaches a table or the WAL.
     pub fn abort(&self, xid: Xid) {
-        let ended = self.lock().in_progress.remove(&xid);
+        let mut state = self.lock();
+        let ended = state.in_progress.remove(&xid);
         assert!(ended, "only a transaction in progress aborts");
+        state.latest_completed = state.latest_completed.max(xid);
     }
 
     /// COMMIT of transaction `xid`, its statements applied now. Statements
@@ -204,6 +211,7 @@ impl PgModel {
             state.in_progress.remove(&xid),
             "only a transaction in progress commits"
         );
+        state.latest_completed = state.latest_completed.max(xid);
         let mut changes = Vec::new();
         for mutation in mutations {
             if let Some(change) = state.apply(mutation) {
@@ -284,8 +292,13 @@ impl PgModel {
     /// commit can fall between them.
     pub fn snapshot_now(&self, query: &SnapshotQuery) -> SnapshotResult {
         let mut state = self.lock();
-        let xmax = state.next_xid;
-        let xmin = state.in_progress.first().copied().unwrap_or(xmax);
+        // PostgreSQL's GetSnapshotData: xmax is one past the latest
+        // completed xid, not the next to be assigned; transactions at or
+        // past it are invisible without being listed (checked against
+        // PostgreSQL by the reality crate's model comparison).
+        let xmax = state.latest_completed + 1;
+        let xip_list: Vec<Xid> = state.in_progress.range(..xmax).copied().collect();
+        let xmin = xip_list.first().copied().unwrap_or(xmax);
         let rows = state.query(&query.table, query.where_sql.as_deref());
         let views = query
             .dependencies
@@ -296,7 +309,7 @@ impl PgModel {
             visibility: Visibility {
                 xmin,
                 xmax,
-                xip_list: state.in_progress.iter().copied().collect(),
+                xip_list,
                 // `pg_current_wal_lsn()`: a schema change moves it without
                 // a transaction; keepalives tell the engine it was reached.
                 wal_lsn: state.last_lsn,
