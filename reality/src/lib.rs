@@ -6,8 +6,11 @@
 //! - [`server`]: a private PostgreSQL server per check;
 //! - [`clauses`]: the WHERE differential (engine, oracle, PostgreSQL);
 //! - [`model`]: the Postgres model against PostgreSQL (transactions,
-//!   snapshots, the replication slot and its replay).
+//!   snapshots, the replication slot and its replay);
+//! - [`crash`]: SIGKILLed processes on a real disk, and `MemStorage`
+//!   against the same crashes.
 
 pub mod clauses;
+pub mod crash;
 pub mod model;
 pub mod server;

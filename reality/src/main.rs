@@ -40,6 +40,40 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Real crashes: a child process running the shape logs and the SQLite
+    /// metadata on a real disk is SIGKILLed `--kills` times and recovered;
+    /// then `--twins` crashes at named crash points are compared with
+    /// MemStorage.
+    Crash {
+        /// How many SIGKILLs (each followed by recovery and its checks).
+        #[arg(long, default_value_t = 200)]
+        kills: usize,
+        /// How many crash-point twins (disk against MemStorage).
+        #[arg(long, default_value_t = 200)]
+        twins: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Recover with the `no-trim-on-open` planted bug: the check must
+        /// then find breaches (exit 1).
+        #[arg(long)]
+        plant_no_trim_on_open: bool,
+    },
+    /// (internal) The crash test's child process.
+    #[command(hide = true)]
+    CrashChild {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        #[arg(long)]
+        seed: u64,
+        #[arg(long)]
+        steps: u64,
+        /// `<crash point>:<visit>`: SIGKILL this process at that visit.
+        #[arg(long)]
+        arm: Option<String>,
+        /// Recover with the `no-trim-on-open` planted bug.
+        #[arg(long)]
+        plant_no_trim_on_open: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -58,14 +92,46 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             };
             let report = reality::model::run(&server, seed, workloads);
-            finish(
-                "model",
-                &report.summary(),
-                &report.differences,
-                &Default::default(),
-            )
+            finish("model", &report.summary(), &report.differences, &none())
+        }
+        Command::Crash {
+            kills,
+            twins,
+            seed,
+            plant_no_trim_on_open,
+        } => {
+            let bin = std::env::current_exe().expect("this binary's path");
+            let planted = plant_no_trim_on_open;
+            let report = reality::crash::random_kills(&bin, seed, kills, planted);
+            let killed = finish("crash", &report.summary(), &report.breaches, &none());
+            let report = reality::crash::twin::twins(&bin, seed, twins);
+            let twinned = finish("crash", &report.summary(), &report.differences, &none());
+            if killed == ExitCode::SUCCESS {
+                twinned
+            } else {
+                killed
+            }
+        }
+        Command::CrashChild {
+            dir,
+            seed,
+            steps,
+            arm,
+            plant_no_trim_on_open,
+        } => {
+            let arm = arm.map(|a| {
+                let (point, nth) = a.rsplit_once(':').expect("--arm <point>:<visit>");
+                let point = point.parse().unwrap_or_else(|e| panic!("--arm: {e}"));
+                (point, nth.parse().expect("--arm: a visit number"))
+            });
+            reality::crash::child_main(&dir, seed, steps, arm, plant_no_trim_on_open);
+            ExitCode::SUCCESS
         }
     }
+}
+
+fn none() -> std::collections::BTreeMap<String, (usize, String)> {
+    std::collections::BTreeMap::new()
 }
 
 /// A private server, or the reason there is none (printed).
