@@ -22,6 +22,11 @@ fn real_postgres_where_clauses_agree_with_the_engine_and_the_oracle() {
     );
     // The comparison covered most clauses, and rejections happened.
     assert!(report.compared >= 1_200, "{}", report.summary());
+    assert!(
+        report.compared_with_subqueries >= 200,
+        "{}",
+        report.summary()
+    );
     assert!(report.both_rejected >= 200, "{}", report.summary());
 }
 

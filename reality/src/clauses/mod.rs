@@ -32,6 +32,8 @@ pub struct Report {
     pub clauses: usize,
     /// Accepted by both and evaluated by all three.
     pub compared: usize,
+    /// Of those, clauses with subqueries.
+    pub compared_with_subqueries: usize,
     /// Rows those comparisons covered (clauses x rows of `t`).
     pub rows_compared: usize,
     /// Clauses PostgreSQL rejected (and the engine too).
@@ -46,9 +48,10 @@ impl Report {
     pub fn summary(&self) -> String {
         let refused: usize = self.engine_refused.values().map(|(n, _)| n).sum();
         format!(
-            "{} clauses: {} compared ({} rows), {} rejected by both, {} refused by the engine only, {} disagreements",
+            "{} clauses: {} compared ({} with subqueries; {} rows), {} rejected by both, {} refused by the engine only, {} disagreements",
             self.clauses,
             self.compared,
+            self.compared_with_subqueries,
             self.rows_compared,
             self.both_rejected,
             refused,
@@ -184,6 +187,7 @@ fn compare(data: &Data, clause: &str, shape: &Shape, pg: &BTreeSet<i64>, report:
         }
     };
     report.compared += 1;
+    report.compared_with_subqueries += usize::from(shape.has_subquery());
     report.rows_compared += data.rows["t"].len();
     if engine == *pg && oracle == *pg {
         return;
