@@ -39,7 +39,13 @@ pub struct PgServer {
     bin: PathBuf,
     dir: tempfile::TempDir,
     user: Option<(u32, u32)>,
+    /// `pg_ctl start` succeeded: dropping the value stops the server.
+    started: bool,
 }
+
+/// The oldest PostgreSQL with `pg_current_snapshot`, `pg_current_xact_id`
+/// and `pg_visible_in_snapshot`.
+const MIN_VERSION_NUM: i32 = 130_000;
 
 impl PgServer {
     /// Initializes and starts a server; waits until it accepts connections.
@@ -56,7 +62,12 @@ impl PgServer {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
                 .map_err(|e| ServerError::Failed(format!("chown {}: {e}", dir.path().display())))?;
         }
-        let server = PgServer { bin, dir, user };
+        let mut server = PgServer {
+            bin,
+            dir,
+            user,
+            started: false,
+        };
         server.run(
             "initdb",
             &[
@@ -92,6 +103,18 @@ impl PgServer {
                 "start",
             ],
         )?;
+        server.started = true;
+        let version: i32 = server
+            .connect()
+            .query_one("SELECT current_setting('server_version_num')::int", &[])
+            .map_err(|e| ServerError::Failed(format!("server version: {e}")))?
+            .get(0);
+        if version < MIN_VERSION_NUM {
+            return Err(ServerError::NotInstalled(format!(
+                "PostgreSQL {version} in {} is older than 13",
+                server.bin.display()
+            )));
+        }
         Ok(server)
     }
 
@@ -112,7 +135,12 @@ impl PgServer {
 
     fn run(&self, program: &str, args: &[&str]) -> Result<Output, ServerError> {
         let mut command = Command::new(self.bin.join(program));
-        command.args(args).env("LC_ALL", "C");
+        // PostgreSQL up to 15 changes back to the working directory it was
+        // started in: as root that must be one the `postgres` user can read.
+        command
+            .args(args)
+            .env("LC_ALL", "C")
+            .current_dir(self.dir.path());
         if let Some((uid, gid)) = self.user {
             command.uid(uid).gid(gid);
         }
@@ -136,6 +164,9 @@ impl Drop for PgServer {
     /// Stops the server (an immediate shutdown: nothing of it is kept).
     /// A failed stop is reported, never hidden; the directory goes anyway.
     fn drop(&mut self) {
+        if !self.started {
+            return;
+        }
         let data = self.data();
         if let Err(e) = self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]) {
             eprintln!("reality: stopping the private PostgreSQL server failed: {e}");

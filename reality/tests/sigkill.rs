@@ -20,16 +20,21 @@ fn sigkill_recovery_keeps_everything_reported_durable() {
         report.summary(),
         report.breaches.join("\n")
     );
-    assert_eq!(report.kills, 20);
     assert!(report.durable_reports >= 40, "{}", report.summary());
+    assert!(report.records_checked >= 1_000, "{}", report.summary());
 }
 
 /// The check fails on the bug class it exists for: recovery that keeps
-/// what follows the durable offset (`no-trim-on-open`).
+/// what follows the durable offset (`no-trim-on-open`). Deterministic: the
+/// first child kills itself right after a flush wrote its data, unsynced
+/// and past the durable offset; the second recovers with the plant.
 #[test]
 fn sigkill_check_catches_recovery_that_keeps_the_undurable_tail() {
-    let report = reality::crash::random_kills(reality(), 0, 20, true);
-    assert!(!report.breaches.is_empty(), "{}", report.summary());
+    let breaches = reality::crash::planted_crash(reality(), 0, 60);
+    assert!(
+        !breaches.is_empty(),
+        "the planted recovery passed the check"
+    );
 }
 
 /// MemStorage against real crashes: a child SIGKILLs itself at a named

@@ -130,21 +130,61 @@ impl Tables for Data {
 pub fn run(client: &mut postgres::Client, seed: u64, cases: usize) -> Report {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut report = Report::default();
-    let mut data = Data::new(&mut rng);
+    let mut data = None;
     for case in 0..cases {
         if case % CLAUSES_PER_ROUND == 0 {
-            data = Data::new(&mut rng);
-            data.load(client)
+            let fresh = Data::new(&mut rng);
+            fresh
+                .load(client)
                 .unwrap_or_else(|e| panic!("loading the tables: {e}"));
+            if case == 0 {
+                invalid_alone(client, &fresh, &mut report);
+            }
+            data = Some(fresh);
         }
+        let data = data.as_ref().expect("tables loaded");
         let clause = generate::clause(&mut rng);
-        check_clause(client, &data, &clause, &mut report);
+        let checked = catch_unwind(AssertUnwindSafe(|| {
+            check_clause(client, data, &clause, &mut report)
+        }));
+        if let Err(panic) = checked {
+            report.disagreements.push(format!(
+                "`{}` (seed {seed}, clause {case}): the check panicked: {}",
+                clause.sql,
+                crate::crash::panic_text(&panic)
+            ));
+        }
     }
     report
 }
 
-fn check_clause(client: &mut postgres::Client, data: &Data, clause: &str, report: &mut Report) {
+/// Every clause of [`generate::INVALID`] alone: PostgreSQL rejects it and
+/// the engine refuses it naming `where`.
+fn invalid_alone(client: &mut postgres::Client, data: &Data, report: &mut Report) {
+    for sql in generate::INVALID {
+        let before = report.both_rejected;
+        let clause = generate::Clause {
+            sql: sql.to_string(),
+            supported: false,
+        };
+        check_clause(client, data, &clause, report);
+        if report.both_rejected == before && !report.disagreements.iter().any(|d| d.contains(sql)) {
+            report.disagreements.push(format!(
+                "`{sql}` is listed as invalid, but PostgreSQL accepts it"
+            ));
+        }
+    }
+}
+
+fn check_clause(
+    client: &mut postgres::Client,
+    data: &Data,
+    clause: &generate::Clause,
+    report: &mut Report,
+) {
     report.clauses += 1;
+    let supported = clause.supported;
+    let clause = clause.sql.as_str();
     let pg = pg_rows(client, clause);
     let request = ShapeRequest {
         table: "t".to_string(),
@@ -160,6 +200,9 @@ fn check_clause(client: &mut postgres::Client, data: &Data, clause: &str, report
         )),
         (Err(pg_error), Ok(_)) => report.disagreements.push(format!(
             "`{clause}`: PostgreSQL rejects it ({pg_error}), the engine accepts it"
+        )),
+        (Ok(_), Err(e)) if supported => report.disagreements.push(format!(
+            "`{clause}`: only supported constructs, PostgreSQL accepts it, the engine refuses it: {e}"
         )),
         (Ok(_), Err(e)) => {
             let entry = report

@@ -199,6 +199,41 @@ pub fn random_kills(bin: &Path, seed: u64, kills: usize, planted: bool) -> KillR
     report
 }
 
+/// The `no-trim-on-open` plant, deterministically: a child SIGKILLs itself
+/// at its `nth` visit of `log.flush.after_write` (a flush's data written
+/// past the durable offset); a second child recovers with the plant and
+/// runs `steps` transactions on; then recovery and its check. Returns the
+/// breaches found (the check must find some).
+pub fn planted_crash(bin: &Path, nth: u32, steps: u64) -> Vec<String> {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut ledger = Ledger::default();
+    let mut breaches = Vec::new();
+    let arm = format!("{}:{nth}", CrashPoint::LogFlushAfterWrite);
+    for (seed, steps, arm) in [(1, 1_000_000, Some(arm)), (2, steps, None)] {
+        let mut command = Command::new(bin);
+        command
+            .arg("crash-child")
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--seed", &seed.to_string(), "--steps", &steps.to_string()])
+            .arg("--plant-no-trim-on-open");
+        if let Some(arm) = &arm {
+            command.args(["--arm", arm]);
+        }
+        let output = command.output().expect("run the child");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .for_each(|l| ledger.record(l));
+        if !output.status.success() && output.status.signal() != Some(libc::SIGKILL) {
+            breaches.push(format!("child {seed} failed: {}", output.status));
+        }
+    }
+    if let Err(found) = recover_disk(dir.path(), &ledger, true) {
+        breaches.extend(found);
+    }
+    breaches
+}
+
 struct Child<'a> {
     bin: &'a Path,
     dir: &'a Path,
@@ -225,6 +260,9 @@ impl Child<'_> {
     }
 }
 
+/// How long a child may go without a report before the run is a failure.
+const SILENCE_LIMIT: Duration = Duration::from_secs(60);
+
 fn kill_after(
     mut command: Command,
     wait_lines: usize,
@@ -235,21 +273,33 @@ fn kill_after(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("start {command:?}: {e}"));
-    let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().expect("piped stdout");
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
+            // A read error is a line too: the ledger must not end silently.
+            let line = line.unwrap_or_else(|e| format!("unreadable report: {e}"));
             if tx.send(line).is_err() {
                 break;
             }
         }
     });
+    // Drained as it comes: a child that fills the pipe must not stall.
+    let mut stderr_pipe = child.stderr.take().expect("piped stderr");
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stderr_pipe, &mut text).map(|_| text)
+    });
     let mut lines = Vec::new();
+    let mut silent = false;
     while lines.len() < wait_lines {
-        match rx.recv() {
+        match rx.recv_timeout(SILENCE_LIMIT) {
             Ok(line) => lines.push(line),
-            Err(_) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                silent = true;
+                break;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
     std::thread::sleep(Duration::from_micros(delay_us));
@@ -257,15 +307,15 @@ fn kill_after(
     let status = child.wait().expect("wait for the child");
     reader.join().expect("the reader thread");
     lines.extend(rx.try_iter());
-    let killed = match status.signal() {
-        Some(libc::SIGKILL) => Ok(()),
-        _ => {
-            let mut stderr = String::new();
-            let mut pipe = child.stderr.take().expect("piped stderr");
-            std::io::Read::read_to_string(&mut pipe, &mut stderr).expect("the child's stderr");
-            let first = stderr.lines().take(3).collect::<Vec<_>>().join(" / ");
-            Err(format!("{status}: {first}"))
-        }
+    let stderr = stderr
+        .join()
+        .expect("the stderr thread")
+        .unwrap_or_else(|e| format!("unreadable stderr: {e}"));
+    let first = stderr.lines().take(3).collect::<Vec<_>>().join(" / ");
+    let killed = match (status.signal(), silent) {
+        (_, true) => Err(format!("silent for {SILENCE_LIMIT:?}; {first}")),
+        (Some(libc::SIGKILL), false) => Ok(()),
+        _ => Err(format!("{status}: {first}")),
     };
     (lines, killed)
 }
@@ -274,23 +324,24 @@ fn kill_after(
 fn landed(lines: &[String]) -> &'static str {
     let mut place = "outside any flush";
     for line in lines {
-        let word = line.split(' ').next().unwrap_or_default();
-        place = match (word, line.as_str()) {
+        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+        place = match (word, rest) {
             ("flush", _) => "log flush: writing data",
-            (_, "at log.flush.after_write") => "log flush: between write and sync",
-            (_, "at log.flush.after_sync") => "log flush: between sync and meta",
-            (_, "at meta.after_temp_write") if place.starts_with("log flush") => {
+            ("at", "log.flush.after_write") => "log flush: between write and sync",
+            ("at", "log.flush.after_sync") => "log flush: between sync and meta",
+            ("at", "meta.after_temp_write") if place.starts_with("log flush") => {
                 "log flush: meta temp file synced, not renamed"
             }
-            (_, "at meta.after_rename") if place.starts_with("log flush") => {
+            ("at", "meta.after_rename") if place.starts_with("log flush") => {
                 "log flush: meta renamed, directory not synced"
             }
-            ("durable" | "flushed" | "created" | "metaflushed", _) => "outside any flush",
-            ("removing", _) => "removing a shape",
-            ("metaflush", _) => "metadata flush (SQLite commit)",
-            ("at", _) if !place.starts_with("log flush") && place != "removing a shape" => {
+            ("at", point) if point.starts_with("log.create") || point.starts_with("snapshot") => {
                 "creating a shape"
             }
+            ("at", point) if point.starts_with("log.remove") => "removing a shape",
+            ("removing", _) => "removing a shape",
+            ("durable" | "flushed" | "created" | "metaflushed", _) => "outside any flush",
+            ("metaflush", _) => "metadata flush (SQLite commit)",
             _ => place,
         };
     }

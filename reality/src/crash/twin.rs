@@ -4,11 +4,13 @@
 //! at that point and dropped, the SQLite connection kept: the simulator's
 //! process kill). Both must report the same lines and recover to the same
 //! [`Outcome`](super::recovery::Outcome), and both must meet the contract.
+//! Each twin runs twice on its disk, so the second run boots, recovers and
+//! crashes again on what the first left.
 
 use super::recovery::{self, Ledger};
 use super::store::{self, CrashMode, Points};
 use engine::env::{CrashPoint, Env, MemStorage, NoEvents};
-use engine::metadata::{MetaConfig, ShapeDb};
+use engine::metadata::{MetaConfig, ShapeDb, SqliteConn};
 use rand::RngExt as _;
 use rand::SeedableRng as _;
 use rand::seq::IndexedRandom as _;
@@ -35,8 +37,9 @@ const STEPS: u64 = 120;
 #[derive(Debug, Default)]
 pub struct TwinReport {
     pub cases: usize,
-    /// Cases by crash point: how many fired (crashed) on both sides.
+    /// Runs by crash point: how many crashed there on both sides.
     pub fired: BTreeMap<String, usize>,
+    /// Runs whose armed point was not reached (they ran to the end).
     pub not_fired: usize,
     pub differences: Vec<String>,
 }
@@ -45,7 +48,7 @@ impl TwinReport {
     pub fn summary(&self) -> String {
         let fired: Vec<String> = self.fired.iter().map(|(p, n)| format!("{p} {n}")).collect();
         format!(
-            "{} crash-point twins: crashed at {}; {} ran to the end; {} differences",
+            "{} crash-point twins ({PHASES} runs each on one disk): crashed at {}; {} runs ran to the end; {} differences",
             self.cases,
             fired.join(", "),
             self.not_fired,
@@ -59,92 +62,135 @@ pub fn twins(bin: &Path, seed: u64, cases: usize) -> TwinReport {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut report = TwinReport::default();
     for case in 0..cases {
-        let point = *POINTS.choose(&mut rng).expect("points");
-        let nth = rng.random_range(0..6u32);
         let workload = rng.random_range(0..u64::from(u32::MAX));
-        let context = format!("twin {case} (workload {workload}, {point} visit {nth})");
+        // Two crashes on one disk: the second run boots from what the
+        // first one's crash and recovery left.
+        let arms: Vec<(CrashPoint, u32)> = (0..PHASES)
+            .map(|_| {
+                (
+                    *POINTS.choose(&mut rng).expect("points"),
+                    rng.random_range(0..6u32),
+                )
+            })
+            .collect();
+        let context = format!("twin {case} (workload {workload}, crashes at {arms:?})");
         report.cases += 1;
-        match twin(bin, workload, point, nth) {
-            Ok(true) => *report.fired.entry(point.to_string()).or_default() += 1,
-            Ok(false) => report.not_fired += 1,
+        match twin(bin, workload, &arms) {
+            Ok(fired) => {
+                for ((point, _), fired) in arms.iter().zip(fired) {
+                    match fired {
+                        true => *report.fired.entry(point.to_string()).or_default() += 1,
+                        false => report.not_fired += 1,
+                    }
+                }
+            }
             Err(difference) => report.differences.push(format!("{context}: {difference}")),
         }
     }
     report
 }
 
-/// One twin: Ok(whether the point fired) when both sides agree.
-fn twin(bin: &Path, workload: u64, point: CrashPoint, nth: u32) -> Result<bool, String> {
+/// Runs per twin, each crashed at its own point.
+const PHASES: usize = 2;
+
+/// The model side's disk and database, kept across its runs.
+struct Model {
+    storage: MemStorage,
+    conn: SqliteConn,
+}
+
+/// One twin: per run, whether its point fired, when both sides agree.
+fn twin(bin: &Path, workload: u64, arms: &[(CrashPoint, u32)]) -> Result<Vec<bool>, String> {
     let dir = tempfile::tempdir().expect("temporary directory");
+    let model = Model {
+        storage: MemStorage::new(),
+        conn: Arc::new(Mutex::new(
+            rusqlite::Connection::open_in_memory().expect("in-memory SQLite"),
+        )),
+    };
+    let mut ledger = Ledger::default();
+    let mut fired = Vec::new();
+    for (run, &(point, nth)) in arms.iter().enumerate() {
+        let seed = workload + run as u64;
+        let (real_lines, real_fired) = real_run(bin, dir.path(), seed, point, nth)?;
+        let (model_lines, model_fired) = model_run(&model, seed, point, nth);
+        let at = format!("run {run}");
+        if real_fired != model_fired {
+            return Err(format!(
+                "{at}: crashed on disk: {real_fired}, on MemStorage: {model_fired}"
+            ));
+        }
+        if let Some(i) = (0..real_lines.len().max(model_lines.len()))
+            .find(|&i| real_lines.get(i) != model_lines.get(i))
+        {
+            return Err(format!(
+                "{at}: report {i} differs: disk {:?}, MemStorage {:?}",
+                real_lines.get(i),
+                model_lines.get(i)
+            ));
+        }
+        real_lines.iter().for_each(|l| ledger.record(l));
+        let real = super::recover_disk(dir.path(), &ledger, false)
+            .map_err(|b| format!("{at}: {}", b.join("; ")))?;
+        let storage: Arc<dyn engine::env::Storage> = Arc::new(model.storage.clone());
+        let recovered = futures::executor::block_on(recovery::recover(
+            &recovery::env(storage),
+            model.conn.clone(),
+            false,
+        ));
+        let breaches = recovery::check(&recovered, &ledger);
+        if !breaches.is_empty() {
+            return Err(format!(
+                "{at}: MemStorage breaks the contract: {}",
+                breaches.join("; ")
+            ));
+        }
+        if real.outcome != recovered.outcome {
+            return Err(format!(
+                "{at}: recovery differs: disk {:?}, MemStorage {:?}",
+                real.outcome, recovered.outcome
+            ));
+        }
+        fired.push(real_fired);
+    }
+    Ok(fired)
+}
+
+/// The child on the real disk: its reports and whether it crashed.
+fn real_run(
+    bin: &Path,
+    dir: &Path,
+    seed: u64,
+    point: CrashPoint,
+    nth: u32,
+) -> Result<(Vec<String>, bool), String> {
     let output = Command::new(bin)
         .arg("crash-child")
         .arg("--dir")
-        .arg(dir.path())
-        .args([
-            "--seed",
-            &workload.to_string(),
-            "--steps",
-            &STEPS.to_string(),
-        ])
+        .arg(dir)
+        .args(["--seed", &seed.to_string(), "--steps", &STEPS.to_string()])
         .args(["--arm", &format!("{point}:{nth}")])
         .output()
         .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
-    let real_lines: Vec<String> = String::from_utf8_lossy(&output.stdout)
+    let lines = String::from_utf8_lossy(&output.stdout)
         .lines()
         .map(str::to_string)
         .collect();
-    let real_fired = match (output.status.signal(), output.status.code()) {
-        (Some(libc::SIGKILL), _) => true,
-        (_, Some(0)) => false,
-        _ => {
-            return Err(format!(
-                "the child failed ({}): {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            ));
-        }
-    };
-    let (model_lines, model_fired, model) = model_run(workload, point, nth);
-    if real_fired != model_fired {
-        return Err(format!(
-            "crashed on disk: {real_fired}, on MemStorage: {model_fired}"
-        ));
+    match (output.status.signal(), output.status.code()) {
+        (Some(libc::SIGKILL), _) => Ok((lines, true)),
+        (_, Some(0)) => Ok((lines, false)),
+        _ => Err(format!(
+            "the child failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )),
     }
-    if let Some(i) = (0..real_lines.len().max(model_lines.len()))
-        .find(|&i| real_lines.get(i) != model_lines.get(i))
-    {
-        return Err(format!(
-            "report {i} differs: disk {:?}, MemStorage {:?}",
-            real_lines.get(i),
-            model_lines.get(i)
-        ));
-    }
-    let mut ledger = Ledger::default();
-    real_lines.iter().for_each(|l| ledger.record(l));
-    let real = super::recover_disk(dir.path(), &ledger, false).map_err(|b| b.join("; "))?;
-    let breaches = recovery::check(&model, &ledger);
-    if !breaches.is_empty() {
-        return Err(format!(
-            "MemStorage breaks the contract: {}",
-            breaches.join("; ")
-        ));
-    }
-    if real.outcome != model.outcome {
-        return Err(format!(
-            "recovery differs: disk {:?}, MemStorage {:?}",
-            real.outcome, model.outcome
-        ));
-    }
-    Ok(real_fired)
 }
 
-/// The workload on `MemStorage`, parked at the armed point and dropped,
-/// then recovered: its reports, whether it crashed, what recovery found.
-fn model_run(
-    workload: u64,
-    point: CrashPoint,
-    nth: u32,
-) -> (Vec<String>, bool, recovery::Recovered) {
+/// The workload on the model's `MemStorage`, parked at the armed point and
+/// dropped (the SQLite connection kept, the metadata buffer lost): its
+/// reports and whether it crashed.
+fn model_run(model: &Model, seed: u64, point: CrashPoint, nth: u32) -> (Vec<String>, bool) {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let sink = lines.clone();
     let report: store::Report = Arc::new(move |line| sink.lock().expect("lines").push(line));
@@ -154,30 +200,20 @@ fn model_run(
         mode: CrashMode::Model,
         fired: Mutex::new(false),
     });
-    let mem = MemStorage::new();
-    let storage: Arc<dyn engine::env::Storage> = Arc::new(mem.clone());
+    let storage: Arc<dyn engine::env::Storage> = Arc::new(model.storage.clone());
     let env = Env {
         crash_points: points.clone(),
         events: Arc::new(NoEvents),
-        ..recovery::env(storage.clone())
+        ..recovery::env(storage)
     };
-    let conn = Arc::new(Mutex::new(
-        rusqlite::Connection::open_in_memory().expect("in-memory SQLite"),
-    ));
-    let db = ShapeDb::open(conn.clone(), MetaConfig::default()).expect("metadata");
-    let fired = store::run_until_crash(
-        store::drive(&env, &db, workload, STEPS, false, &report),
-        &points,
-    );
+    let db = ShapeDb::open(model.conn.clone(), MetaConfig::default()).expect("metadata");
+    let work = store::drive(&env, &db, seed, STEPS, false, &report);
+    let fired = store::run_until_crash(work, &points);
     if !fired {
         report("done".to_string());
     }
-    // The kill: the engine's tasks and the metadata buffer are gone; the
-    // disk and the SQLite database (a committed transaction) remain.
     drop(db);
-    mem.process_crash();
-    let recovered =
-        futures::executor::block_on(recovery::recover(&recovery::env(storage), conn, false));
+    model.storage.process_crash();
     let lines = lines.lock().expect("lines").clone();
-    (lines, fired, recovered)
+    (lines, fired)
 }

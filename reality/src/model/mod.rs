@@ -27,7 +27,7 @@ use engine::replication::{ReplicationMessage, Transaction};
 use rand::RngExt as _;
 use rand::SeedableRng as _;
 use rand_chacha::ChaCha8Rng;
-use sim::pg::{PgModel, StreamCursor};
+use sim::pg::{Mutation, PgModel, StreamCursor};
 use snapshots::OpenSnapshot;
 
 const SLOT: &str = "reality";
@@ -82,7 +82,17 @@ pub fn run(server: &PgServer, first_seed: u64, workloads: usize) -> Report {
     };
     let mut report = Report::default();
     for seed in first_seed..first_seed + workloads as u64 {
-        if let Err(difference) = workload(&mut sides, seed, &mut report) {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            workload(&mut sides, seed, &mut report)
+        }));
+        let difference = match outcome {
+            Ok(result) => result.err(),
+            Err(panic) => Some(format!(
+                "the comparison panicked: {}",
+                crate::crash::panic_text(&panic)
+            )),
+        };
+        if let Some(difference) = difference {
             report
                 .differences
                 .push(format!("workload seed {seed}: {difference}"));
@@ -92,10 +102,12 @@ pub fn run(server: &PgServer, first_seed: u64, workloads: usize) -> Report {
     report
 }
 
-/// A transaction open on both sides.
+/// A transaction open on both sides; the statements PostgreSQL already
+/// ran in it (the model applies them at COMMIT).
 struct Open {
     model_xid: u64,
     connection: usize,
+    statements: Vec<Mutation>,
 }
 
 struct Run<'a> {
@@ -178,9 +190,13 @@ fn setup(sides: &mut Sides, rng: &mut ChaCha8Rng) -> PgModel {
 
 impl Run<'_> {
     fn step(&mut self, report: &mut Report) -> Result<(), String> {
-        match self.rng.random_range(0..10) {
+        match self.rng.random_range(0..12) {
             0..=3 if self.open.len() < MAX_OPEN => self.begin(),
             0..=5 if !self.open.is_empty() => self.end_one(report),
+            10 | 11 if !self.open.is_empty() => {
+                let index = self.rng.random_range(0..self.open.len());
+                self.work(index, 2)
+            }
             6 | 7 if self.snapshot.is_none() => {
                 let open = OpenSnapshot::take(self, report)?;
                 self.snapshot = Some(open);
@@ -216,7 +232,33 @@ impl Run<'_> {
         self.open.push(Open {
             model_xid,
             connection,
+            statements: Vec::new(),
         });
+        if self.rng.random_bool(0.5) {
+            self.work(self.open.len() - 1, 2)?;
+        }
+        Ok(())
+    }
+
+    /// Runs up to `most` statements in the `index`-th open transaction, in
+    /// PostgreSQL now (the model applies them when it commits).
+    fn work(&mut self, index: usize, most: usize) -> Result<(), String> {
+        let open = &mut self.open[index];
+        let statements = workload::statements(
+            &mut self.rng,
+            &self.model,
+            open.connection as i64,
+            most,
+            &mut self.fresh_key,
+        );
+        let client = &mut self.sides.pool[open.connection];
+        for statement in statements {
+            let sql = workload::sql(&statement);
+            client
+                .batch_execute(&sql)
+                .map_err(|e| format!("{sql}: {e}"))?;
+            open.statements.push(statement);
+        }
         Ok(())
     }
 
@@ -238,15 +280,13 @@ impl Run<'_> {
         self.end(open, false, report)
     }
 
-    /// Runs a transaction's statements on both sides and ends it.
+    /// Runs the transaction's last statements, then ends it on both sides.
     fn end(&mut self, open: Open, abort: bool, report: &mut Report) -> Result<(), String> {
-        let statements = workload::statements(&mut self.rng, &self.model, &mut self.fresh_key);
-        let client = &mut self.sides.pool[open.connection];
-        for statement in &statements {
-            client
-                .batch_execute(&workload::sql(statement))
-                .map_err(|e| format!("{}: {e}", workload::sql(statement)))?;
-        }
+        self.open.push(open);
+        let last = self.open.len() - 1;
+        self.work(last, 3)?;
+        let open = self.open.pop().expect("the transaction being ended");
+        let (client, statements) = (&mut self.sides.pool[open.connection], open.statements);
         if abort {
             client.batch_execute("ROLLBACK").expect("ROLLBACK");
             self.model.abort(open.model_xid);

@@ -5,10 +5,13 @@
 //! a (id int8 PK, v text, n int8)            REPLICA IDENTITY FULL
 //! b (id text PK, flag bool NOT NULL, note text)  REPLICA IDENTITY FULL
 //! ```
-//! Statements are drawn against the model's current rows when their
-//! transaction commits (both sides run them then, so no row lock is held
-//! across steps): updates and deletes of present and absent keys, inserts
-//! that conflict (`ON CONFLICT DO NOTHING`), key changes to fresh keys.
+//! Each of the (at most four) open transactions owns the keys of its
+//! connection slot (`a.id % 4`, `b.id` prefixed `k<slot>_`), so statements
+//! of open transactions never wait for each other's row locks, and the
+//! model, which applies a transaction's statements in order at COMMIT,
+//! ends in the state PostgreSQL reaches running them as they come:
+//! updates and deletes of present and absent keys, inserts that conflict
+//! (`ON CONFLICT DO NOTHING`), key changes to fresh keys.
 
 use engine::schema::{Catalog, Column, ColumnType, Row, TableName, TableSchema, Value};
 use rand::RngExt as _;
@@ -58,17 +61,20 @@ pub const SCHEMA_SQL: &str = "DROP TABLE IF EXISTS a, b;
     CREATE TABLE b (id text PRIMARY KEY, flag bool NOT NULL, note text);
     ALTER TABLE b REPLICA IDENTITY FULL;";
 
-/// Rows present before the slot: `a` 1..=6, `b` k1..k4.
+/// Rows present before the slot: `a` 1..=12, `b` k<slot>_1.
 pub fn initial_rows(rng: &mut ChaCha8Rng) -> Vec<(TableName, Row)> {
     let mut rows = Vec::new();
-    for id in 1..=6 {
+    for id in 1..=12 {
         rows.push((table("a"), a_row(rng, id)));
     }
-    for id in 1..=4 {
-        rows.push((table("b"), b_row(rng, &format!("k{id}"))));
+    for slot in 0..SLOTS {
+        rows.push((table("b"), b_row(rng, &format!("k{slot}_1"))));
     }
     rows
 }
+
+/// Connection slots: key owners.
+pub const SLOTS: i64 = 4;
 
 fn text(rng: &mut ChaCha8Rng) -> Value {
     match rng.random_bool(0.2) {
@@ -96,30 +102,39 @@ fn b_row(rng: &mut ChaCha8Rng, id: &str) -> Row {
     ]
 }
 
-/// Draws statements for a transaction committing now; `fresh` numbers the
-/// keys a key change moves a row to (never present, so never a conflict).
-pub fn statements(rng: &mut ChaCha8Rng, model: &PgModel, fresh: &mut i64) -> Vec<Mutation> {
-    (0..rng.random_range(1..=3))
+/// Draws 1..=`most` statements for the transaction of connection slot
+/// `slot`, on its own keys; `fresh` numbers the keys a key change moves a
+/// row to (never present, so never a conflict).
+pub fn statements(
+    rng: &mut ChaCha8Rng,
+    model: &PgModel,
+    slot: i64,
+    most: usize,
+    fresh: &mut i64,
+) -> Vec<Mutation> {
+    (0..rng.random_range(1..=most))
         .map(|_| match rng.random_bool(0.6) {
-            true => a_statement(rng, model, fresh),
-            false => b_statement(rng),
+            true => a_statement(rng, model, slot, fresh),
+            false => b_statement(rng, slot),
         })
         .collect()
 }
 
-fn a_statement(rng: &mut ChaCha8Rng, model: &PgModel, fresh: &mut i64) -> Mutation {
+fn a_statement(rng: &mut ChaCha8Rng, model: &PgModel, slot: i64, fresh: &mut i64) -> Mutation {
     let present: Vec<Vec<Value>> = model
         .rows(&table("a"))
         .into_iter()
+        .filter(|r| matches!(r[0], Value::Int(id) if id % SLOTS == slot))
         .map(|r| vec![r[0].clone()])
         .collect();
+    let any_key = |rng: &mut ChaCha8Rng| slot + SLOTS * rng.random_range(0..10);
     let key = |rng: &mut ChaCha8Rng| match present.choose(rng) {
         Some(k) if rng.random_bool(0.8) => k.clone(),
-        _ => vec![Value::Int(rng.random_range(1..=9))],
+        _ => vec![Value::Int(any_key(rng))],
     };
     match rng.random_range(0..10) {
         0..=2 => {
-            let id = rng.random_range(1..=9);
+            let id = any_key(rng);
             Mutation::Insert {
                 table: table("a"),
                 row: a_row(rng, id),
@@ -133,7 +148,7 @@ fn a_statement(rng: &mut ChaCha8Rng, model: &PgModel, fresh: &mut i64) -> Mutati
             }
             if rng.random_bool(0.15) {
                 *fresh += 1;
-                set.push(("id".to_string(), Value::Int(*fresh)));
+                set.push(("id".to_string(), Value::Int(1_000 + *fresh * SLOTS + slot)));
             }
             Mutation::Update {
                 table: table("a"),
@@ -148,8 +163,8 @@ fn a_statement(rng: &mut ChaCha8Rng, model: &PgModel, fresh: &mut i64) -> Mutati
     }
 }
 
-fn b_statement(rng: &mut ChaCha8Rng) -> Mutation {
-    let id = format!("k{}", rng.random_range(1..=6));
+fn b_statement(rng: &mut ChaCha8Rng, slot: i64) -> Mutation {
+    let id = format!("k{slot}_{}", rng.random_range(1..=3));
     match rng.random_range(0..3) {
         0 => Mutation::Insert {
             table: table("b"),

@@ -118,10 +118,10 @@ fn eval(expr: &Expr, column: &dyn Fn(&str) -> Value, tables: &dyn Tables) -> Val
         }
         Expr::IsNull(e) => Value::Bool(ev(e) == Value::Null),
         Expr::IsNotNull(e) => Value::Bool(ev(e) != Value::Null),
-        Expr::IsTrue(e) => Value::Bool(boolean(ev(e)) == Value::Bool(true)),
-        Expr::IsNotTrue(e) => Value::Bool(boolean(ev(e)) != Value::Bool(true)),
-        Expr::IsFalse(e) => Value::Bool(boolean(ev(e)) == Value::Bool(false)),
-        Expr::IsNotFalse(e) => Value::Bool(boolean(ev(e)) != Value::Bool(false)),
+        Expr::IsTrue(e) => Value::Bool(boolean(e, ev(e)) == Value::Bool(true)),
+        Expr::IsNotTrue(e) => Value::Bool(boolean(e, ev(e)) != Value::Bool(true)),
+        Expr::IsFalse(e) => Value::Bool(boolean(e, ev(e)) == Value::Bool(false)),
+        Expr::IsNotFalse(e) => Value::Bool(boolean(e, ev(e)) != Value::Bool(false)),
         Expr::IsUnknown(e) => Value::Bool(ev(e) == Value::Null),
         Expr::IsNotUnknown(e) => Value::Bool(ev(e) != Value::Null),
         Expr::Between {
@@ -331,19 +331,28 @@ fn negative_literal(expr: &Expr) -> Option<i64> {
     }
 }
 
-/// A value where a boolean is expected: an untyped string becomes one.
-fn boolean(v: Value) -> Value {
-    match v {
-        Value::Text(t) => Value::Bool(pg_bool(&t)),
-        other => other,
+/// The value of `expr` where a boolean is expected: an untyped string
+/// literal becomes one (a text column never gets here: PostgreSQL and the
+/// engine reject it).
+fn boolean(expr: &Expr, v: Value) -> Value {
+    match (expr, v) {
+        (Expr::Value(_), Value::Text(t)) => Value::Bool(pg_bool(&t)),
+        (_, other) => other,
     }
 }
 
+/// PostgreSQL's boolean input: any prefix of `true`, `false`, `yes`, `no`,
+/// at least two letters of `on`/`off`, `1`, `0`; case and surrounding
+/// spaces ignored.
 fn pg_bool(text: &str) -> bool {
-    match text.trim().to_ascii_lowercase().as_str() {
-        "t" | "true" | "y" | "yes" | "on" | "1" => true,
-        "f" | "false" | "n" | "no" | "off" | "0" => false,
-        other => panic!("oracle: not a boolean: {other}"),
+    let t = text.trim().to_ascii_lowercase();
+    let prefix_of = |word: &str, min: usize| t.len() >= min && word.starts_with(t.as_str());
+    if prefix_of("true", 1) || prefix_of("yes", 1) || t == "on" || t == "1" {
+        true
+    } else if prefix_of("false", 1) || prefix_of("no", 1) || prefix_of("off", 2) || t == "0" {
+        false
+    } else {
+        panic!("oracle: not a boolean: {text:?}")
     }
 }
 
