@@ -1,18 +1,22 @@
-//! A private PostgreSQL server for one check: a temporary data directory,
-//! a Unix socket in it (no TCP listener), `wal_level=logical`, the C locale
-//! (so text compares bytewise, as the engine and the oracle assume: written
-//! down in ARCHITECTURE.md, "Reality checks"), `fsync=off` (the checks never
-//! crash this server), autovacuum off (an automatic ANALYZE takes an xid,
-//! and the model comparison maps xids one to one). It is stopped when the value is dropped.
+//! A private PostgreSQL server for one check: a temporary data directory;
+//! the postmaster a child of this process that dies with the thread that
+//! started it; a Unix socket in the directory (no TCP listener);
+//! `wal_level=logical`; the C locale (so text compares bytewise, as the
+//! engine and the oracle assume: written down in ARCHITECTURE.md, "Reality
+//! checks"); `fsync=off` (the checks never crash this server); autovacuum
+//! off (an automatic ANALYZE takes an xid, and the model comparison maps
+//! xids one to one). It is stopped when the value is dropped.
 //!
-//! PostgreSQL refuses to run as root; as root (CI), `initdb`, `pg_ctl` and
-//! the server run as the `postgres` system user that Debian's package
+//! PostgreSQL refuses to run as root; as root (CI), `initdb` and the
+//! server run as the `postgres` system user that Debian's package
 //! creates, and the data directory is handed to it.
 
 use std::fmt;
+use std::fs::File;
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// Why no server could be started: the binaries are missing (a skip outside
 /// CI) or they failed (always an error).
@@ -39,9 +43,12 @@ pub struct PgServer {
     bin: PathBuf,
     dir: tempfile::TempDir,
     user: Option<(u32, u32)>,
-    /// `pg_ctl start` succeeded: dropping the value stops the server.
-    started: bool,
+    /// The postmaster, once started: dropping the value stops it.
+    postmaster: Option<Child>,
 }
+
+/// How long a new server may take to accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The oldest PostgreSQL with `pg_current_snapshot`, `pg_current_xact_id`
 /// and `pg_visible_in_snapshot`.
@@ -51,6 +58,7 @@ impl PgServer {
     /// Initializes and starts a server; waits until it accepts connections.
     pub fn start() -> Result<PgServer, ServerError> {
         let bin = find_bin()?;
+        remove_stale_dirs();
         let dir = tempfile::Builder::new()
             .prefix("reality-pg.")
             .tempdir_in("/tmp")
@@ -66,7 +74,7 @@ impl PgServer {
             bin,
             dir,
             user,
-            started: false,
+            postmaster: None,
         };
         server.run(
             "initdb",
@@ -81,29 +89,7 @@ impl PgServer {
                 "--no-sync",
             ],
         )?;
-        let options = format!(
-            "-c listen_addresses='' -c unix_socket_directories='{}' -c wal_level=logical \
-             -c fsync=off -c max_replication_slots=8 -c max_wal_senders=8 \
-             -c max_prepared_transactions=0 -c autovacuum=off",
-            server.socket_dir()
-        );
-        let log = format!("{}/server.log", server.socket_dir());
-        server.run(
-            "pg_ctl",
-            &[
-                "-D",
-                &server.data(),
-                "-l",
-                &log,
-                "-w",
-                "-t",
-                "60",
-                "-o",
-                &options,
-                "start",
-            ],
-        )?;
-        server.started = true;
+        server.launch()?;
         let version: i32 = server
             .connect()
             .query_one("SELECT current_setting('server_version_num')::int", &[])
@@ -118,9 +104,70 @@ impl PgServer {
         Ok(server)
     }
 
+    /// Runs the postmaster as a child that dies with the thread that
+    /// started it (`PR_SET_PDEATHSIG`), so a test killed midway leaves no
+    /// server behind; waits until it accepts connections.
+    fn launch(&mut self) -> Result<(), ServerError> {
+        let socket_dir = self.socket_dir();
+        let log_path = format!("{socket_dir}/server.log");
+        let failed = |what: &str, e: std::io::Error| ServerError::Failed(format!("{what}: {e}"));
+        let log = File::create(&log_path).map_err(|e| failed("server log", e))?;
+        let mut command = Command::new(self.bin.join("postgres"));
+        command
+            .args(["-D", &self.data(), "-c", "listen_addresses="])
+            .args(["-c", &format!("unix_socket_directories={socket_dir}")])
+            .args(["-c", "wal_level=logical", "-c", "fsync=off"])
+            .args(["-c", "max_replication_slots=8", "-c", "max_wal_senders=8"])
+            .args(["-c", "autovacuum=off"])
+            .env("LC_ALL", "C")
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| failed("server log", e))?)
+            .stderr(log);
+        if let Some((uid, gid)) = self.user {
+            command.uid(uid).gid(gid);
+        }
+        // SAFETY: the closure calls prctl only, which is async-signal-safe.
+        unsafe {
+            command.pre_exec(
+                || match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                },
+            );
+        }
+        let child = command.spawn().map_err(|e| failed("postgres", e))?;
+        let config = self.config();
+        let postmaster = self.postmaster.insert(child);
+        let started = Instant::now();
+        loop {
+            if postgres::Client::connect(&config, postgres::NoTls).is_ok() {
+                return Ok(());
+            }
+            let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+            if let Some(status) = postmaster.try_wait().map_err(|e| failed("postgres", e))? {
+                return Err(ServerError::Failed(format!(
+                    "postgres exited ({status}): {}",
+                    log()
+                )));
+            }
+            if started.elapsed() > START_TIMEOUT {
+                return Err(ServerError::Failed(format!(
+                    "postgres did not accept connections within {START_TIMEOUT:?}: {}",
+                    log()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn config(&self) -> String {
+        format!("host={} user=postgres dbname=postgres", self.socket_dir())
+    }
+
     /// A new connection to the `postgres` database.
     pub fn connect(&self) -> postgres::Client {
-        let config = format!("host={} user=postgres dbname=postgres", self.socket_dir());
+        let config = self.config();
         postgres::Client::connect(&config, postgres::NoTls)
             .unwrap_or_else(|e| panic!("connect to the private server at {config}: {e}"))
     }
@@ -161,15 +208,56 @@ impl PgServer {
 }
 
 impl Drop for PgServer {
-    /// Stops the server (an immediate shutdown: nothing of it is kept).
-    /// A failed stop is reported, never hidden; the directory goes anyway.
+    /// Stops the server (SIGQUIT: an immediate shutdown, nothing of it is
+    /// kept) and waits for it. A failed stop is reported, never hidden.
     fn drop(&mut self) {
-        if !self.started {
+        let Some(mut postmaster) = self.postmaster.take() else {
             return;
+        };
+        let pid = postmaster.id() as libc::pid_t;
+        // SAFETY: kill has no preconditions; the pid is our unreaped child.
+        if unsafe { libc::kill(pid, libc::SIGQUIT) } != 0 {
+            eprintln!(
+                "reality: stopping the private PostgreSQL server failed: {}",
+                std::io::Error::last_os_error()
+            );
         }
-        let data = self.data();
-        if let Err(e) = self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]) {
-            eprintln!("reality: stopping the private PostgreSQL server failed: {e}");
+        if let Err(e) = postmaster.wait() {
+            eprintln!("reality: waiting for the private PostgreSQL server failed: {e}");
+        }
+    }
+}
+
+/// Removes the directories of servers whose process was killed before it
+/// could clean up (their postmaster died with it): older than ten minutes,
+/// no live postmaster. A younger one may be a parallel test's, starting.
+fn remove_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir("/tmp") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let ours = entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("reality-pg.");
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > Duration::from_secs(600)));
+        if !ours || !old {
+            continue;
+        }
+        let pid: Option<libc::pid_t> = std::fs::read_to_string(path.join("data/postmaster.pid"))
+            .ok()
+            .and_then(|text| text.lines().next()?.trim().parse().ok());
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        let alive = pid.is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
+        if !alive && let Err(e) = std::fs::remove_dir_all(&path) {
+            eprintln!(
+                "reality: could not remove the stale {}: {e}",
+                path.display()
+            );
         }
     }
 }
@@ -204,7 +292,7 @@ fn find_bin() -> Result<PathBuf, ServerError> {
     let on_path = std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .find(|dir| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file());
+        .find(|dir| dir.join("initdb").is_file() && dir.join("postgres").is_file());
     on_path.ok_or_else(|| {
         ServerError::NotInstalled("no /usr/lib/postgresql/*/bin/initdb, none on PATH".into())
     })
