@@ -14,3 +14,12 @@ pub mod clauses;
 pub mod crash;
 pub mod model;
 pub mod server;
+
+/// A caught panic's message.
+pub fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic".to_string())
+}

@@ -151,7 +151,7 @@ pub fn run(client: &mut postgres::Client, seed: u64, cases: usize) -> Report {
             report.disagreements.push(format!(
                 "`{}` (seed {seed}, clause {case}): the check panicked: {}",
                 clause.sql,
-                crate::crash::panic_text(&panic)
+                crate::panic_text(&panic)
             ));
         }
     }

@@ -80,20 +80,12 @@ fn recover_disk(
     let recovered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         futures::executor::block_on(recovery::recover(&env, conn, planted))
     }))
-    .map_err(|panic| vec![format!("recovery failed: {}", panic_text(&panic))])?;
+    .map_err(|panic| vec![format!("recovery failed: {}", crate::panic_text(&panic))])?;
     let breaches = recovery::check(&recovered, ledger);
     match breaches.is_empty() {
         true => Ok(recovered),
         false => Err(breaches),
     }
-}
-
-pub fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "a panic".to_string())
 }
 
 #[derive(Debug, Default)]

@@ -89,7 +89,7 @@ pub fn run(server: &PgServer, first_seed: u64, workloads: usize) -> Report {
             Ok(result) => result.err(),
             Err(panic) => Some(format!(
                 "the comparison panicked: {}",
-                crate::crash::panic_text(&panic)
+                crate::panic_text(&panic)
             )),
         };
         if let Some(difference) = difference {

@@ -19,6 +19,8 @@ use rand::seq::IndexedRandom as _;
 use rand_chacha::ChaCha8Rng;
 use sim::pg::{Mutation, PgModel};
 
+pub use crate::clauses::generate::literal;
+
 const TEXTS: [&str; 6] = ["a", "b", "ab", "it's", "x y", "é"];
 
 pub fn catalog() -> Catalog {
@@ -211,14 +213,5 @@ pub fn sql(mutation: &Mutation) -> String {
         Mutation::Delete { table, pk } => {
             format!("DELETE FROM {} WHERE id = {}", table.name, literal(&pk[0]))
         }
-    }
-}
-
-pub fn literal(value: &Value) -> String {
-    match value {
-        Value::Null => "NULL".to_string(),
-        Value::Bool(b) => b.to_string(),
-        Value::Int(n) => n.to_string(),
-        Value::Text(s) => format!("'{}'", s.replace('\'', "''")),
     }
 }
