@@ -1,11 +1,14 @@
 //! The `shapesim` command line. Exit codes: 0 everything passed, 1 a
 //! violation (or a determinism failure) was found, 2 bad usage or input.
 
+mod junit;
 mod run;
 mod shrink;
+mod sweep;
 
-pub use run::{check_determinism, compare_runs, replay, run, run_seed, sweep};
+pub use run::{check_determinism, compare_runs, replay, run, run_seed};
 pub use shrink::{corpus_add, shrink};
+pub use sweep::{Shard, parse_shard, shard_seeds, sweep};
 
 use crate::scenario::{KnobArgs, Knobs, Plant, ScenarioFile};
 use clap::{Args, Parser, Subcommand};
@@ -124,6 +127,18 @@ pub struct SweepArgs {
     /// Print what the run exercised (restarts, crash points, faults, 409s, checks).
     #[arg(long)]
     pub coverage: bool,
+    /// Run only CI shard K of N (`K/N`, 1-based): every N-th seed of the
+    /// range from its K-th. The N shards run each seed exactly once.
+    #[arg(long, value_parser = sweep::parse_shard)]
+    pub shard: Option<Shard>,
+    /// Start no seed after this many seconds (nightly jobs); the summary
+    /// says how many ran.
+    #[arg(long)]
+    pub time_budget_secs: Option<f64>,
+    /// Write a JUnit XML report: one test case per seed, failures with
+    /// their check, message and reproduction command.
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -1,18 +1,11 @@
-//! `run`, `replay` and `sweep`.
+//! `run` and `replay`, and what `sweep` shares with them.
 
-use super::{
-    OutputArgs, ReplayArgs, RunArgs, SweepArgs, replay_command, repro_command, shrink_command,
-};
+use super::{OutputArgs, ReplayArgs, RunArgs, replay_command, repro_command};
 use crate::corpus;
-use crate::harness::coverage::Coverage;
 use crate::harness::{self, RunOptions, RunOutcome, trace};
 use crate::scenario::{Knobs, Plant, Scenario, generate};
 use crate::shrink;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use std::io::IsTerminal;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// The scenario of a seed, with planted bugs.
 pub fn expand(seed: u64, knobs: &Knobs, plants: &[Plant]) -> Scenario {
@@ -41,7 +34,7 @@ pub fn check_determinism(
     check_scenario_determinism(&expand(seed, knobs, plants))
 }
 
-fn check_scenario_determinism(scenario: &Scenario) -> (RunOutcome, Result<(), String>) {
+pub(super) fn check_scenario_determinism(scenario: &Scenario) -> (RunOutcome, Result<(), String>) {
     let options = RunOptions {
         keep_events: true,
         ..RunOptions::default()
@@ -92,7 +85,7 @@ pub fn outcome_json(
     value
 }
 
-fn describe_failure(outcome: &RunOutcome, repro: &str) -> String {
+pub(super) fn describe_failure(outcome: &RunOutcome, repro: &str) -> String {
     let failure = outcome.failure.as_ref().expect("a failure");
     let mut text = format!(
         "FAIL seed {}: check `{}`{} at {:.3} s simulated\n  {}\n  last events before it:\n",
@@ -223,151 +216,4 @@ pub fn replay(args: &ReplayArgs) -> i32 {
         .iter()
         .for_each(|p| repro.push_str(&format!(" --plant {}", p.name())));
     execute_and_report(&scenario, &repro, &args.output)
-}
-
-/// `shapesim sweep`.
-#[allow(clippy::disallowed_types)] // wall time of the sweep, measured outside the simulations
-pub fn sweep(args: &SweepArgs) -> i32 {
-    let knobs = match args.scenario.knobs() {
-        Ok(knobs) => knobs,
-        Err(e) => {
-            eprintln!("shapesim: {e}");
-            return 2;
-        }
-    };
-    if let Some(dir) = &args.save_failures
-        && let Err(e) = std::fs::create_dir_all(dir)
-    {
-        eprintln!("shapesim: cannot create {}: {e}", dir.display());
-        return 2;
-    }
-    let (from, to) = args.seeds;
-    let jobs = args
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
-    // Engine invariant violations are reported per seed below, with their
-    // message; the default hook's backtraces would bury them.
-    crate::harness::quiet_seed_panics();
-    eprintln!(
-        "shapesim: sweeping seeds {from}..{to} with {jobs} jobs; reproduce one with: {}",
-        repro_command(from, &args.scenario)
-    );
-    let bar = if std::io::stderr().is_terminal() && !args.json {
-        let bar = ProgressBar::new(to - from);
-        bar.set_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} seeds, {per_sec}, eta {eta}")
-                .expect("template"),
-        );
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
-    let started = std::time::Instant::now();
-    let (next, stop) = (AtomicU64::new(from), AtomicBool::new(false));
-    let results: Mutex<Vec<(RunOutcome, bool)>> = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..jobs {
-            scope.spawn(|| {
-                while !stop.load(Ordering::SeqCst) {
-                    let seed = next.fetch_add(1, Ordering::SeqCst);
-                    if seed >= to {
-                        return;
-                    }
-                    let scenario = expand(seed, &knobs, &args.scenario.plant);
-                    let (outcome, divergence) = if args.check_determinism {
-                        let (outcome, verdict) = check_scenario_determinism(&scenario);
-                        (outcome, verdict.err())
-                    } else {
-                        (harness::execute(&scenario, &RunOptions::default()), None)
-                    };
-                    let failed = !outcome.passed() || divergence.is_some();
-                    if failed {
-                        bar.suspend(|| report(&outcome, divergence.as_deref(), &scenario, args));
-                        if args.stop_on_fail {
-                            stop.store(true, Ordering::SeqCst);
-                        }
-                    }
-                    bar.inc(1);
-                    results.lock().expect("results").push((outcome, failed));
-                }
-            });
-        }
-    });
-    bar.finish_and_clear();
-    let mut results = results.into_inner().expect("results");
-    results.sort_by_key(|(o, _)| o.seed);
-    summarize(&results, started.elapsed().as_secs_f64(), jobs, args.json)
-}
-
-/// Reports a failing seed of a sweep: the failure, or the divergence of two
-/// runs, with its reproduction command; saves its scenario if asked.
-fn report(outcome: &RunOutcome, divergence: Option<&str>, scenario: &Scenario, args: &SweepArgs) {
-    let seed = outcome.seed;
-    let repro = repro_command(seed, &args.scenario);
-    if let Some(d) = divergence {
-        eprintln!("seed {seed}: {d}\n  reproduce with: {repro} --check-determinism");
-    }
-    if !outcome.passed() {
-        eprintln!("{}", describe_failure(outcome, &repro));
-    }
-    if let Some(dir) = &args.save_failures {
-        let path = dir.join(format!("seed-{seed}.json"));
-        match std::fs::write(&path, scenario.to_json()) {
-            Ok(()) => eprintln!(
-                "  saved: {}; shrink with: {}",
-                path.display(),
-                shrink_command(&path)
-            ),
-            Err(e) => eprintln!("  cannot save {}: {e}", path.display()),
-        }
-    }
-}
-
-/// Prints a sweep's summary (text, and the JSON object with `--json`);
-/// returns the exit code.
-fn summarize(results: &[(RunOutcome, bool)], wall_s: f64, jobs: usize, json: bool) -> i32 {
-    let failing: Vec<u64> = results
-        .iter()
-        .filter(|(_, failed)| *failed)
-        .map(|(o, _)| o.seed)
-        .collect();
-    let ran = results.len();
-    let sim_s: f64 = results.iter().map(|(o, _)| o.sim_ms as f64 / 1000.0).sum();
-    let mut coverage = Coverage::default();
-    results.iter().for_each(|(o, _)| coverage.add(&o.coverage));
-    eprintln!(
-        "{ran} seeds: {} passed, {} failed{} in {wall_s:.1} s ({:.1} seeds/s, {:.0}x simulated/wall)",
-        ran - failing.len(),
-        failing.len(),
-        if failing.is_empty() {
-            String::new()
-        } else {
-            format!(" (seeds {failing:?})")
-        },
-        ran as f64 / wall_s,
-        sim_s / wall_s
-    );
-    eprintln!("{}", coverage.table());
-    let gaps = coverage.gaps();
-    if !gaps.is_empty() {
-        eprintln!("not exercised (more seeds, or a scenario with these faults on, reach them):");
-        gaps.iter().for_each(|gap| eprintln!("  {gap}"));
-    }
-    if json {
-        let summary = json!({
-            "seeds": ran,
-            "passed": ran - failing.len(),
-            "failed": failing.len(),
-            "failing_seeds": failing,
-            "seeds_per_sec": ran as f64 / wall_s,
-            "sim_to_wall": sim_s / wall_s,
-            "wall_secs": wall_s,
-            "jobs": jobs,
-            "coverage": coverage,
-            "coverage_gaps": gaps,
-        });
-        println!("{summary}");
-    }
-    if failing.is_empty() { 0 } else { 1 }
 }
