@@ -222,3 +222,38 @@ fn a_time_budget_stops_the_sweep_and_shards_partition_any_range() {
         );
     }
 }
+
+/// The JSON summary on the last line of stdout.
+fn summary(out: &std::process::Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().expect("a summary line")).expect("JSON")
+}
+
+/// One process per seed gives the same results, trace hashes and coverage
+/// as the default in-process sweep, for passing seeds and failing ones.
+#[test]
+fn isolated_sweeps_match_in_process_sweeps() {
+    for args in [
+        &["--seeds", "0..100", "--scenario", "../scenarios/smoke.toml"][..],
+        &["--seeds", "0..4", "--plant", "never-ack"][..],
+    ] {
+        let run = |isolate: bool| {
+            let mut all = vec!["sweep", "--json", "--jobs", "2"];
+            all.extend(args);
+            if isolate {
+                all.push("--isolate");
+            }
+            summary(&shapesim(&all))
+        };
+        let (in_process, isolated) = (run(false), run(true));
+        assert_eq!(isolated["isolated"], true);
+        for key in ["seed_list", "failing_seeds", "trace_digest", "coverage"] {
+            assert_eq!(in_process[key], isolated[key], "{key} of {args:?}");
+        }
+        println!(
+            "{args:?}: in-process {:.0} seeds/s, isolated {:.0} seeds/s",
+            in_process["seeds_per_sec"].as_f64().unwrap(),
+            isolated["seeds_per_sec"].as_f64().unwrap()
+        );
+    }
+}

@@ -139,6 +139,11 @@ pub struct SweepArgs {
     /// their check, message and reproduction command.
     #[arg(long)]
     pub junit: Option<PathBuf>,
+    /// Run each seed in its own OS process (`shapesim run --seed N`), so no
+    /// state can leak from one seed into the next; slower. The default runs
+    /// them in this process, each on a fresh thread.
+    #[arg(long)]
+    pub isolate: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -213,10 +218,15 @@ impl ScenarioArgs {
 
     /// The flags that select this scenario, for reproduction commands.
     fn flags(&self) -> Vec<String> {
+        self.args().iter().map(|a| shell_quote(a)).collect()
+    }
+
+    /// The same flags, unquoted, for starting a process.
+    pub(super) fn args(&self) -> Vec<String> {
         let mut flags = Vec::new();
         if let Some(path) = &self.scenario {
             flags.push("--scenario".to_string());
-            flags.push(shell_quote(&path.display().to_string()));
+            flags.push(path.display().to_string());
         }
         for plant in &self.plant {
             flags.push("--plant".to_string());

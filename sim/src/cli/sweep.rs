@@ -50,10 +50,11 @@ pub fn shard_seeds(from: u64, to: u64, shard: Option<Shard>) -> Vec<u64> {
 }
 
 /// One seed's result: its outcome and, with `--check-determinism`, how two
-/// runs diverged.
+/// runs diverged; isolated, what its process reported on failure.
 pub struct SeedResult {
     pub outcome: RunOutcome,
     pub divergence: Option<String>,
+    pub report: Option<String>,
 }
 
 impl SeedResult {
@@ -141,6 +142,9 @@ pub fn sweep(args: &SweepArgs) -> i32 {
 }
 
 fn run_one(seed: u64, knobs: &crate::scenario::Knobs, args: &SweepArgs) -> SeedResult {
+    if args.isolate {
+        return run_isolated(seed, args);
+    }
     let scenario = expand(seed, knobs, &args.scenario.plant);
     let (outcome, divergence) = if args.check_determinism {
         let (outcome, verdict) = check_scenario_determinism(&scenario);
@@ -151,6 +155,39 @@ fn run_one(seed: u64, knobs: &crate::scenario::Knobs, args: &SweepArgs) -> SeedR
     SeedResult {
         outcome,
         divergence,
+        report: None,
+    }
+}
+
+/// Runs one seed as `shapesim run --seed N --json` in its own process and
+/// reads its outcome from the JSON line it prints.
+fn run_isolated(seed: u64, args: &SweepArgs) -> SeedResult {
+    let exe = std::env::current_exe().expect("this executable's path");
+    let mut command = std::process::Command::new(exe);
+    command
+        .args(["run", "--seed", &seed.to_string(), "--json"])
+        .args(args.scenario.args());
+    if args.check_determinism {
+        command.arg("--check-determinism");
+    }
+    let output = command.output().expect("start a seed's process");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    let value: serde_json::Value = match stdout.lines().last().map(serde_json::from_str) {
+        Some(Ok(value)) if matches!(output.status.code(), Some(0 | 1)) => value,
+        _ => panic!(
+            "seed {seed}: its process ended ({}) without an outcome:\n{stderr}",
+            output.status
+        ),
+    };
+    let divergence = (value["deterministic"] == serde_json::json!(false))
+        .then(|| "two runs diverged (see the report)".to_string());
+    let outcome: RunOutcome = serde_json::from_value(value).expect("a run outcome");
+    let failed = !outcome.passed() || divergence.is_some();
+    SeedResult {
+        outcome,
+        divergence,
+        report: failed.then_some(stderr),
     }
 }
 
@@ -184,11 +221,15 @@ fn report(result: &SeedResult, scenario: &Scenario, args: &SweepArgs) {
     let outcome = &result.outcome;
     let seed = outcome.seed;
     let repro = repro_command(seed, &args.scenario);
-    if let Some(d) = &result.divergence {
-        eprintln!("seed {seed}: {d}\n  reproduce with: {repro} --check-determinism");
-    }
-    if !outcome.passed() {
-        eprintln!("{}", describe_failure(outcome, &repro));
+    if let Some(child) = &result.report {
+        eprint!("{child}");
+    } else {
+        if let Some(d) = &result.divergence {
+            eprintln!("seed {seed}: {d}\n  reproduce with: {repro} --check-determinism");
+        }
+        if !outcome.passed() {
+            eprintln!("{}", describe_failure(outcome, &repro));
+        }
     }
     if let Some(dir) = &args.save_failures {
         let path = dir.join(format!("seed-{seed}.json"));
@@ -238,6 +279,11 @@ fn summarize(
         ran as f64 / wall_s,
         sim_s / wall_s
     );
+    let mode = match args.isolate {
+        true => "isolated: one process per seed",
+        false => "in-process: one thread per seed",
+    };
+    eprintln!("mode: {mode}; trace digest {}", trace_digest(results));
     if let Some(shard) = args.shard {
         eprintln!("shard {shard}: ran {ran} of its {planned} seeds");
     }
@@ -266,10 +312,28 @@ fn summarize(
             "sim_to_wall": sim_s / wall_s,
             "wall_secs": wall_s,
             "jobs": jobs,
+            "isolated": args.isolate,
+            "trace_digest": trace_digest(results),
             "coverage": coverage,
             "coverage_gaps": gaps,
         });
         println!("{summary}");
     }
     if failing.is_empty() { 0 } else { 1 }
+}
+
+/// One digest of every seed's trace hash (sha-256 of `seed:hash` lines in
+/// seed order): two sweeps of the same seeds ran the same iff it is equal.
+fn trace_digest(results: &[SeedResult]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for r in results {
+        hasher.update(format!("{}:{}\n", r.outcome.seed, r.outcome.trace_hash));
+    }
+    hasher
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -17,7 +17,7 @@ use serde::Serialize;
 use std::time::Duration;
 
 /// A violated check, as reported.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Failure {
     /// Which check: the client's (`strict-materialization`, `continuity`,
     /// `wire`), the state checker's (`ack-contract`, `ack-liveness`,

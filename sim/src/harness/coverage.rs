@@ -24,7 +24,7 @@ pub const RESTART_KINDS: [&str; 5] = [
 /// a sweep: an arm that never fires tested nothing.
 pub const MAX_UNREACHED_PERCENT: u64 = 10;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct PointCount {
     /// Restarts that armed the point.
     pub armed: u64,
@@ -34,7 +34,7 @@ pub struct PointCount {
     pub visited: u64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct PowerLosses {
     pub total: u64,
     /// Power losses that found nothing unsynced.
@@ -49,7 +49,7 @@ pub struct PowerLosses {
 
 /// Paths that only rare timing reaches, counted so that a sweep shows it
 /// reached them.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Paths {
     /// The engine lost its replication connection and connected again
     /// without a restart.
@@ -67,7 +67,7 @@ pub struct Paths {
     pub killed_before_removal_durable: u64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Checks {
     /// Client views compared with the oracle at the end of a check.
     pub total: u64,
@@ -85,7 +85,7 @@ pub struct Checks {
     pub acks: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Coverage {
     pub restarts: BTreeMap<String, u64>,
     pub crash_points: BTreeMap<String, PointCount>,

@@ -47,10 +47,11 @@ pub struct RunOptions {
 }
 
 /// The outcome of one run; its JSON form is what `run --json` prints.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct RunOutcome {
     pub seed: u64,
-    pub result: &'static str,
+    /// `pass` or `fail`.
+    pub result: String,
     pub failure: Option<Failure>,
     pub trace_hash: String,
     pub events: u64,
@@ -145,7 +146,7 @@ pub fn execute(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
         .map_or_else(|| trace.recent(), |f| f.last_events.clone());
     RunOutcome {
         seed: scenario.seed,
-        result: if failure.is_none() { "pass" } else { "fail" },
+        result: if failure.is_none() { "pass" } else { "fail" }.to_string(),
         sim_ms: failure
             .as_ref()
             .map_or(trace.last_ms(), |f| f.sim_ms.max(trace.last_ms())),
