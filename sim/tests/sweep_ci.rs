@@ -257,3 +257,40 @@ fn isolated_sweeps_match_in_process_sweeps() {
         );
     }
 }
+
+/// A nightly's artifacts: failing scenarios saved and shrunk, each small
+/// file failing again when replayed (ready for `corpus add`).
+#[test]
+fn failing_seeds_are_saved_and_shrunk_ready_for_the_corpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().to_str().unwrap();
+    let out = shapesim(&[
+        "sweep",
+        "--seeds",
+        "0..2",
+        "--plant",
+        "never-ack",
+        "--save-failures",
+        saved,
+        "--shrink-failures",
+        "--shrink-secs",
+        "30",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    for seed in 0..2 {
+        let min = dir.path().join(format!("seed-{seed}.min.json"));
+        let replay = shapesim(&["replay", min.to_str().unwrap()]);
+        assert_eq!(
+            replay.status.code(),
+            Some(1),
+            "the shrunk scenario still fails"
+        );
+        assert!(String::from_utf8_lossy(&replay.stderr).contains("ack-liveness"));
+    }
+    let out = shapesim(&["sweep", "--seeds", "0..2", "--shrink-failures"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "--shrink-failures needs --save-failures"
+    );
+}

@@ -139,6 +139,18 @@ pub struct SweepArgs {
     /// their check, message and reproduction command.
     #[arg(long)]
     pub junit: Option<PathBuf>,
+    /// After the sweep, shrink each failing scenario saved by
+    /// `--save-failures` into `seed-N.min.json` beside it (at most
+    /// `--shrink-max` of them, `--shrink-secs` each): nightly artifacts
+    /// ready for `corpus add`.
+    #[arg(long, requires = "save_failures")]
+    pub shrink_failures: bool,
+    /// Time box of each shrink, in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub shrink_secs: f64,
+    /// Failures to shrink at most (the lowest seeds first).
+    #[arg(long, default_value_t = 5)]
+    pub shrink_max: usize,
     /// Run each seed in its own OS process (`shapesim run --seed N`), so no
     /// state can leak from one seed into the next; slower. The default runs
     /// them in this process, each on a fresh thread.

@@ -92,6 +92,20 @@ fn print_report(report: &ShrinkReport, out: &std::path::Path) {
     );
 }
 
+/// Shrinks a failing scenario a sweep saved into `<file>.min.json` (the
+/// name `shrink_command` suggests); returns the path written.
+pub(super) fn shrink_saved(
+    file: &std::path::Path,
+    max_secs: f64,
+) -> Result<std::path::PathBuf, String> {
+    let out = file.with_extension("min.json");
+    let scenario = corpus::load_scenario(file)?;
+    let report = minimize(&scenario, max_secs).map_err(|e| e.to_string())?;
+    write(&out, &report.scenario.to_json()).map_err(|Stop(_, message)| message)?;
+    print_report(&report, &out);
+    Ok(out)
+}
+
 /// `shapesim shrink`.
 pub fn shrink(args: &ShrinkArgs) -> i32 {
     exit_code((|| {

@@ -138,7 +138,42 @@ pub fn sweep(args: &SweepArgs) -> i32 {
         eprintln!("shapesim: JUnit report written to {}", path.display());
     }
     let planned = seeds.len();
-    summarize(&results, planned, wall_s, jobs, args)
+    let code = summarize(&results, planned, wall_s, jobs, args);
+    if args.shrink_failures {
+        shrink_failures(&results, args);
+    }
+    code
+}
+
+/// Shrinks the saved scenarios of the first `--shrink-max` failing seeds.
+fn shrink_failures(results: &[SeedResult], args: &SweepArgs) {
+    let dir = args
+        .save_failures
+        .as_ref()
+        .expect("clap requires --save-failures");
+    let failing: Vec<u64> = results
+        .iter()
+        .filter(|r| r.outcome.failure.is_some())
+        .map(|r| r.outcome.seed)
+        .collect();
+    for (i, seed) in failing.iter().enumerate() {
+        if i == args.shrink_max {
+            eprintln!(
+                "shapesim: {} more failures not shrunk (--shrink-max {})",
+                failing.len() - i,
+                args.shrink_max
+            );
+            break;
+        }
+        let file = dir.join(format!("seed-{seed}.json"));
+        eprintln!(
+            "shapesim: shrinking seed {seed} for at most {} s",
+            args.shrink_secs
+        );
+        if let Err(e) = super::shrink::shrink_saved(&file, args.shrink_secs) {
+            eprintln!("shapesim: could not shrink {}: {e}", file.display());
+        }
+    }
 }
 
 fn run_one(seed: u64, knobs: &crate::scenario::Knobs, args: &SweepArgs) -> SeedResult {
