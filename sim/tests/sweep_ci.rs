@@ -294,3 +294,46 @@ fn failing_seeds_are_saved_and_shrunk_ready_for_the_corpus() {
         "--shrink-failures needs --save-failures"
     );
 }
+
+/// Every `shapesim` command in the CI workflow parses with this build's
+/// command line (a renamed flag would otherwise break the nightly job
+/// silently), with its expressions filled in as GitHub would.
+#[test]
+fn the_workflow_commands_parse() {
+    use clap::Parser as _;
+    let workflow = std::fs::read_to_string("../.github/workflows/dst.yml").expect("the workflow");
+    let lines: Vec<&str> = workflow.lines().collect();
+    let mut commands = 0;
+    for (i, line) in lines.iter().enumerate() {
+        let Some(start) = line.find("target/release/shapesim ") else {
+            continue;
+        };
+        let indent = line.len() - line.trim_start().len();
+        let mut text = line[start..].to_string();
+        for next in &lines[i + 1..] {
+            if next.trim().is_empty() || next.len() - next.trim_start().len() < indent {
+                break;
+            }
+            text.push(' ');
+            text.push_str(next.trim());
+        }
+        let filled = text
+            .replace("${{ matrix.scenario }}", "smoke")
+            .replace("${{ matrix.shard }}", "1")
+            .replace("${SEEDS}", "40000")
+            .replace('"', "");
+        assert!(!filled.contains("${"), "an unfilled expression in {filled}");
+        let args = filled.split_whitespace().skip(1);
+        let parsed = sim::cli::Cli::try_parse_from(std::iter::once("shapesim").chain(args));
+        assert!(parsed.is_ok(), "{filled}: {}", parsed.err().unwrap());
+        let scenario = filled
+            .split("--scenario ")
+            .nth(1)
+            .map(|s| s.split(' ').next().unwrap());
+        if let Some(file) = scenario {
+            assert!(Path::new("..").join(file).is_file(), "{file} exists");
+        }
+        commands += 1;
+    }
+    assert_eq!(commands, 2, "the short and the nightly sweep");
+}
