@@ -221,6 +221,7 @@ fn a_nondeterministic_run_is_reported_with_its_first_divergent_event() {
     let options = RunOptions {
         keep_events: true,
         inject_nondeterminism: true,
+        ..RunOptions::default()
     };
     let first = harness::execute(&scenario, &options);
     let second = harness::execute(&scenario, &options);

@@ -73,6 +73,10 @@ pub struct OutputArgs {
     /// Print what the run exercised (restarts, crash points, faults, 409s, checks).
     #[arg(long)]
     pub coverage: bool,
+    /// Write the run as Chrome trace-event JSON (open it in Perfetto or
+    /// chrome://tracing): tracks per node, client and shape, simulated time.
+    #[arg(long, conflicts_with = "check_determinism")]
+    pub timeline: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -114,10 +114,23 @@ fn execute_and_report(scenario: &Scenario, repro: &str, output: &OutputArgs) -> 
     } else {
         let options = RunOptions {
             keep_events: output.trace,
+            timeline: output.timeline.is_some(),
             ..RunOptions::default()
         };
         (harness::execute(scenario, &options), None)
     };
+    if let (Some(path), Some(timeline)) = (&output.timeline, &outcome.timeline) {
+        match std::fs::write(path, timeline.to_string()) {
+            Ok(()) => eprintln!(
+                "shapesim: timeline written to {} (open it in https://ui.perfetto.dev or chrome://tracing)",
+                path.display()
+            ),
+            Err(e) => {
+                eprintln!("shapesim: cannot write {}: {e}", path.display());
+                return 2;
+            }
+        }
+    }
     if output.trace {
         outcome
             .event_log

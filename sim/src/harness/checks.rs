@@ -7,6 +7,7 @@
 
 use super::checker::{self, ReadContext, SharedChecker};
 use super::net::ClientNet;
+use super::timeline::{self, Kind, Track};
 use super::trace::{SharedTrace, record};
 use crate::client::Applied;
 use crate::client::{Outcome, ShapeClient};
@@ -130,10 +131,33 @@ pub async fn exchange(
             client.offset, client.live, client.handle
         ),
     );
-    let Some(response) = net.get(request.clone(), timeout_ms).await else {
+    let (track, poll) = (Track::Client(index), Kind::LongPoll);
+    let name = format!(
+        "GET offset {}{}",
+        client.offset,
+        if client.live { " live" } else { "" }
+    );
+    timeline::begin(&trace, track.clone(), poll, name);
+    let response = net.get(request.clone(), timeout_ms).await;
+    timeline::end(&trace, track.clone(), poll);
+    let Some(response) = response else {
         record(&trace, format_args!("client {index}: request lost"));
         return Ok(None);
     };
+    if response.status == 409 {
+        let handle = response
+            .header("electric-handle")
+            .unwrap_or_default()
+            .to_string();
+        let args = vec![("new handle", handle)];
+        timeline::instant(
+            &trace,
+            track,
+            Kind::Conflict,
+            "409 must refetch".into(),
+            args,
+        );
+    }
     record(
         &trace,
         format_args!(

@@ -18,6 +18,7 @@ pub mod faults;
 pub mod net;
 pub mod panics;
 mod restarts;
+pub mod timeline;
 pub mod trace;
 mod world;
 
@@ -44,6 +45,8 @@ pub struct RunOptions {
     /// Test hook: make the trace depend on process state, so that two runs
     /// of one seed differ (proves the determinism check works).
     pub inject_nondeterminism: bool,
+    /// Keep a timeline of the run (`RunOutcome::timeline`).
+    pub timeline: bool,
 }
 
 /// The outcome of one run; its JSON form is what `run --json` prints.
@@ -65,6 +68,9 @@ pub struct RunOutcome {
     pub last_events: Vec<String>,
     #[serde(skip)]
     pub event_log: Vec<String>,
+    /// The run as Chrome trace-event JSON, when `RunOptions::timeline`.
+    #[serde(skip)]
+    pub timeline: Option<serde_json::Value>,
 }
 
 impl RunOutcome {
@@ -100,7 +106,11 @@ pub fn quiet_seed_panics() {
 #[allow(clippy::disallowed_types)] // wall time is measured outside the simulation
 pub fn execute(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
     let started = std::time::Instant::now();
-    let trace: SharedTrace = Arc::new(Mutex::new(Trace::new(options.keep_events)));
+    let mut new_trace = Trace::new(options.keep_events);
+    if options.timeline {
+        new_trace = new_trace.with_timeline();
+    }
+    let trace: SharedTrace = Arc::new(Mutex::new(new_trace));
     let slot: Arc<Mutex<Option<SharedChecker>>> = Arc::default();
     let thread_name = panics::thread_name(scenario.seed);
     let joined = {
@@ -144,6 +154,21 @@ pub fn execute(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
     let last_events = failure
         .as_ref()
         .map_or_else(|| trace.recent(), |f| f.last_events.clone());
+    let end_ms = failure
+        .as_ref()
+        .map_or(trace.last_ms(), |f| f.sim_ms.max(trace.last_ms()));
+    if let Some(f) = &failure {
+        let mark = timeline::Mark::Instant {
+            track: timeline::Track::Checks,
+            kind: timeline::Kind::Failure,
+            name: format!("FAILED: {}", f.check),
+            args: vec![("message", f.message.clone())],
+        };
+        trace.mark(f.sim_ms, mark);
+    }
+    let timeline = trace
+        .take_timeline()
+        .map(|t| t.to_json(scenario.seed, end_ms));
     RunOutcome {
         seed: scenario.seed,
         result: if failure.is_none() { "pass" } else { "fail" }.to_string(),
@@ -159,6 +184,7 @@ pub fn execute(scenario: &Scenario, options: &RunOptions) -> RunOutcome {
         coverage,
         last_events,
         event_log: trace.take_all(),
+        timeline,
     }
 }
 

@@ -10,6 +10,7 @@
 
 use super::checker::Verdict;
 use super::checks::Failure;
+use super::timeline::{Kind, Track};
 use super::trace::{SharedTrace, record};
 use crate::pg::{ContractViolation, PgModel, SlotBusy, StreamCursor, StreamItem};
 use async_trait::async_trait;
@@ -174,6 +175,8 @@ pub async fn serve_postgres(pg: PgModel, trace: SharedTrace, verdict: Arc<Verdic
                 &trace,
                 format_args!("slot acknowledged to lsn {lsn} (connection {connection})"),
             );
+            let args = vec![("lsn", lsn.to_string())];
+            super::timeline::instant(&trace, Track::Postgres, Kind::Ack, "ack".into(), args);
             if let Err(ContractViolation(why)) = model.acknowledge(connection, seq, lsn) {
                 verdict.fail(Failure::new("engine-contract", why, None, &trace));
             }

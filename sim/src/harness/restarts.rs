@@ -20,6 +20,7 @@
 use super::checker;
 use super::checks::Failure;
 use super::panics::on_engine;
+use super::timeline::{Kind, Track, instant};
 use super::world::World;
 use crate::scenario::{Restart, RestartKind};
 use engine::env::{CrashPoint, PowerLoss};
@@ -103,6 +104,15 @@ impl World {
     fn kill_now(&mut self, kind: RestartKind, power_seed: u64) {
         let fired = self.crash.fired();
         self.crash.disarm();
+        let at = fired.map_or("after the drawn delay".to_string(), |p| p.to_string());
+        let name = format!("{} kill", kind.name());
+        instant(
+            &self.trace,
+            Track::Restarts,
+            Kind::Kill,
+            name,
+            vec![("crash point", at)],
+        );
         self.exit_engine(true);
         let mut checker = checker::lock(&self.checker);
         if let Some(point) = fired {
@@ -114,6 +124,17 @@ impl World {
                 .power_loss(PowerLoss::Torn { seed: power_seed });
             checker.coverage.power_loss(&report);
             drop(checker);
+            let args = vec![
+                ("bytes dropped", report.bytes_dropped.to_string()),
+                ("files torn", report.files_torn.to_string()),
+            ];
+            instant(
+                &self.trace,
+                Track::Restarts,
+                Kind::PowerLoss,
+                "power loss".into(),
+                args,
+            );
             self.record(format!("power loss: {report:?}"));
         } else {
             drop(checker);

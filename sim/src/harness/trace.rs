@@ -18,6 +18,8 @@ pub struct Trace {
     recent: VecDeque<String>,
     /// Every event, when a determinism check needs them.
     all: Option<Vec<String>>,
+    /// The typed marks of a timeline, when one was asked for (never hashed).
+    timeline: Option<super::timeline::Timeline>,
 }
 
 /// FNV-1a: stable across builds and platforms, unlike std's hasher.
@@ -37,7 +39,26 @@ impl Trace {
             last_ms: 0,
             recent: VecDeque::new(),
             all: keep_all.then(Vec::new),
+            timeline: None,
         }
+    }
+
+    /// Also keeps the marks of a timeline.
+    pub fn with_timeline(mut self) -> Trace {
+        self.timeline = Some(Default::default());
+        self
+    }
+
+    /// Adds a timeline mark at `now_ms` (nothing without a timeline). Marks
+    /// are not part of the hash: a timeline never changes a run's trace.
+    pub fn mark(&mut self, now_ms: u64, mark: super::timeline::Mark) {
+        if let Some(timeline) = &mut self.timeline {
+            timeline.mark(now_ms.max(self.last_ms), mark);
+        }
+    }
+
+    pub fn take_timeline(&mut self) -> Option<super::timeline::Timeline> {
+        self.timeline.take()
     }
 
     /// Formats the event once, into a line recycled from the oldest recent
@@ -91,6 +112,12 @@ pub type SharedTrace = Arc<Mutex<Trace>>;
 pub fn record(trace: &SharedTrace, event: impl fmt::Display) {
     let now_ms = crate::host::now_ms();
     trace.lock().expect("trace").record(now_ms, event);
+}
+
+/// Adds a timeline mark at the current simulated time.
+pub fn mark(trace: &SharedTrace, mark: super::timeline::Mark) {
+    let now_ms = crate::host::now_ms();
+    trace.lock().expect("trace").mark(now_ms, mark);
 }
 
 /// The first index where two event lists differ, with both events.

@@ -7,6 +7,7 @@ use super::checks::{self, CheckRules, Failure, StopSignal};
 use super::faults::{ArmedCrash, DiskOwner, FaultPlan, SimStorage};
 use super::net::{self, ClientNet};
 use super::panics::on_engine;
+use super::timeline::{Kind, Track, begin, end, instant};
 use super::trace::{SharedTrace, record};
 use crate::client::ShapeClient;
 use crate::host::{SimClock, SimSpawner, sqlite_in_memory};
@@ -257,10 +258,18 @@ impl World {
             self.scenario.shapes.len(),
             self.scenario.batches.len()
         ));
-        self.check("initial").await?;
+        self.timed_check("initial").await?;
         for number in 1..=self.scenario.batches.len() {
             let restart = self.scenario.restarts.get(&number).cloned();
             if let Some(partition) = self.scenario.partitions.get(&number).cloned() {
+                let name = format!("partition {partition:?}");
+                instant(
+                    &self.trace,
+                    Track::Network,
+                    Kind::Partition,
+                    name,
+                    Vec::new(),
+                );
                 self.partition(partition);
             }
             let kill = restart
@@ -280,14 +289,27 @@ impl World {
             if let Some(removal) = self.scenario.removals.get(&number).cloned() {
                 self.remove_shape(removal);
             }
+            begin(
+                &self.trace,
+                Track::Postgres,
+                Kind::Batch,
+                format!("batch {number}"),
+            );
             self.commit_batch(number).await;
+            end(&self.trace, Track::Postgres, Kind::Batch);
             let restarted = match restart {
-                Some(r) => self.restart(&r).await,
+                Some(r) => {
+                    let name = format!("restart {}", r.kind.name());
+                    begin(&self.trace, Track::Restarts, Kind::Restart, name);
+                    let restarted = self.restart(&r).await;
+                    end(&self.trace, Track::Restarts, Kind::Restart);
+                    restarted
+                }
                 None => Ok(()),
             };
             self.stop_polling(polling).await?;
             restarted?;
-            self.check(&format!("batch {number}")).await?;
+            self.timed_check(&format!("batch {number}")).await?;
             if self.scenario.client_restarts.contains(&number) {
                 // Fresh clients catch up while the next batch commits.
                 self.clients = fresh_clients(&self.scenario);
@@ -508,6 +530,19 @@ impl World {
 
     /// Every client, in parallel, must reach up-to-date with the oracle's
     /// rows; then the slot must catch up with the last commit.
+    /// A check, drawn as a span on the checks track.
+    async fn timed_check(&mut self, label: &str) -> Result<(), Failure> {
+        begin(
+            &self.trace,
+            Track::Checks,
+            Kind::Check,
+            format!("check {label}"),
+        );
+        let checked = self.check(label).await;
+        end(&self.trace, Track::Checks, Kind::Check);
+        checked
+    }
+
     async fn check(&mut self, label: &str) -> Result<(), Failure> {
         let knobs = &self.scenario.timing;
         let rules = Arc::new(CheckRules {

@@ -555,6 +555,7 @@ pub struct CheckedEvents {
 impl EventSink for CheckedEvents {
     fn emit(&self, event: Event) {
         record(&self.trace, format_args!("engine: {event}"));
+        crate::harness::timeline::draw_engine_event(&self.trace, &event);
         lock(&self.checker).on_event(&event);
     }
 }

@@ -1,0 +1,94 @@
+//! The timeline of a run (`run/replay --timeline FILE`): valid Chrome
+//! trace-event JSON with the tracks, spans and failure of the run, and no
+//! effect on the run itself.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+fn shapesim(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_shapesim"))
+        .args(args)
+        .output()
+        .expect("run shapesim")
+}
+
+#[test]
+fn a_failing_corpus_entry_has_a_timeline_with_its_tracks_spans_and_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("timeline.json");
+    let out = shapesim(&[
+        "replay",
+        "../corpus/planted-ignore-xip.json",
+        "--timeline",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "the entry fails with its plant");
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let events = json["traceEvents"].as_array().expect("traceEvents");
+    let tracks: BTreeMap<u64, String> = events
+        .iter()
+        .filter(|e| e["ph"] == "M" && e["name"] == "thread_name")
+        .map(|e| {
+            (
+                e["tid"].as_u64().unwrap(),
+                e["args"]["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for track in ["postgres", "engine", "checks", "client 0"] {
+        assert!(
+            tracks.values().any(|t| t == track),
+            "track {track} in {tracks:?}"
+        );
+    }
+    assert!(
+        tracks.values().any(|t| t.starts_with("shape ")),
+        "a shape track"
+    );
+    let mut spans: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
+    let mut kinds = std::collections::BTreeSet::new();
+    for e in events.iter().filter(|e| e["ph"] == "X") {
+        let (ts, dur) = (e["ts"].as_u64().unwrap(), e["dur"].as_u64().unwrap());
+        let tid = e["tid"].as_u64().unwrap();
+        assert!(tracks.contains_key(&tid), "every span's track is named");
+        spans.entry(tid).or_default().push((ts, ts + dur));
+        kinds.insert(e["cat"].as_str().unwrap().to_string());
+    }
+    for kind in ["batch", "check", "snapshot", "long-poll", "boot"] {
+        assert!(kinds.contains(kind), "a {kind} span in {kinds:?}");
+    }
+    for (tid, mut list) in spans {
+        list.sort();
+        assert!(
+            list.windows(2).all(|w| w[0].1 <= w[1].0),
+            "spans of {} overlap",
+            tracks[&tid]
+        );
+    }
+    let failure: Vec<&Value> = events.iter().filter(|e| e["cat"] == "failure").collect();
+    assert_eq!(failure.len(), 1);
+    assert_eq!(failure[0]["name"], "FAILED: prefix-mismatch");
+    assert_eq!(failure[0]["ph"], "i");
+    let last = events
+        .iter()
+        .filter_map(|e| e["ts"].as_u64())
+        .max()
+        .unwrap();
+    assert!(failure[0]["ts"].as_u64().unwrap() <= last);
+}
+
+/// Drawing a timeline never changes the run: same trace hash without it.
+#[test]
+fn a_timeline_leaves_the_trace_unchanged() {
+    let knobs = sim::scenario::Knobs::default();
+    let scenario = sim::cli::run_seed(5, &knobs, &[], false);
+    let with = sim::harness::execute(
+        &sim::scenario::generate::expand(5, &knobs),
+        &sim::harness::RunOptions {
+            timeline: true,
+            ..Default::default()
+        },
+    );
+    assert!(with.timeline.is_some());
+    assert_eq!(scenario.trace_hash, with.trace_hash);
+}
