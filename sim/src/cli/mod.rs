@@ -2,6 +2,7 @@
 //! violation (or a determinism failure) was found, 2 bad usage or input.
 
 mod junit;
+mod report;
 mod run;
 mod shrink;
 mod sweep;
@@ -77,6 +78,10 @@ pub struct OutputArgs {
     /// chrome://tracing): tracks per node, client and shape, simulated time.
     #[arg(long, conflicts_with = "check_determinism")]
     pub timeline: Option<PathBuf>,
+    /// Write a self-contained HTML page: the verdict, the failure, the
+    /// reproduction command, the timeline drawn as SVG and the coverage.
+    #[arg(long, conflicts_with = "check_determinism")]
+    pub report: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

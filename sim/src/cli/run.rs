@@ -114,7 +114,7 @@ fn execute_and_report(scenario: &Scenario, repro: &str, output: &OutputArgs) -> 
     } else {
         let options = RunOptions {
             keep_events: output.trace,
-            timeline: output.timeline.is_some(),
+            timeline: output.timeline.is_some() || output.report.is_some(),
             ..RunOptions::default()
         };
         (harness::execute(scenario, &options), None)
@@ -125,6 +125,15 @@ fn execute_and_report(scenario: &Scenario, repro: &str, output: &OutputArgs) -> 
                 "shapesim: timeline written to {} (open it in https://ui.perfetto.dev or chrome://tracing)",
                 path.display()
             ),
+            Err(e) => {
+                eprintln!("shapesim: cannot write {}: {e}", path.display());
+                return 2;
+            }
+        }
+    }
+    if let Some(path) = &output.report {
+        match std::fs::write(path, super::report::html(&outcome, repro)) {
+            Ok(()) => eprintln!("shapesim: report written to {}", path.display()),
             Err(e) => {
                 eprintln!("shapesim: cannot write {}: {e}", path.display());
                 return 2;

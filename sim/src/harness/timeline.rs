@@ -179,14 +179,16 @@ impl Timeline {
         }
         events.push(json!({"name": "process_name", "ph": "M", "pid": 1,
                            "args": {"name": format!("shapesim seed {seed} (simulated time)")}}));
-        for (track, id) in &tids {
+        // Tracks in their own order: Postgres, the engine, restarts,
+        // checks, the network, clients, shapes.
+        for (index, (track, id)) in tids.iter().enumerate() {
             events.push(
                 json!({"name": "thread_name", "ph": "M", "pid": 1, "tid": id,
                                "args": {"name": track.name()}}),
             );
             events.push(
                 json!({"name": "thread_sort_index", "ph": "M", "pid": 1, "tid": id,
-                               "args": {"sort_index": id}}),
+                               "args": {"sort_index": index + 1}}),
             );
         }
         json!({"traceEvents": events, "displayTimeUnit": "ms"})
