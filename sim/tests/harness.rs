@@ -1,7 +1,11 @@
 //! The harness itself: it finds every planted bug quickly, it is
 //! deterministic (and notices when something is not), and the reproduction
 //! command it prints reproduces a failure exactly.
+
 #![cfg(madsim)]
+
+mod common;
+use common::shapesim;
 
 use clap::Parser;
 use sim::cli::{self, Cli, Command, ScenarioArgs};
@@ -287,13 +291,6 @@ fn the_printed_reproduction_command_reproduces_the_failure_exactly() {
 fn last_json(out: &std::process::Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(stdout.lines().last().expect("a last line")).expect("a JSON object")
-}
-
-fn shapesim(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_shapesim"))
-        .args(args)
-        .output()
-        .expect("run shapesim")
 }
 
 #[test]

@@ -1,16 +1,12 @@
 //! Sweeps as CI runs them: shards that partition a seed range, JUnit XML
 //! that test reporters read, a time budget.
 
+mod common;
+use common::shapesim;
+
 use quick_xml::events::Event;
 use std::collections::BTreeMap;
 use std::path::Path;
-
-fn shapesim(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_shapesim"))
-        .args(args)
-        .output()
-        .expect("run shapesim")
-}
 
 /// One `<testcase>`: its name and, if it failed, the failure's `message`
 /// attribute and text.

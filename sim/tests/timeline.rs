@@ -2,15 +2,11 @@
 //! trace-event JSON with the tracks, spans and failure of the run, and no
 //! effect on the run itself.
 
+mod common;
+use common::shapesim;
+
 use serde_json::Value;
 use std::collections::BTreeMap;
-
-fn shapesim(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_shapesim"))
-        .args(args)
-        .output()
-        .expect("run shapesim")
-}
 
 #[test]
 fn a_failing_corpus_entry_has_a_timeline_with_its_tracks_spans_and_failure() {
