@@ -11,6 +11,7 @@ pub mod dnf;
 pub mod eval;
 pub mod expr;
 pub mod like;
+mod memo;
 pub mod parse;
 mod subquery;
 pub mod tags;
@@ -113,8 +114,14 @@ pub struct Shape {
 }
 
 impl Shape {
-    /// Checks a request against the catalog.
+    /// Checks a request against the catalog (remembered: see `memo`).
     pub fn new(catalog: &Catalog, request: &ShapeRequest) -> Result<Shape, ShapeError> {
+        memo::checked(memo::Role::Plain, catalog, request, || {
+            Shape::check(catalog, request)
+        })
+    }
+
+    fn check(catalog: &Catalog, request: &ShapeRequest) -> Result<Shape, ShapeError> {
         let name = parse_table_name(&request.table)?;
         let table = catalog
             .table(&name)
@@ -327,6 +334,12 @@ impl Shape {
     /// it, and metadata stores it) describes: its columns, in order, are
     /// the subquery's.
     pub fn inner(catalog: &Catalog, request: &ShapeRequest) -> Result<Shape, ShapeError> {
+        memo::checked(memo::Role::Inner, catalog, request, || {
+            Shape::check_inner(catalog, request)
+        })
+    }
+
+    fn check_inner(catalog: &Catalog, request: &ShapeRequest) -> Result<Shape, ShapeError> {
         let mut shape = Shape::new(catalog, request)?;
         let names = request.columns.as_deref().unwrap_or_default();
         let columns = names

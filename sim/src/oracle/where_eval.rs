@@ -16,6 +16,7 @@ use sqlparser::ast::{
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::rc::Rc;
 
@@ -35,10 +36,15 @@ pub trait Tables {
     /// Every row of `schema.table`.
     fn rows(&self, schema: &str, table: &str) -> Vec<NamedRow>;
 
-    /// The tuples the subquery `key` selects, as `compute` finds them; an
-    /// implementation serving one query may remember them (the oracle's
-    /// subqueries are uncorrelated, and the tables do not change meanwhile).
-    fn selected(&self, _key: &str, compute: &dyn Fn() -> Vec<Vec<Value>>) -> Rc<Vec<Vec<Value>>> {
+    /// The tuples `subquery` selects, as `compute` finds them; an
+    /// implementation serving one query may remember them by the node's
+    /// address (the oracle's subqueries are uncorrelated, the tables do not
+    /// change meanwhile, and the parsed clause outlives the query).
+    fn selected(
+        &self,
+        _subquery: &Query,
+        compute: &dyn Fn() -> Vec<Vec<Value>>,
+    ) -> Rc<Vec<Vec<Value>>> {
         Rc::new(compute())
     }
 }
@@ -198,11 +204,13 @@ fn eval(expr: &Expr, column: &dyn Fn(&str) -> Value, tables: &dyn Tables) -> Val
     }
 }
 
-/// An identifier as Postgres resolves it: folded to lowercase unless quoted.
-fn name_of(ident: &Ident) -> String {
+/// An identifier as Postgres resolves it: folded to lowercase unless quoted
+/// (borrowed when folding changes nothing: no allocation per row).
+fn name_of(ident: &Ident) -> Cow<'_, str> {
+    let folded = |v: &str| v.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase());
     match ident.quote_style {
-        Some(_) => ident.value.clone(),
-        None => ident.value.to_lowercase(),
+        None if !folded(&ident.value) => Cow::Owned(ident.value.to_lowercase()),
+        _ => Cow::Borrowed(&ident.value),
     }
 }
 
@@ -215,7 +223,7 @@ fn in_subquery(left: &[Value], query: &Query, tables: &dyn Tables) -> Value {
         .projection
         .iter()
         .map(|item| match item {
-            SelectItem::UnnamedExpr(Expr::Identifier(ident)) => name_of(ident),
+            SelectItem::UnnamedExpr(Expr::Identifier(ident)) => name_of(ident).into_owned(),
             other => panic!("oracle: unsupported select item {other}"),
         })
         .collect();
@@ -248,7 +256,7 @@ fn in_subquery(left: &[Value], query: &Query, tables: &dyn Tables) -> Value {
         }
         tuples
     };
-    let tuples = tables.selected(&query.to_string(), &compute);
+    let tuples = tables.selected(query, &compute);
     let mut result = Value::Bool(false);
     for tuple in tuples.iter() {
         let mut unknown = false;
@@ -273,7 +281,7 @@ fn schema_and_table(name: &ObjectName) -> (String, String) {
     let parts: Vec<String> = name
         .0
         .iter()
-        .map(|p| name_of(p.as_ident().expect("a plain name")))
+        .map(|p| name_of(p.as_ident().expect("a plain name")).into_owned())
         .collect();
     match parts.as_slice() {
         [table] => ("public".to_string(), table.clone()),

@@ -497,19 +497,23 @@ fn matches(
 struct Committed<'a> {
     catalog: &'a Catalog,
     tables: &'a BTreeMap<TableName, TableRows>,
-    /// Subquery results, for the one query it serves.
-    selected: RefCell<BTreeMap<String, Rc<Vec<Vec<Value>>>>>,
+    /// Subquery results, for the one query it serves, by the address of
+    /// the subquery's node (the parsed clause outlives the query).
+    selected: RefCell<BTreeMap<usize, Rc<Vec<Vec<Value>>>>>,
 }
 
 impl where_eval::Tables for Committed<'_> {
-    fn selected(&self, key: &str, compute: &dyn Fn() -> Vec<Vec<Value>>) -> Rc<Vec<Vec<Value>>> {
-        if let Some(found) = self.selected.borrow().get(key) {
+    fn selected(
+        &self,
+        subquery: &sqlparser::ast::Query,
+        compute: &dyn Fn() -> Vec<Vec<Value>>,
+    ) -> Rc<Vec<Vec<Value>>> {
+        let key = std::ptr::from_ref(subquery) as usize;
+        if let Some(found) = self.selected.borrow().get(&key) {
             return found.clone();
         }
         let tuples = Rc::new(compute());
-        self.selected
-            .borrow_mut()
-            .insert(key.to_string(), tuples.clone());
+        self.selected.borrow_mut().insert(key, tuples.clone());
         tuples
     }
 
