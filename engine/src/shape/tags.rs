@@ -114,30 +114,39 @@ impl SubqueryValues for Views<'_> {
     }
 }
 
-/// `ns(value)`: `NULL`, or `v:` and the value's text.
-fn namespaced(value: &Value) -> String {
-    value
-        .to_text()
-        .map_or_else(|| "NULL".to_string(), |text| format!("v:{text}"))
-}
-
 /// The hash that tags and move patterns share: lowercase hex md5 of the
 /// stack id, the shape's handle and the namespaced value (for a row,
 /// `column:` and the namespaced value per column, without separators).
 pub fn value_hash(stack_id: &str, handle: &str, columns: &[&str], values: &[Value]) -> String {
+    use std::fmt::Write;
     assert_eq!(columns.len(), values.len());
-    let mut input = format!("{stack_id}{handle}");
+    let mut input = String::with_capacity(stack_id.len() + handle.len() + 32);
+    input.push_str(stack_id);
+    input.push_str(handle);
+    // `ns(value)`: `NULL`, or `v:` and the value's text (`Value::to_text`).
+    let push_value = |input: &mut String, value: &Value| match value {
+        Value::Null => input.push_str("NULL"),
+        Value::Bool(b) => write!(input, "v:{b}").expect("formatting into a String"),
+        Value::Int(i) => write!(input, "v:{i}").expect("formatting into a String"),
+        Value::Text(text) => {
+            input.push_str("v:");
+            input.push_str(text);
+        }
+    };
     if let [value] = values {
-        input.push_str(&namespaced(value));
+        push_value(&mut input, value);
     } else {
         for (column, value) in columns.iter().zip(values) {
-            input.push_str(&format!("{column}:{}", namespaced(value)));
+            input.push_str(column);
+            input.push(':');
+            push_value(&mut input, value);
         }
     }
-    Md5::digest(input.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    let mut hex = String::with_capacity(32);
+    for b in Md5::digest(input.as_bytes()) {
+        write!(hex, "{b:02x}").expect("formatting into a String");
+    }
+    hex
 }
 
 /// The left side of a subquery atom: its columns' names and the row's values.

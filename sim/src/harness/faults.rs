@@ -191,9 +191,16 @@ impl FaultPlan {
         let key = format!("{shape}/{file}/{op:?}");
         let nth = {
             let mut calls = self.calls.lock().expect("fault plan");
-            let count = calls.entry(key.clone()).or_insert(0);
-            *count += 1;
-            *count
+            match calls.get_mut(&key) {
+                Some(count) => {
+                    *count += 1;
+                    *count
+                }
+                None => {
+                    calls.insert(key.clone(), 1);
+                    1
+                }
+            }
         };
         let mut hasher = std::hash::DefaultHasher::new();
         (self.seed, key, nth).hash(&mut hasher);

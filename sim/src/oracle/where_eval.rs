@@ -110,7 +110,7 @@ fn eval(expr: &Expr, column: &dyn Fn(&str) -> Value, tables: &dyn Tables) -> Val
             right,
         } => not(and(not(ev(left)), not(ev(right)))),
         Expr::BinaryOp { left, op, right } => {
-            let ord = compare(ev(left), ev(right));
+            let ord = compare(&ev(left), &ev(right));
             let holds = |o: Ordering| match op {
                 Op::Eq => o == Ordering::Equal,
                 Op::NotEq => o != Ordering::Equal,
@@ -137,10 +137,10 @@ fn eval(expr: &Expr, column: &dyn Fn(&str) -> Value, tables: &dyn Tables) -> Val
             high,
         } => {
             let x = ev(expr);
-            let ge = compare(x.clone(), ev(low))
+            let ge = compare(&x, &ev(low))
                 .map(|o| Value::Bool(o != Ordering::Less))
                 .unwrap_or(Value::Null);
-            let le = compare(x, ev(high))
+            let le = compare(&x, &ev(high))
                 .map(|o| Value::Bool(o != Ordering::Greater))
                 .unwrap_or(Value::Null);
             negate_if(*negated, and(ge, le))
@@ -153,7 +153,7 @@ fn eval(expr: &Expr, column: &dyn Fn(&str) -> Value, tables: &dyn Tables) -> Val
             let x = ev(expr);
             let mut result = Value::Bool(false);
             for item in list {
-                match compare(x.clone(), ev(item)) {
+                match compare(&x, &ev(item)) {
                     Some(Ordering::Equal) => result = Value::Bool(true),
                     None if result != Value::Bool(true) => result = Value::Null,
                     _ => {}
@@ -262,7 +262,7 @@ fn in_subquery(left: &[Value], query: &Query, tables: &dyn Tables) -> Value {
         let mut unknown = false;
         let mut differs = false;
         for (l, r) in left.iter().zip(tuple) {
-            match compare(l.clone(), r.clone()) {
+            match compare(l, r) {
                 Some(Ordering::Equal) => {}
                 Some(_) => differs = true,
                 None => unknown = true,
@@ -311,18 +311,18 @@ fn and(a: Value, b: Value) -> Value {
 }
 
 /// Compares two values, giving an untyped string the other side's type.
-fn compare(a: Value, b: Value) -> Option<Ordering> {
+fn compare(a: &Value, b: &Value) -> Option<Ordering> {
     match (a, b) {
         (Value::Null, _) | (_, Value::Null) => None,
-        (Value::Int(x), Value::Int(y)) => Some(x.cmp(&y)),
-        (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(&y)),
+        (Value::Int(x), Value::Int(y)) => Some(x.cmp(y)),
+        (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
         (Value::Text(x), Value::Text(y)) => Some(x.as_bytes().cmp(y.as_bytes())),
         (Value::Int(x), Value::Text(y)) => Some(x.cmp(&y.trim().parse().expect("integer text"))),
         (Value::Text(x), Value::Int(y)) => {
-            Some(x.trim().parse::<i64>().expect("integer text").cmp(&y))
+            Some(x.trim().parse::<i64>().expect("integer text").cmp(y))
         }
-        (Value::Bool(x), Value::Text(y)) => Some(x.cmp(&pg_bool(&y))),
-        (Value::Text(x), Value::Bool(y)) => Some(pg_bool(&x).cmp(&y)),
+        (Value::Bool(x), Value::Text(y)) => Some(x.cmp(&pg_bool(y))),
+        (Value::Text(x), Value::Bool(y)) => Some(pg_bool(x).cmp(y)),
         (x, y) => panic!("oracle: comparing {x:?} with {y:?}"),
     }
 }

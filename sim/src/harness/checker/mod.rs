@@ -271,7 +271,19 @@ impl Checker {
             if view.depth > 0 {
                 // A subquery shape's rows move with its inner tables too.
                 if txn.changes.iter().any(|c| view.depends_on(c.table())) {
-                    let current = rows::persistent(view.query(&self.pg));
+                    let written: BTreeSet<String> = txn
+                        .changes
+                        .iter()
+                        .filter(|c| *c.table() == view.table)
+                        .flat_map(|c| sides(c))
+                        .flatten()
+                        .map(|row| view.key(row))
+                        .collect();
+                    let current = view.requery(&self.pg, &self.oracle_now(index), &written);
+                    debug_assert!(
+                        rows::same(&view.query(&self.pg), &current),
+                        "the re-query from the previous rows agrees with a full query"
+                    );
                     if current != self.oracle_now(index) {
                         self.timelines[index].push((txn.commit_lsn, current));
                     }

@@ -12,6 +12,7 @@ use crate::oracle::where_eval;
 use crate::pg::PgModel;
 use crate::scenario::ShapeSpec;
 use engine::schema::{TableName, TableSchema, Value};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 pub(super) struct ShapeView {
@@ -142,18 +143,50 @@ impl ShapeView {
     /// The shape's rows now, by a full query of the Postgres model.
     pub fn query(&self, pg: &PgModel) -> KeyedRows {
         let mut out = KeyedRows::new();
-        let rows = match (&self.filter, self.depth) {
+        for row in self.rows_now(pg) {
+            out.insert(self.key(&row), self.render(&row));
+        }
+        out
+    }
+
+    /// [`ShapeView::query`], from `previous` (the rows as of the last
+    /// commit that could change them) and the keys of the rows the new
+    /// commit wrote: the full query decides which rows are in; a row the
+    /// commit did not write keeps its previous rendering (its values, and
+    /// the view's columns, are unchanged), so only written and new rows
+    /// are rendered again. Equal to `rows::persistent(self.query(pg))`.
+    pub fn requery(
+        &self,
+        pg: &PgModel,
+        previous: &OracleRows,
+        written: &BTreeSet<String>,
+    ) -> OracleRows {
+        let mut current = previous.clone();
+        let mut kept = BTreeSet::new();
+        for row in self.rows_now(pg) {
+            let key = self.key(&row);
+            if written.contains(&key) || !previous.contains_key(&key) {
+                current.insert(key.clone(), Arc::new(self.render(&row)));
+            }
+            kept.insert(key);
+        }
+        let gone: Vec<&String> = previous.keys().filter(|k| !kept.contains(*k)).collect();
+        for key in gone {
+            current.remove(key);
+        }
+        current
+    }
+
+    /// The committed rows (every column) in the shape.
+    fn rows_now(&self, pg: &PgModel) -> Vec<Vec<Value>> {
+        match (&self.filter, self.depth) {
             (Some(filter), 1..) => pg.rows_where(&self.table, filter),
             _ => pg
                 .rows(&self.table)
                 .into_iter()
                 .filter(|r| self.matches(r))
                 .collect(),
-        };
-        for row in rows {
-            out.insert(self.key(&row), self.render(&row));
         }
-        out
     }
 
     /// Whether a transaction on `tables` may change the shape's rows.
