@@ -26,6 +26,7 @@ use engine::api::{Request, Response};
 use engine::offset::LogOffset;
 use engine::replication::Lsn;
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 mod tags;
@@ -222,7 +223,7 @@ impl ShapeClient {
             }
         }
         self.continuity(request, response)?;
-        let messages: Vec<Message> = serde_json::from_str(&response.body).map_err(|e| {
+        let messages: Vec<Message<'_>> = serde_json::from_str(&response.body).map_err(|e| {
             violation(
                 "wire",
                 format!("body is not an array of messages: {e}: {}", response.body),
@@ -315,7 +316,7 @@ impl ShapeClient {
         Ok(())
     }
 
-    fn change(&mut self, message: Message) -> Result<ChangeSeen, Violation> {
+    fn change(&mut self, message: Message<'_>) -> Result<ChangeSeen, Violation> {
         let key = message
             .key
             .ok_or_else(|| violation("wire", "a change without a key".to_string()))?;
@@ -384,7 +385,7 @@ impl ShapeClient {
 
     /// A `move-in` / `move-out` event: positions flip; a move-out deletes
     /// the rows left with no disjunct fully true.
-    fn move_event(&mut self, message: Message, applied: &mut Applied) -> Result<(), Violation> {
+    fn move_event(&mut self, message: Message<'_>, applied: &mut Applied) -> Result<(), Violation> {
         let raw = message.headers;
         let event = match raw.event.as_deref() {
             Some("move-out") => MoveEvent::Out,
@@ -469,26 +470,33 @@ fn full_update(
 /// A message as the wire carries it (values are text or null: anything
 /// else fails to decode, a `wire` violation).
 #[derive(Deserialize)]
-struct Message {
-    headers: RawHeaders,
+struct Message<'a> {
+    #[serde(borrow)]
+    headers: RawHeaders<'a>,
     key: Option<String>,
     value: Option<ClientRow>,
     old_value: Option<ClientRow>,
 }
 
+/// Headers that are only read borrow from the body (`Cow`: a value with
+/// escapes is still decoded).
 #[derive(Deserialize)]
-struct RawHeaders {
-    control: Option<String>,
-    global_last_seen_lsn: Option<String>,
+struct RawHeaders<'a> {
+    #[serde(borrow)]
+    control: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    global_last_seen_lsn: Option<Cow<'a, str>>,
     operation: Option<String>,
     relation: Option<(String, String)>,
-    lsn: Option<String>,
+    #[serde(borrow)]
+    lsn: Option<Cow<'a, str>>,
     op_position: Option<u64>,
     txids: Option<Vec<u64>>,
     last: Option<bool>,
     key_change_to: Option<String>,
     key_change_from: Option<String>,
-    event: Option<String>,
+    #[serde(borrow)]
+    event: Option<Cow<'a, str>>,
     patterns: Option<Vec<Pattern>>,
     tags: Option<Vec<String>>,
     removed_tags: Option<Vec<String>>,
@@ -502,7 +510,7 @@ struct Pattern {
     value: String,
 }
 
-fn headers(raw: RawHeaders, key: &str) -> Result<Headers, Violation> {
+fn headers(raw: RawHeaders<'_>, key: &str) -> Result<Headers, Violation> {
     let bad = |what: &str| {
         violation(
             "wire",

@@ -326,10 +326,16 @@ impl PgModel {
 
     /// The committed transaction with this commit LSN, if there is one.
     pub fn transaction(&self, lsn: Lsn) -> Option<Transaction> {
+        self.with_transaction(lsn, Transaction::clone)
+    }
+
+    /// `read` of the committed transaction with this commit LSN, if there
+    /// is one (without copying it).
+    pub fn with_transaction<T>(&self, lsn: Lsn, read: impl FnOnce(&Transaction) -> T) -> Option<T> {
         let state = self.lock();
         let i = state.wal.partition_point(|(l, _)| *l < lsn);
         match state.wal.get(i) {
-            Some((l, ReplicationMessage::Transaction(txn))) if *l == lsn => Some(txn.clone()),
+            Some((l, ReplicationMessage::Transaction(txn))) if *l == lsn => Some(read(txn)),
             _ => None,
         }
     }

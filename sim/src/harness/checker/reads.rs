@@ -162,8 +162,9 @@ impl Checker {
             return Err(why);
         }
         let h = &change.headers;
-        let relation = (schema.name.schema.clone(), schema.name.name.clone());
-        if h.relation.as_ref() != Some(&relation) {
+        let relation_is =
+            |(s, n): &(String, String)| *s == schema.name.schema && *n == schema.name.name;
+        if !h.relation.as_ref().is_some_and(relation_is) {
             return Err(format!(
                 "relation {:?} for a change of {}",
                 h.relation, schema.name
@@ -173,16 +174,16 @@ impl Checker {
             return Ok(()); // a snapshot row: checked against the oracle's rows
         };
         self.coverage.checks.changes += 1;
-        let txn = self.pg.transaction(lsn).ok_or_else(|| {
+        let xid = self.pg.with_transaction(lsn, |t| t.xid).ok_or_else(|| {
             format!(
                 "{} claims lsn {lsn}, where no transaction committed",
                 change.key
             )
         })?;
-        if h.txids.as_deref() != Some(&[txn.xid][..]) {
+        if h.txids.as_deref() != Some(&[xid][..]) {
             let why = format!(
-                "lsn {lsn} has xid {}, the change says txids {:?}",
-                txn.xid, h.txids
+                "lsn {lsn} has xid {xid}, the change says txids {:?}",
+                h.txids
             );
             return Err(why);
         }
@@ -217,7 +218,10 @@ impl Checker {
             // the views before it): the prefix check judges the rows.
             return Ok(());
         }
-        let expected = expected(&self.views[shape], &txn);
+        let view = &self.views[shape];
+        let expected = (self.pg)
+            .with_transaction(lsn, |txn| expected(view, txn))
+            .expect("the transaction was found above");
         if got != expected {
             return Err(format!(
                 "lsn {lsn} arrived as {got:#?}, the Postgres transaction renders for this shape as {expected:#?}"
