@@ -20,7 +20,11 @@ pub fn row_key(table: &TableSchema, row: &[Value]) -> String {
     for &i in &table.primary_key {
         match row[i].to_text() {
             None => key.push_str("/_"),
-            Some(text) => key.push_str(&format!("/\"{}\"", text.replace('/', "//"))),
+            Some(text) => {
+                key.push_str("/\"");
+                key.push_str(&text.replace('/', "//"));
+                key.push('"');
+            }
         }
     }
     key
