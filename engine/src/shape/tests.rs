@@ -415,3 +415,49 @@ proptest! {
         }
     }
 }
+
+/// The memo (`memo.rs`) answers exactly what a fresh check answers: for
+/// each catalog its own answer, after a table changes, after a catalog
+/// was forgotten, and for refusals.
+#[test]
+fn remembered_shapes_follow_the_catalog() {
+    let base = catalog();
+    let widened = |extra: &str| {
+        let mut catalog = base.clone();
+        let mut t = table(&base).clone();
+        t.columns.push(col(extra, ColumnType::Int, false));
+        catalog.upsert(t);
+        catalog
+    };
+    let catalogs: Vec<Catalog> = std::iter::once(base.clone())
+        .chain((0..6).map(|i| widened(&format!("extra{i}"))))
+        .collect();
+    let requests = [
+        request("t", None, Some("n = 5"), Replica::Default),
+        request("t", None, Some("extra0 = 1"), Replica::Default),
+        request("t", Some(&["name"]), None, Replica::Full),
+    ];
+    // Twice round, so the second round meets both remembered and
+    // forgotten catalogs (more catalogs than the memo keeps).
+    for _ in 0..2 {
+        for catalog in &catalogs {
+            for r in &requests {
+                assert_eq!(Shape::new(catalog, r), Shape::check(catalog, r), "{r:?}");
+                assert_eq!(Shape::inner(catalog, r), Shape::check_inner(catalog, r));
+            }
+        }
+    }
+    let plain = Shape::new(&catalogs[0], &requests[0]).unwrap();
+    let wider = Shape::new(&catalogs[1], &requests[0]).unwrap();
+    assert_ne!(
+        plain.comparable(),
+        wider.comparable(),
+        "a new column is a new shape"
+    );
+    assert_eq!(wider.selected.len(), plain.selected.len() + 1);
+    assert!(
+        Shape::new(&catalogs[0], &requests[1]).is_err(),
+        "no extra0 in the base"
+    );
+    assert!(Shape::new(&catalogs[1], &requests[1]).is_ok());
+}
