@@ -7,6 +7,7 @@ use crate::client::ClientRow;
 use crate::pg::PgModel;
 use engine::schema::{TableName, TableSchema, Value};
 use std::collections::BTreeMap;
+use std::fmt::Write;
 use std::sync::Arc;
 
 /// Rows by their Electric key.
@@ -51,44 +52,54 @@ pub fn pg_text(value: &Value) -> Option<String> {
 /// Electric's row key: `"schema"."table"/"pk"`, with `/` doubled in every
 /// part and `.` doubled in the relation parts; a NULL key part is `_`.
 pub fn electric_key(table: &TableSchema, row: &[Value]) -> String {
-    key_of(table, |column| pg_text(&row[column]))
+    let mut key = relation_key(table);
+    for &column in &table.primary_key {
+        key.push('/');
+        match &row[column] {
+            Value::Null => key.push('_'),
+            Value::Text(text) => push_quoted(&mut key, text, &['/']),
+            // Neither holds a `/`: nothing to double.
+            Value::Int(i) => write!(key, "\"{i}\"").expect("a String takes any write"),
+            Value::Bool(b) => write!(key, "\"{b}\"").expect("a String takes any write"),
+        }
+    }
+    key
 }
 
 /// The key of a row as a client holds it (text values by column name);
 /// `None` if a key column is absent.
 pub fn electric_key_of_text(table: &TableSchema, row: &ClientRow) -> Option<String> {
-    let missing = table
-        .primary_key
-        .iter()
-        .any(|&c| !row.contains_key(&table.columns[c].name));
-    (!missing).then(|| key_of(table, |c| row[&table.columns[c].name].clone()))
-}
-
-fn key_of(table: &TableSchema, part: impl Fn(usize) -> Option<String>) -> String {
-    let quote = |part: &str, doubled: &[char]| {
-        let mut out = String::from("\"");
-        for c in part.chars() {
-            out.push(c);
-            if doubled.contains(&c) {
-                out.push(c);
-            }
-        }
-        out.push('"');
-        out
-    };
-    let mut key = format!(
-        "{}.{}",
-        quote(&table.name.schema, &['/', '.']),
-        quote(&table.name.name, &['/', '.'])
-    );
+    let mut key = relation_key(table);
     for &column in &table.primary_key {
         key.push('/');
-        match part(column) {
+        match row.get(&table.columns[column].name)? {
             None => key.push('_'),
-            Some(text) => key.push_str(&quote(&text, &['/'])),
+            Some(text) => push_quoted(&mut key, text, &['/']),
         }
     }
+    Some(key)
+}
+
+/// `"schema"."table"`, the start of every key of `table`.
+fn relation_key(table: &TableSchema) -> String {
+    let name = &table.name;
+    let mut key = String::with_capacity(name.schema.len() + name.name.len() + 32);
+    push_quoted(&mut key, &name.schema, &['/', '.']);
+    key.push('.');
+    push_quoted(&mut key, &name.name, &['/', '.']);
     key
+}
+
+/// Appends `part` in double quotes, each of the `doubled` characters twice.
+fn push_quoted(out: &mut String, part: &str, doubled: &[char]) {
+    out.push('"');
+    for c in part.chars() {
+        out.push(c);
+        if doubled.contains(&c) {
+            out.push(c);
+        }
+    }
+    out.push('"');
 }
 
 /// A row rendered as a client holds it: the given columns, as text.
@@ -175,5 +186,35 @@ mod tests {
             electric_key(&table, &[Value::Null]),
             r#""my..schema"."a//b"/_"#
         );
+    }
+
+    #[test]
+    fn keys_of_values_and_of_text_agree() {
+        let column = |name: &str, ty| Column {
+            name: name.into(),
+            ty,
+            not_null: false,
+        };
+        let table = TableSchema {
+            name: TableName {
+                schema: "public".into(),
+                name: "t".into(),
+            },
+            oid: 1,
+            columns: vec![
+                column("a", ColumnType::Int),
+                column("b", ColumnType::Bool),
+                column("c", ColumnType::Text),
+            ],
+            primary_key: vec![0, 1, 2],
+        };
+        let row = [Value::Int(-7), Value::Bool(true), Value::Text("p/q".into())];
+        let key = electric_key(&table, &row);
+        assert_eq!(key, r#""public"."t"/"-7"/"true"/"p//q""#);
+        let text = rendered(&table, &row, 0..3);
+        assert_eq!(electric_key_of_text(&table, &text), Some(key));
+        let mut partial = text.clone();
+        partial.remove("b");
+        assert_eq!(electric_key_of_text(&table, &partial), None);
     }
 }

@@ -204,6 +204,66 @@ fn eval(expr: &Expr, column: &dyn Fn(&str) -> Value, tables: &dyn Tables) -> Val
     }
 }
 
+/// The tables the subqueries of `expr` read, as `(schema, table)`, nested
+/// ones included, in the order written (the variants [`eval`] supports;
+/// any other panics there too).
+pub fn subquery_tables(expr: &Expr) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    collect_tables(expr, &mut out);
+    out
+}
+
+fn collect_tables(expr: &Expr, out: &mut Vec<(String, String)>) {
+    let mut walk = |e: &Expr| collect_tables(e, out);
+    match expr {
+        Expr::Identifier(_) | Expr::Value(_) => {}
+        Expr::Nested(e)
+        | Expr::UnaryOp { expr: e, .. }
+        | Expr::IsNull(e)
+        | Expr::IsNotNull(e)
+        | Expr::IsTrue(e)
+        | Expr::IsNotTrue(e)
+        | Expr::IsFalse(e)
+        | Expr::IsNotFalse(e)
+        | Expr::IsUnknown(e)
+        | Expr::IsNotUnknown(e) => walk(e),
+        Expr::BinaryOp { left, right, .. } => {
+            walk(left);
+            walk(right);
+        }
+        Expr::Between {
+            expr, low, high, ..
+        } => {
+            walk(expr);
+            walk(low);
+            walk(high);
+        }
+        Expr::InList { expr, list, .. } => {
+            walk(expr);
+            list.iter().for_each(walk);
+        }
+        Expr::Like { expr, pattern, .. } | Expr::ILike { expr, pattern, .. } => {
+            walk(expr);
+            walk(pattern);
+        }
+        Expr::Tuple(items) => items.iter().for_each(walk),
+        Expr::InSubquery { expr, subquery, .. } => {
+            walk(expr);
+            let SetExpr::Select(select) = subquery.body.as_ref() else {
+                panic!("oracle: unsupported subquery {subquery}")
+            };
+            let TableFactor::Table { name, .. } = &select.from[0].relation else {
+                panic!("oracle: unsupported FROM in {subquery}")
+            };
+            out.push(schema_and_table(name));
+            if let Some(filter) = &select.selection {
+                collect_tables(filter, out);
+            }
+        }
+        other => panic!("oracle: unsupported expression {other}"),
+    }
+}
+
 /// An identifier as Postgres resolves it: folded to lowercase unless quoted
 /// (borrowed when folding changes nothing: no allocation per row).
 fn name_of(ident: &Ident) -> Cow<'_, str> {
@@ -219,26 +279,27 @@ fn in_subquery(left: &[Value], query: &Query, tables: &dyn Tables) -> Value {
     let SetExpr::Select(select) = query.body.as_ref() else {
         panic!("oracle: unsupported subquery {query}")
     };
-    let columns: Vec<String> = select
-        .projection
-        .iter()
-        .map(|item| match item {
-            SelectItem::UnnamedExpr(Expr::Identifier(ident)) => name_of(ident).into_owned(),
-            other => panic!("oracle: unsupported select item {other}"),
-        })
-        .collect();
     assert_eq!(
-        columns.len(),
+        select.projection.len(),
         left.len(),
         "oracle: {query} against {left:?}"
     );
-    let TableFactor::Table { name, .. } = &select.from[0].relation else {
-        panic!("oracle: unsupported FROM in {query}")
-    };
-    let (schema, table) = schema_and_table(name);
     // Uncorrelated (a reference to an outer column panics below): its
-    // tuples are the same for every row of one query.
+    // tuples are the same for every row of one query, so names are
+    // resolved only when they are computed, not per row.
     let compute = || {
+        let columns: Vec<String> = select
+            .projection
+            .iter()
+            .map(|item| match item {
+                SelectItem::UnnamedExpr(Expr::Identifier(ident)) => name_of(ident).into_owned(),
+                other => panic!("oracle: unsupported select item {other}"),
+            })
+            .collect();
+        let TableFactor::Table { name, .. } = &select.from[0].relation else {
+            panic!("oracle: unsupported FROM in {query}")
+        };
+        let (schema, table) = schema_and_table(name);
         let mut tuples = Vec::new();
         for row in tables.rows(&schema, &table) {
             let lookup = |name: &str| {

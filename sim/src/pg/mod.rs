@@ -116,7 +116,7 @@ struct State {
     /// Tables whose definition changed after the slot was created.
     altered: Vec<TableName>,
     /// WHERE clauses already parsed by the oracle's evaluator.
-    parsed: BTreeMap<String, sqlparser::ast::Expr>,
+    parsed: BTreeMap<String, Arc<sqlparser::ast::Expr>>,
 }
 
 #[derive(Clone)]
@@ -282,10 +282,35 @@ impl PgModel {
         self.lock().tables[table].values().cloned().collect()
     }
 
-    /// The committed rows of `table` for which `filter` is TRUE, its
-    /// subqueries read from the committed rows of their tables.
-    pub fn rows_where(&self, table: &TableName, filter: &sqlparser::ast::Expr) -> Vec<Row> {
-        self.lock().rows_matching(table, Some(filter))
+    /// Whether `filter` is TRUE for `row` of `table`, its subqueries read
+    /// from the committed rows of their tables.
+    pub fn row_holds(
+        &self,
+        table: &TableName,
+        filter: &sqlparser::ast::Expr,
+        row: &[Value],
+    ) -> bool {
+        let state = self.lock();
+        let schema = state.catalog.table(table).expect("table");
+        let committed = Committed {
+            catalog: &state.catalog,
+            tables: &state.tables,
+            selected: RefCell::default(),
+        };
+        matches(schema, Some(filter), row, &committed)
+    }
+
+    /// Calls `each` with every committed row of `table` (in key order) for
+    /// which `filter` (if any) is TRUE, its subqueries read from the
+    /// committed rows of their tables, without copying the rows; the model
+    /// is locked meanwhile, so `each` must not call back into it.
+    pub fn each_row_where(
+        &self,
+        table: &TableName,
+        filter: Option<&sqlparser::ast::Expr>,
+        each: impl FnMut(&[Value]),
+    ) {
+        self.lock().each_matching(table, filter, each);
     }
 
     /// A snapshot query: rows and visibility read under one lock, so that no
@@ -571,15 +596,15 @@ impl State {
             .find_map(|(lsn, m)| matches!(m, ReplicationMessage::Transaction(_)).then_some(*lsn))
     }
 
-    fn filter(&mut self, where_sql: Option<&str>) -> Option<sqlparser::ast::Expr> {
-        where_sql.map(|sql| {
-            self.parsed
-                .entry(sql.to_string())
-                .or_insert_with(|| {
-                    where_eval::parse(sql).expect("the oracle parses every WHERE it is given")
-                })
-                .clone()
-        })
+    fn filter(&mut self, where_sql: Option<&str>) -> Option<Arc<sqlparser::ast::Expr>> {
+        let sql = where_sql?;
+        if let Some(parsed) = self.parsed.get(sql) {
+            return Some(parsed.clone());
+        }
+        let parsed =
+            Arc::new(where_eval::parse(sql).expect("the oracle parses every WHERE it is given"));
+        self.parsed.insert(sql.to_string(), parsed.clone());
+        Some(parsed)
     }
 
     /// A dependency's value tuples: its columns of the rows its WHERE selects.
@@ -594,29 +619,44 @@ impl State {
             .iter()
             .map(|c| schema.column_index(c).expect("a dependency's column"))
             .collect();
-        self.query(&dependency.table, dependency.where_sql.as_deref())
-            .into_iter()
-            .map(|row| columns.iter().map(|&i| row[i].clone()).collect())
-            .collect()
+        let filter = self.filter(dependency.where_sql.as_deref());
+        let mut tuples = Vec::new();
+        self.each_matching(&dependency.table, filter.as_deref(), |row| {
+            tuples.push(columns.iter().map(|&i| row[i].clone()).collect());
+        });
+        tuples
     }
 
     fn query(&mut self, table: &TableName, where_sql: Option<&str>) -> Vec<Row> {
         let filter = self.filter(where_sql);
-        self.rows_matching(table, filter.as_ref())
+        self.rows_matching(table, filter.as_deref())
     }
 
     /// The committed rows of `table` for which `filter` (if any) is TRUE.
     fn rows_matching(&self, table: &TableName, filter: Option<&sqlparser::ast::Expr>) -> Vec<Row> {
+        let mut rows = Vec::new();
+        self.each_matching(table, filter, |row| rows.push(row.to_vec()));
+        rows
+    }
+
+    /// [`PgModel::each_row_where`], under the lock.
+    fn each_matching(
+        &self,
+        table: &TableName,
+        filter: Option<&sqlparser::ast::Expr>,
+        mut each: impl FnMut(&[Value]),
+    ) {
         let schema = self.catalog.table(table).expect("table");
         let committed = Committed {
             catalog: &self.catalog,
             tables: &self.tables,
             selected: RefCell::default(),
         };
-        let rows = self.tables[table].values();
-        rows.filter(|row| matches(schema, filter, row, &committed))
-            .cloned()
-            .collect()
+        for row in self.tables[table].values() {
+            if matches(schema, filter, row, &committed) {
+                each(row);
+            }
+        }
     }
 
     fn apply(&mut self, mutation: &Mutation) -> Option<Change> {

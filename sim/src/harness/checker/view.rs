@@ -29,6 +29,9 @@ pub(super) struct ShapeView {
     pub tables: Vec<TableName>,
     /// How deeply its subqueries nest (0: none).
     pub depth: usize,
+    /// Whether a subquery reads its own table (then a write to its table
+    /// can move rows the write did not touch).
+    pub self_referencing: bool,
 }
 
 impl ShapeView {
@@ -49,23 +52,31 @@ impl ShapeView {
         );
         let parse = |w: &String| where_eval::parse(w).expect("the oracle parses every WHERE");
         let depth = spec.where_clause.as_deref().map_or(0, subquery_depth);
+        let filter = spec.where_clause.as_ref().map(parse);
+        let read: Vec<TableName> = filter
+            .as_ref()
+            .map(where_eval::subquery_tables)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(schema, name)| TableName { schema, name })
+            .collect();
+        assert_eq!(read.is_empty(), depth == 0, "subqueries read tables");
+        let self_referencing = read.contains(&table);
         let mut tables = vec![table.clone()];
-        if depth > 0 {
-            let text = spec.where_clause.as_deref().unwrap_or_default();
-            tables.extend(pg.catalog().tables().map(|t| t.name.clone()).filter(|n| {
-                *n != table
-                    && (text.contains(&format!(" FROM {} ", n.name))
-                        || text.contains(&format!(" FROM {})", n.name)))
-            }));
+        for name in read {
+            if !tables.contains(&name) {
+                tables.push(name);
+            }
         }
         ShapeView {
             tables,
             depth,
+            self_referencing,
             spec: spec.clone(),
             table,
             schema,
             selected,
-            filter: spec.where_clause.as_ref().map(parse),
+            filter,
             replica_full: spec.replica_full,
             added: Vec::new(),
         }
@@ -81,6 +92,15 @@ impl ShapeView {
                 row[schema.column_index(name).expect("known column")].clone()
             })
         })
+    }
+
+    /// Whether `row` (every column, table order; a committed row of its
+    /// table) is in the shape, subqueries read from the committed rows.
+    pub fn holds(&self, pg: &PgModel, row: &[Value]) -> bool {
+        match (&self.filter, self.depth) {
+            (Some(filter), 1..) => pg.row_holds(&self.table, filter, row),
+            _ => self.matches(row),
+        }
     }
 
     /// The table's definition changed: the view follows the new one (a
@@ -143,9 +163,9 @@ impl ShapeView {
     /// The shape's rows now, by a full query of the Postgres model.
     pub fn query(&self, pg: &PgModel) -> KeyedRows {
         let mut out = KeyedRows::new();
-        for row in self.rows_now(pg) {
-            out.insert(self.key(&row), self.render(&row));
-        }
+        self.each_row_now(pg, |row| {
+            out.insert(self.key(row), self.render(row));
+        });
         out
     }
 
@@ -163,13 +183,13 @@ impl ShapeView {
     ) -> OracleRows {
         let mut current = previous.clone();
         let mut kept = BTreeSet::new();
-        for row in self.rows_now(pg) {
-            let key = self.key(&row);
+        self.each_row_now(pg, |row| {
+            let key = self.key(row);
             if written.contains(&key) || !previous.contains_key(&key) {
-                current.insert(key.clone(), Arc::new(self.render(&row)));
+                current.insert(key.clone(), Arc::new(self.render(row)));
             }
             kept.insert(key);
-        }
+        });
         let gone: Vec<&String> = previous.keys().filter(|k| !kept.contains(*k)).collect();
         for key in gone {
             current.remove(key);
@@ -177,15 +197,16 @@ impl ShapeView {
         current
     }
 
-    /// The committed rows (every column) in the shape.
-    fn rows_now(&self, pg: &PgModel) -> Vec<Vec<Value>> {
+    /// Calls `each` with the committed rows (every column) in the shape,
+    /// without copying them (the Postgres model is locked meanwhile).
+    fn each_row_now(&self, pg: &PgModel, mut each: impl FnMut(&[Value])) {
         match (&self.filter, self.depth) {
-            (Some(filter), 1..) => pg.rows_where(&self.table, filter),
-            _ => pg
-                .rows(&self.table)
-                .into_iter()
-                .filter(|r| self.matches(r))
-                .collect(),
+            (Some(filter), 1..) => pg.each_row_where(&self.table, Some(filter), each),
+            _ => pg.each_row_where(&self.table, None, |row| {
+                if self.matches(row) {
+                    each(row);
+                }
+            }),
         }
     }
 
