@@ -167,7 +167,7 @@ impl Shape {
     fn identify(&mut self) {
         self.comparable = self.comparable_form();
         let digest = Sha256::digest(self.comparable.as_bytes());
-        self.hash = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        self.hash = hex::encode(&digest[..8]);
     }
 
     /// The routing layer: 0 for a shape without subqueries, else one more

@@ -142,11 +142,7 @@ pub fn value_hash(stack_id: &str, handle: &str, columns: &[&str], values: &[Valu
             push_value(&mut input, value);
         }
     }
-    let mut hex = String::with_capacity(32);
-    for b in Md5::digest(input.as_bytes()) {
-        write!(hex, "{b:02x}").expect("formatting into a String");
-    }
-    hex
+    hex::encode(Md5::digest(input.as_bytes()))
 }
 
 /// The left side of a subquery atom: its columns' names and the row's values.

@@ -365,10 +365,5 @@ fn trace_digest(results: &[SeedResult]) -> String {
     for r in results {
         hasher.update(format!("{}:{}\n", r.outcome.seed, r.outcome.trace_hash));
     }
-    hasher
-        .finalize()
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(&hasher.finalize()[..8])
 }
