@@ -5,7 +5,7 @@
 use crate::log::Operation;
 use crate::moves::queue::MoveKind;
 use crate::replication::{Lsn, Visibility, Xid};
-use crate::schema::{TableName, TableSchema, Value};
+use crate::schema::{TableSchema, Value};
 use serde_json::{Map, Value as Json, json};
 
 /// `"schema"."table"/"pk1"/"pk2"`: `/` is doubled in every part and `.` in
@@ -46,10 +46,6 @@ pub fn values(
         .collect()
 }
 
-fn relation(name: &TableName) -> Json {
-    json!([name.schema, name.name])
-}
-
 pub fn operation_name(op: Operation) -> &'static str {
     match op {
         Operation::Insert => "insert",
@@ -57,6 +53,53 @@ pub fn operation_name(op: Operation) -> &'static str {
         Operation::Delete => "delete",
         Operation::Control => "control",
     }
+}
+
+/// The headers of a snapshot or move-in row. Fields in name order: the
+/// text is what a `serde_json` object (a sorted map) of them renders.
+#[derive(serde::Serialize)]
+struct InsertHeaders<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    active_conditions: Option<&'a [bool]>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    is_move_in: bool,
+    operation: &'static str,
+    relation: [&'a str; 2],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    removed_tags: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tags: Option<&'a [String]>,
+}
+
+#[derive(serde::Serialize)]
+struct InsertMessage<'a> {
+    headers: InsertHeaders<'a>,
+    key: &'a str,
+    value: &'a Map<String, Json>,
+}
+
+/// An insert without replication headers (serialised directly: a
+/// snapshot writes one per row).
+fn insert_row(
+    table: &TableSchema,
+    key: &str,
+    value: &Map<String, Json>,
+    tags: Option<&RowTags>,
+    is_move_in: bool,
+) -> String {
+    let message = InsertMessage {
+        headers: InsertHeaders {
+            active_conditions: tags.map(|t| t.active_conditions.as_slice()),
+            is_move_in,
+            operation: "insert",
+            relation: [&table.name.schema, &table.name.name],
+            removed_tags: tags.and_then(|t| t.removed_tags.as_deref()),
+            tags: tags.map(|t| t.tags.as_slice()),
+        },
+        key,
+        value,
+    };
+    serde_json::to_string(&message).expect("insert messages serialize")
 }
 
 /// A snapshot row: an insert without replication headers (with its tags,
@@ -67,11 +110,7 @@ pub fn snapshot_row(
     value: Map<String, Json>,
     tags: Option<&RowTags>,
 ) -> String {
-    let mut headers = json!({"operation": "insert", "relation": relation(&table.name)});
-    if let Some(tags) = tags {
-        tags.add_to(&mut headers);
-    }
-    json!({"key": key, "value": value, "headers": headers}).to_string()
+    insert_row(table, key, &value, tags, false)
 }
 
 /// A row of a subquery shape's move-in: an insert marked `is_move_in`,
@@ -82,10 +121,7 @@ pub fn move_in_row(
     value: Map<String, Json>,
     tags: &RowTags,
 ) -> String {
-    let mut headers =
-        json!({"operation": "insert", "relation": relation(&table.name), "is_move_in": true});
-    tags.add_to(&mut headers);
-    json!({"key": key, "value": value, "headers": headers}).to_string()
+    insert_row(table, key, &value, Some(tags), true)
 }
 
 /// What a subquery shape's row carries: a tag per disjunct, each
@@ -97,17 +133,6 @@ pub struct RowTags {
     pub active_conditions: Vec<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub removed_tags: Option<Vec<String>>,
-}
-
-impl RowTags {
-    fn add_to(&self, headers: &mut Json) {
-        let object = headers.as_object_mut().expect("headers are an object");
-        object.insert("tags".into(), json!(self.tags));
-        object.insert("active_conditions".into(), json!(self.active_conditions));
-        if let Some(removed) = &self.removed_tags {
-            object.insert("removed_tags".into(), json!(removed));
-        }
-    }
 }
 
 /// A `move-in` or `move-out` control event: `{pos, value}` patterns (every
@@ -261,7 +286,7 @@ pub fn schema_header(table: &TableSchema, selected: &[usize]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::{Column, ColumnType};
+    use crate::schema::{Column, ColumnType, TableName};
 
     fn table() -> TableSchema {
         let col = |name: &str, ty| Column {
@@ -334,7 +359,7 @@ mod tests {
 #[cfg(test)]
 mod subquery_tests {
     use super::*;
-    use crate::schema::{Column, ColumnType};
+    use crate::schema::{Column, ColumnType, TableName};
 
     fn table() -> TableSchema {
         let col = |name: &str| Column {
@@ -348,6 +373,57 @@ mod subquery_tests {
             vec![col("id"), col("p")],
             &["id"],
         )
+    }
+
+    /// A snapshot or move-in row as a `json!` tree renders it (the
+    /// reference for the serialised structs).
+    fn reference_insert(
+        key: &str,
+        value: &Map<String, Json>,
+        tags: Option<&RowTags>,
+        move_in: bool,
+    ) -> String {
+        let mut headers = json!({"operation": "insert", "relation": ["public", "t"]});
+        let object = headers.as_object_mut().unwrap();
+        if move_in {
+            object.insert("is_move_in".into(), json!(true));
+        }
+        if let Some(tags) = tags {
+            object.insert("tags".into(), json!(tags.tags));
+            object.insert("active_conditions".into(), json!(tags.active_conditions));
+            if let Some(removed) = &tags.removed_tags {
+                object.insert("removed_tags".into(), json!(removed));
+            }
+        }
+        json!({"key": key, "value": value, "headers": headers}).to_string()
+    }
+
+    #[test]
+    fn insert_rows_render_as_the_json_tree_did() {
+        let t = table();
+        let row = vec![Value::Text("a\"/.".into()), Value::Text("p1".into())];
+        let value = values(&t, &row, [0, 1]);
+        let tags = RowTags {
+            tags: vec!["h1/".into(), "/1".into()],
+            active_conditions: vec![true, false],
+            removed_tags: None,
+        };
+        let removed = RowTags {
+            removed_tags: Some(vec!["h0".into()]),
+            ..tags.clone()
+        };
+        for tags in [None, Some(&tags), Some(&removed)] {
+            assert_eq!(
+                snapshot_row(&t, "K\"", value.clone(), tags),
+                reference_insert("K\"", &value, tags, false)
+            );
+            if let Some(tags) = tags {
+                assert_eq!(
+                    move_in_row(&t, "K", value.clone(), tags),
+                    reference_insert("K", &value, Some(tags), true)
+                );
+            }
+        }
     }
 
     #[test]
