@@ -93,6 +93,11 @@ fn relation_key(table: &TableSchema) -> String {
 /// Appends `part` in double quotes, each of the `doubled` characters twice.
 fn push_quoted(out: &mut String, part: &str, doubled: &[char]) {
     out.push('"');
+    if !part.contains(doubled) {
+        out.push_str(part);
+        out.push('"');
+        return;
+    }
     for c in part.chars() {
         out.push(c);
         if doubled.contains(&c) {
