@@ -282,14 +282,15 @@ impl PgModel {
         self.lock().tables[table].values().cloned().collect()
     }
 
-    /// Whether `filter` is TRUE for `row` of `table`, its subqueries read
-    /// from the committed rows of their tables.
-    pub fn row_holds(
+    /// Whether `filter` is TRUE for each of `rows` (rows of `table`), its
+    /// subqueries read from the committed rows of their tables (each
+    /// subquery computed once for all of them).
+    pub fn rows_hold<'r>(
         &self,
         table: &TableName,
         filter: &sqlparser::ast::Expr,
-        row: &[Value],
-    ) -> bool {
+        rows: impl IntoIterator<Item = &'r [Value]>,
+    ) -> Vec<bool> {
         let state = self.lock();
         let schema = state.catalog.table(table).expect("table");
         let committed = Committed {
@@ -297,7 +298,9 @@ impl PgModel {
             tables: &state.tables,
             selected: RefCell::default(),
         };
-        matches(schema, Some(filter), row, &committed)
+        rows.into_iter()
+            .map(|row| matches(schema, Some(filter), row, &committed))
+            .collect()
     }
 
     /// Calls `each` with every committed row of `table` (in key order) for

@@ -317,27 +317,35 @@ impl Checker {
     fn applied(&self, index: usize, txn: &Transaction) -> Option<OracleRows> {
         let view = &self.views[index];
         let previous = self.oracle_now(index);
-        let changes: Vec<&Change> = txn
+        let changes: Vec<[Option<&Row>; 2]> = txn
             .changes
             .iter()
             .filter(|c| *c.table() == view.table)
+            .map(sides)
             .collect();
-        let holds = |row: &[engine::schema::Value]| view.holds(&self.pg, row);
-        let touched = changes.iter().any(|c| {
-            let [old, new] = sides(c);
-            old.is_some_and(|row| previous.contains_key(&view.key(row)))
-                || new.is_some_and(|row| holds(row))
+        // Whether each change's new row is in the shape (one evaluation
+        // of any subquery for all of them).
+        let held = view.hold(
+            &self.pg,
+            changes.iter().filter_map(|[_, new]| new.map(Vec::as_slice)),
+        );
+        let mut held = held.into_iter();
+        let news: Vec<Option<&Row>> = changes
+            .iter()
+            .map(|[_, new]| new.filter(|_| held.next().expect("one per new row")))
+            .collect();
+        let touched = changes.iter().zip(&news).any(|([old, _], new)| {
+            new.is_some() || old.is_some_and(|row| previous.contains_key(&view.key(row)))
         });
         if !touched {
             return None;
         }
         let mut current = previous;
-        for change in &changes {
-            let [old, new] = sides(change);
+        for ([old, _], new) in changes.iter().zip(news) {
             if let Some(old) = old {
                 current.remove(&view.key(old));
             }
-            if let Some(new) = new.filter(|row| holds(row)) {
+            if let Some(new) = new {
                 current.insert(view.key(new), Arc::new(view.render(new)));
             }
         }

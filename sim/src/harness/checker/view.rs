@@ -94,12 +94,12 @@ impl ShapeView {
         })
     }
 
-    /// Whether `row` (every column, table order; a committed row of its
+    /// Whether each of `rows` (every column, table order; rows of its
     /// table) is in the shape, subqueries read from the committed rows.
-    pub fn holds(&self, pg: &PgModel, row: &[Value]) -> bool {
+    pub fn hold<'r>(&self, pg: &PgModel, rows: impl IntoIterator<Item = &'r [Value]>) -> Vec<bool> {
         match (&self.filter, self.depth) {
-            (Some(filter), 1..) => pg.row_holds(&self.table, filter, row),
-            _ => self.matches(row),
+            (Some(filter), 1..) => pg.rows_hold(&self.table, filter, rows),
+            _ => rows.into_iter().map(|row| self.matches(row)).collect(),
         }
     }
 
