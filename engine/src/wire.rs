@@ -398,16 +398,22 @@ mod subquery_tests {
         json!({"key": key, "value": value, "headers": headers}).to_string()
     }
 
-    #[test]
-    fn insert_rows_render_as_the_json_tree_did() {
+    /// The table, a row's values (its id `id`) and two tags.
+    fn tagged_row(id: &str) -> (TableSchema, Map<String, Json>, RowTags) {
         let t = table();
-        let row = vec![Value::Text("a\"/.".into()), Value::Text("p1".into())];
+        let row = vec![Value::Text(id.into()), Value::Text("p1".into())];
         let value = values(&t, &row, [0, 1]);
         let tags = RowTags {
             tags: vec!["h1/".into(), "/1".into()],
             active_conditions: vec![true, false],
             removed_tags: None,
         };
+        (t, value, tags)
+    }
+
+    #[test]
+    fn insert_rows_render_as_the_json_tree_did() {
+        let (t, value, tags) = tagged_row("a\"/.");
         let removed = RowTags {
             removed_tags: Some(vec!["h0".into()]),
             ..tags.clone()
@@ -428,14 +434,7 @@ mod subquery_tests {
 
     #[test]
     fn subquery_rows_and_move_events_have_electrics_shape() {
-        let t = table();
-        let row = vec![Value::Text("a".into()), Value::Text("p1".into())];
-        let value = values(&t, &row, [0, 1]);
-        let tags = RowTags {
-            tags: vec!["h1/".into(), "/1".into()],
-            active_conditions: vec![true, false],
-            removed_tags: None,
-        };
+        let (t, value, tags) = tagged_row("a");
         assert_eq!(
             snapshot_row(&t, "K", value.clone(), Some(&tags)),
             r#"{"headers":{"active_conditions":[true,false],"operation":"insert","relation":["public","t"],"tags":["h1/","/1"]},"key":"K","value":{"id":"a","p":"p1"}}"#
