@@ -117,8 +117,6 @@ pub struct ChangeSeen {
     pub key: String,
     pub value: ClientRow,
     pub old_value: Option<ClientRow>,
-    /// The client's row under `key` before the change (update, delete).
-    pub previous: Option<ClientRow>,
 }
 
 /// What a response did to the client.
@@ -326,10 +324,9 @@ impl ShapeClient {
             .ok_or_else(|| violation("wire", format!("a change of {key} without a value")))?;
         let old_value = message.old_value;
         self.txn_structure(&headers, &key)?;
-        let previous = self.rows.get(&key).cloned();
         match headers.operation.as_str() {
             "insert" => {
-                if previous.is_some() {
+                if self.rows.contains_key(&key) {
                     let why = format!("insert for row that already exists: {key}");
                     return Err(violation("strict-materialization", why));
                 }
@@ -379,7 +376,6 @@ impl ShapeClient {
             key,
             value,
             old_value,
-            previous,
         })
     }
 

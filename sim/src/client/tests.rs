@@ -14,6 +14,8 @@ fn response(handle: &str, offset: &str, body: &str) -> Response {
     }
 }
 
+/// The key of [`ROW`].
+const KEY: &str = r#""public"."t"/"a""#;
 const ROW: &str = r#"{"key":"\"public\".\"t\"/\"a\"","value":{"id":"a","n":"1"},"headers":{"operation":"insert","relation":["public","t"]}}"#;
 
 /// A client that has read the snapshot row `a` (n = 1) of handle `h`.
@@ -58,14 +60,16 @@ fn a_200_under_another_handle_or_going_back_breaks_continuity() {
 fn replica_full_updates_must_carry_the_values_the_client_had() {
     let good = change("update", r#"{"id":"a","n":"2"}"#, r#"{"n":"1"}"#, true);
     let mut client = started(true);
+    assert_eq!(
+        client.rows[KEY]["n"].as_deref(),
+        Some("1"),
+        "the client had 1"
+    );
     let request = client.request();
-    let applied = client
+    client
         .apply(&request, &response("h", "9_0", &format!("[{good}]")))
         .unwrap();
-    assert_eq!(
-        applied.changes[0].previous.as_ref().unwrap()["n"].as_deref(),
-        Some("1")
-    );
+    assert_eq!(client.rows[KEY]["n"].as_deref(), Some("2"));
     let wrong = change("update", r#"{"id":"a","n":"2"}"#, r#"{"n":"2"}"#, true);
     let mut client = started(true);
     let request = client.request();
