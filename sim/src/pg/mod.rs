@@ -293,11 +293,7 @@ impl PgModel {
     ) -> Vec<bool> {
         let state = self.lock();
         let schema = state.catalog.table(table).expect("table");
-        let committed = Committed {
-            catalog: &state.catalog,
-            tables: &state.tables,
-            selected: RefCell::default(),
-        };
+        let committed = state.committed();
         rows.into_iter()
             .map(|row| matches(schema, Some(filter), row, &committed))
             .collect()
@@ -635,6 +631,16 @@ impl State {
         self.rows_matching(table, filter.as_deref())
     }
 
+    /// The committed rows as one query's subqueries read them (their
+    /// results remembered for that query only).
+    fn committed(&self) -> Committed<'_> {
+        Committed {
+            catalog: &self.catalog,
+            tables: &self.tables,
+            selected: RefCell::default(),
+        }
+    }
+
     /// The committed rows of `table` for which `filter` (if any) is TRUE.
     fn rows_matching(&self, table: &TableName, filter: Option<&sqlparser::ast::Expr>) -> Vec<Row> {
         let mut rows = Vec::new();
@@ -650,11 +656,7 @@ impl State {
         mut each: impl FnMut(&[Value]),
     ) {
         let schema = self.catalog.table(table).expect("table");
-        let committed = Committed {
-            catalog: &self.catalog,
-            tables: &self.tables,
-            selected: RefCell::default(),
-        };
+        let committed = self.committed();
         for row in self.tables[table].values() {
             if matches(schema, filter, row, &committed) {
                 each(row);
