@@ -6,10 +6,13 @@
 //! against a process crash and a power loss alike. The simulator models
 //! exactly that: its host keeps the connection outside the killed node, so a
 //! committed transaction survives every kill, and the engine never awaits
-//! inside a transaction, so a kill cannot leave one half-applied.
+//! inside a transaction, so a kill cannot leave one half-applied. The query
+//! planner stability guarantee is on, so cached statements are never
+//! re-prepared for new bindings.
 
 use crate::handle::ShapeHandle;
 use crate::shape::ShapeRequest;
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 /// Bumped when the schema changes; an older database is rebuilt empty (its
@@ -64,6 +67,11 @@ impl MetaOp {
 
 /// Sets the PRAGMAs and creates (or rebuilds) the schema.
 pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
+    // The query planner stability guarantee: plans do not depend on bound
+    // values. Without it, this build's SQLite (STAT4) expires the lookup
+    // by handle at every new binding (the JOIN propagates the bound
+    // handle) and re-prepares it on every call.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
