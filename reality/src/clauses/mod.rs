@@ -19,7 +19,7 @@ use engine::shape::tags::{View, active_conditions, included};
 use engine::shape::{Shape, ShapeRequest};
 use rand::SeedableRng as _;
 use rand_chacha::ChaCha8Rng;
-use sim::oracle::where_eval::{self, NamedRow, Tables};
+use sim::oracle::where_eval::{self, TableRows, Tables};
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -81,19 +81,6 @@ impl Data {
         Data { catalog, rows }
     }
 
-    fn named(&self, table: &str, row: &[Value]) -> NamedRow {
-        let schema = self
-            .catalog
-            .table(&TableName::public(table))
-            .expect("table");
-        schema
-            .columns
-            .iter()
-            .zip(row)
-            .map(|(c, v)| (c.name.clone(), v.clone()))
-            .collect()
-    }
-
     fn load(&self, client: &mut postgres::Client) -> Result<(), postgres::Error> {
         let mut sql = String::from(
             "DROP TABLE IF EXISTS t, p, q;
@@ -115,14 +102,22 @@ impl Data {
 }
 
 impl Tables for Data {
-    fn rows(&self, schema: &str, table: &str) -> Vec<NamedRow> {
+    fn rows(&self, schema: &str, table: &str) -> TableRows<'_> {
         assert_eq!(schema, "public", "the differential's tables are public");
-        self.rows
-            .get(table)
-            .unwrap_or_else(|| panic!("no table {table}"))
-            .iter()
-            .map(|row| self.named(table, row))
-            .collect()
+        let definition = self
+            .catalog
+            .table(&TableName::public(table))
+            .expect("table");
+        TableRows {
+            columns: definition.columns.iter().map(|c| c.name.as_str()).collect(),
+            rows: self
+                .rows
+                .get(table)
+                .unwrap_or_else(|| panic!("no table {table}"))
+                .iter()
+                .map(Vec::as_slice)
+                .collect(),
+        }
     }
 }
 
@@ -292,17 +287,13 @@ fn shape_rows(data: &Data, shape: &Shape) -> Vec<Vec<Value>> {
 
 fn oracle_ids(data: &Data, clause: &str) -> BTreeSet<i64> {
     let expr = where_eval::parse(clause).unwrap_or_else(|e| panic!("oracle parse: {e}"));
-    data.rows["t"]
+    let t = data.rows("public", "t");
+    t.rows
         .iter()
         .filter(|row| {
-            let named = data.named("t", row);
             let column = |name: &str| {
-                named
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .unwrap_or_else(|| panic!("no column {name}"))
-                    .1
-                    .clone()
+                let at = t.columns.iter().position(|c| *c == name);
+                where_eval::Datum::from(&row[at.unwrap_or_else(|| panic!("no column {name}"))])
             };
             where_eval::holds_in(&expr, &column, data)
         })

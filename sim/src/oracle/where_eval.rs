@@ -28,13 +28,38 @@ pub fn parse(sql: &str) -> Result<Expr, String> {
         .map_err(|e| e.to_string())
 }
 
-/// A row as subqueries see it: its columns by (unquoted, lowercase) name.
-pub type NamedRow = Vec<(String, Value)>;
+/// A table as subqueries read it: its columns' (unquoted, lowercase)
+/// names in table order, and its rows, borrowed.
+pub struct TableRows<'a> {
+    pub columns: Vec<&'a str>,
+    pub rows: Vec<&'a [Value]>,
+}
+
+/// A value as the evaluator reads it, borrowed from the row, the clause or
+/// a subquery's tuples: evaluating a clause copies nothing per row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Datum<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Text(&'a str),
+}
+
+impl<'a> From<&'a Value> for Datum<'a> {
+    fn from(value: &'a Value) -> Datum<'a> {
+        match value {
+            Value::Null => Datum::Null,
+            Value::Bool(b) => Datum::Bool(*b),
+            Value::Int(i) => Datum::Int(*i),
+            Value::Text(t) => Datum::Text(t),
+        }
+    }
+}
 
 /// The committed rows of every table, for subqueries.
 pub trait Tables {
     /// Every row of `schema.table`.
-    fn rows(&self, schema: &str, table: &str) -> Vec<NamedRow>;
+    fn rows(&self, schema: &str, table: &str) -> TableRows<'_>;
 
     /// The tuples `subquery` selects, as `compute` finds them; an
     /// implementation serving one query may remember them by the node's
@@ -53,32 +78,36 @@ pub trait Tables {
 pub struct NoTables;
 
 impl Tables for NoTables {
-    fn rows(&self, schema: &str, table: &str) -> Vec<NamedRow> {
+    fn rows(&self, schema: &str, table: &str) -> TableRows<'_> {
         panic!("oracle: a subquery on {schema}.{table} evaluated without tables")
     }
 }
 
 /// Whether `expr` is TRUE for the row; `column` looks a column up by name.
-pub fn holds(expr: &Expr, column: &dyn Fn(&str) -> Value) -> bool {
+pub fn holds<'a>(expr: &'a Expr, column: &dyn Fn(&str) -> Datum<'a>) -> bool {
     holds_in(expr, column, &NoTables)
 }
 
 /// [`holds`], with subqueries evaluated over `tables`.
-pub fn holds_in(expr: &Expr, column: &dyn Fn(&str) -> Value, tables: &dyn Tables) -> bool {
-    eval(expr, column, tables) == Value::Bool(true)
+pub fn holds_in<'a>(
+    expr: &'a Expr,
+    column: &dyn Fn(&str) -> Datum<'a>,
+    tables: &dyn Tables,
+) -> bool {
+    eval(expr, column, tables) == Datum::Bool(true)
 }
 
-fn eval(expr: &Expr, column: &dyn Fn(&str) -> Value, tables: &dyn Tables) -> Value {
-    let ev = |e: &Expr| eval(e, column, tables);
+fn eval<'a>(expr: &'a Expr, column: &dyn Fn(&str) -> Datum<'a>, tables: &dyn Tables) -> Datum<'a> {
+    let ev = |e: &'a Expr| eval(e, column, tables);
     match expr {
         Expr::Identifier(ident) => column(&name_of(ident)),
         Expr::Nested(inner) => ev(inner),
         Expr::Value(v) => match &v.value {
-            Lit::Number(n, _) => Value::Int(n.parse().expect("integer literal")),
+            Lit::Number(n, _) => Datum::Int(n.parse().expect("integer literal")),
             // `E'...'`: the tokenizer has already resolved its escapes.
-            Lit::SingleQuotedString(s) | Lit::EscapedStringLiteral(s) => Value::Text(s.clone()),
-            Lit::Boolean(b) => Value::Bool(*b),
-            Lit::Null => Value::Null,
+            Lit::SingleQuotedString(s) | Lit::EscapedStringLiteral(s) => Datum::Text(s),
+            Lit::Boolean(b) => Datum::Bool(*b),
+            Lit::Null => Datum::Null,
             other => panic!("oracle: unsupported literal {other}"),
         },
         Expr::UnaryOp {
@@ -89,9 +118,9 @@ fn eval(expr: &Expr, column: &dyn Fn(&str) -> Value, tables: &dyn Tables) -> Val
             op: UnaryOperator::Minus,
             expr,
         } => match negative_literal(expr) {
-            Some(n) => Value::Int(n),
+            Some(n) => Datum::Int(n),
             None => match ev(expr) {
-                Value::Int(i) => Value::Int(-i),
+                Datum::Int(i) => Datum::Int(-i),
                 other => panic!("oracle: minus on {other:?}"),
             },
         },
@@ -110,7 +139,7 @@ fn eval(expr: &Expr, column: &dyn Fn(&str) -> Value, tables: &dyn Tables) -> Val
             right,
         } => not(and(not(ev(left)), not(ev(right)))),
         Expr::BinaryOp { left, op, right } => {
-            let ord = compare(&ev(left), &ev(right));
+            let ord = compare(ev(left), ev(right));
             let holds = |o: Ordering| match op {
                 Op::Eq => o == Ordering::Equal,
                 Op::NotEq => o != Ordering::Equal,
@@ -120,16 +149,16 @@ fn eval(expr: &Expr, column: &dyn Fn(&str) -> Value, tables: &dyn Tables) -> Val
                 Op::GtEq => o != Ordering::Less,
                 other => panic!("oracle: unsupported operator {other}"),
             };
-            ord.map_or(Value::Null, |o| Value::Bool(holds(o)))
+            ord.map_or(Datum::Null, |o| Datum::Bool(holds(o)))
         }
-        Expr::IsNull(e) => Value::Bool(ev(e) == Value::Null),
-        Expr::IsNotNull(e) => Value::Bool(ev(e) != Value::Null),
-        Expr::IsTrue(e) => Value::Bool(boolean(e, ev(e)) == Value::Bool(true)),
-        Expr::IsNotTrue(e) => Value::Bool(boolean(e, ev(e)) != Value::Bool(true)),
-        Expr::IsFalse(e) => Value::Bool(boolean(e, ev(e)) == Value::Bool(false)),
-        Expr::IsNotFalse(e) => Value::Bool(boolean(e, ev(e)) != Value::Bool(false)),
-        Expr::IsUnknown(e) => Value::Bool(ev(e) == Value::Null),
-        Expr::IsNotUnknown(e) => Value::Bool(ev(e) != Value::Null),
+        Expr::IsNull(e) => Datum::Bool(ev(e) == Datum::Null),
+        Expr::IsNotNull(e) => Datum::Bool(ev(e) != Datum::Null),
+        Expr::IsTrue(e) => Datum::Bool(boolean(e, ev(e)) == Datum::Bool(true)),
+        Expr::IsNotTrue(e) => Datum::Bool(boolean(e, ev(e)) != Datum::Bool(true)),
+        Expr::IsFalse(e) => Datum::Bool(boolean(e, ev(e)) == Datum::Bool(false)),
+        Expr::IsNotFalse(e) => Datum::Bool(boolean(e, ev(e)) != Datum::Bool(false)),
+        Expr::IsUnknown(e) => Datum::Bool(ev(e) == Datum::Null),
+        Expr::IsNotUnknown(e) => Datum::Bool(ev(e) != Datum::Null),
         Expr::Between {
             expr,
             negated,
@@ -137,12 +166,12 @@ fn eval(expr: &Expr, column: &dyn Fn(&str) -> Value, tables: &dyn Tables) -> Val
             high,
         } => {
             let x = ev(expr);
-            let ge = compare(&x, &ev(low))
-                .map(|o| Value::Bool(o != Ordering::Less))
-                .unwrap_or(Value::Null);
-            let le = compare(&x, &ev(high))
-                .map(|o| Value::Bool(o != Ordering::Greater))
-                .unwrap_or(Value::Null);
+            let ge = compare(x, ev(low))
+                .map(|o| Datum::Bool(o != Ordering::Less))
+                .unwrap_or(Datum::Null);
+            let le = compare(x, ev(high))
+                .map(|o| Datum::Bool(o != Ordering::Greater))
+                .unwrap_or(Datum::Null);
             negate_if(*negated, and(ge, le))
         }
         Expr::InList {
@@ -151,11 +180,11 @@ fn eval(expr: &Expr, column: &dyn Fn(&str) -> Value, tables: &dyn Tables) -> Val
             negated,
         } => {
             let x = ev(expr);
-            let mut result = Value::Bool(false);
+            let mut result = Datum::Bool(false);
             for item in list {
-                match compare(&x, &ev(item)) {
-                    Some(Ordering::Equal) => result = Value::Bool(true),
-                    None if result != Value::Bool(true) => result = Value::Null,
+                match compare(x, ev(item)) {
+                    Some(Ordering::Equal) => result = Datum::Bool(true),
+                    None if result != Datum::Bool(true) => result = Datum::Null,
                     _ => {}
                 }
             }
@@ -194,7 +223,7 @@ fn eval(expr: &Expr, column: &dyn Fn(&str) -> Value, tables: &dyn Tables) -> Val
             subquery,
             negated,
         } => {
-            let left: Vec<Value> = match expr.as_ref() {
+            let left: Vec<Datum<'a>> = match expr.as_ref() {
                 Expr::Tuple(items) => items.iter().map(ev).collect(),
                 one => vec![ev(one)],
             };
@@ -275,7 +304,7 @@ fn name_of(ident: &Ident) -> Cow<'_, str> {
 }
 
 /// `left IN (query)`: TRUE, FALSE or NULL.
-fn in_subquery(left: &[Value], query: &Query, tables: &dyn Tables) -> Value {
+fn in_subquery(left: &[Datum<'_>], query: &Query, tables: &dyn Tables) -> Datum<'static> {
     let SetExpr::Select(select) = query.body.as_ref() else {
         panic!("oracle: unsupported subquery {query}")
     };
@@ -300,38 +329,45 @@ fn in_subquery(left: &[Value], query: &Query, tables: &dyn Tables) -> Value {
             panic!("oracle: unsupported FROM in {query}")
         };
         let (schema, table) = schema_and_table(name);
+        let read = tables.rows(&schema, &table);
+        let index = |name: &str| {
+            read.columns
+                .iter()
+                .position(|c| *c == name)
+                .unwrap_or_else(|| panic!("oracle: no column {name} in {schema}.{table}"))
+        };
+        let projected: Vec<usize> = columns.iter().map(|c| index(c)).collect();
         let mut tuples = Vec::new();
-        for row in tables.rows(&schema, &table) {
-            let lookup = |name: &str| {
-                row.iter()
-                    .find(|(n, _)| n == name)
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_else(|| panic!("oracle: no column {name} in {schema}.{table}"))
-            };
+        for row in &read.rows {
             if let Some(filter) = &select.selection
-                && eval(filter, &lookup, tables) != Value::Bool(true)
+                && eval(filter, &|name| Datum::from(&row[index(name)]), tables) != Datum::Bool(true)
             {
                 continue;
             }
-            tuples.push(columns.iter().map(|c| lookup(c)).collect::<Vec<Value>>());
+            tuples.push(
+                projected
+                    .iter()
+                    .map(|&i| row[i].clone())
+                    .collect::<Vec<Value>>(),
+            );
         }
         tuples
     };
     let tuples = tables.selected(query, &compute);
-    let mut result = Value::Bool(false);
+    let mut result = Datum::Bool(false);
     for tuple in tuples.iter() {
         let mut unknown = false;
         let mut differs = false;
         for (l, r) in left.iter().zip(tuple) {
-            match compare(l, r) {
+            match compare(*l, Datum::from(r)) {
                 Some(Ordering::Equal) => {}
                 Some(_) => differs = true,
                 None => unknown = true,
             }
         }
         match (differs, unknown) {
-            (false, false) => return Value::Bool(true),
-            (false, true) => result = Value::Null,
+            (false, false) => return Datum::Bool(true),
+            (false, true) => result = Datum::Null,
             (true, _) => {}
         }
     }
@@ -351,39 +387,38 @@ fn schema_and_table(name: &ObjectName) -> (String, String) {
     }
 }
 
-fn not(v: Value) -> Value {
+fn not(v: Datum<'_>) -> Datum<'_> {
     match v {
-        Value::Bool(b) => Value::Bool(!b),
-        Value::Null => Value::Null,
+        Datum::Bool(b) => Datum::Bool(!b),
+        Datum::Null => Datum::Null,
         other => panic!("oracle: NOT on {other:?}"),
     }
 }
 
-fn negate_if(negated: bool, v: Value) -> Value {
+fn negate_if(negated: bool, v: Datum<'_>) -> Datum<'_> {
     if negated { not(v) } else { v }
 }
 
-fn and(a: Value, b: Value) -> Value {
+fn and<'a>(a: Datum<'a>, b: Datum<'a>) -> Datum<'a> {
     match (a, b) {
-        (Value::Bool(false), _) | (_, Value::Bool(false)) => Value::Bool(false),
-        (Value::Bool(true), Value::Bool(true)) => Value::Bool(true),
-        _ => Value::Null,
+        (Datum::Bool(false), _) | (_, Datum::Bool(false)) => Datum::Bool(false),
+        (Datum::Bool(true), Datum::Bool(true)) => Datum::Bool(true),
+        _ => Datum::Null,
     }
 }
 
 /// Compares two values, giving an untyped string the other side's type.
-fn compare(a: &Value, b: &Value) -> Option<Ordering> {
+fn compare(a: Datum<'_>, b: Datum<'_>) -> Option<Ordering> {
+    let int = |t: &str| t.trim().parse::<i64>().expect("integer text");
     match (a, b) {
-        (Value::Null, _) | (_, Value::Null) => None,
-        (Value::Int(x), Value::Int(y)) => Some(x.cmp(y)),
-        (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
-        (Value::Text(x), Value::Text(y)) => Some(x.as_bytes().cmp(y.as_bytes())),
-        (Value::Int(x), Value::Text(y)) => Some(x.cmp(&y.trim().parse().expect("integer text"))),
-        (Value::Text(x), Value::Int(y)) => {
-            Some(x.trim().parse::<i64>().expect("integer text").cmp(y))
-        }
-        (Value::Bool(x), Value::Text(y)) => Some(x.cmp(&pg_bool(y))),
-        (Value::Text(x), Value::Bool(y)) => Some(pg_bool(x).cmp(y)),
+        (Datum::Null, _) | (_, Datum::Null) => None,
+        (Datum::Int(x), Datum::Int(y)) => Some(x.cmp(&y)),
+        (Datum::Bool(x), Datum::Bool(y)) => Some(x.cmp(&y)),
+        (Datum::Text(x), Datum::Text(y)) => Some(x.as_bytes().cmp(y.as_bytes())),
+        (Datum::Int(x), Datum::Text(y)) => Some(x.cmp(&int(y))),
+        (Datum::Text(x), Datum::Int(y)) => Some(int(x).cmp(&y)),
+        (Datum::Bool(x), Datum::Text(y)) => Some(x.cmp(&pg_bool(y))),
+        (Datum::Text(x), Datum::Bool(y)) => Some(pg_bool(x).cmp(&y)),
         (x, y) => panic!("oracle: comparing {x:?} with {y:?}"),
     }
 }
@@ -393,7 +428,10 @@ fn compare(a: &Value, b: &Value) -> Option<Ordering> {
 fn negative_literal(expr: &Expr) -> Option<i64> {
     match expr {
         Expr::Value(v) => match &v.value {
-            Lit::Number(n, _) => Some(format!("-{n}").parse().expect("integer literal")),
+            Lit::Number(n, _) => {
+                let magnitude: i128 = n.parse().expect("integer literal");
+                Some(i64::try_from(-magnitude).expect("integer literal"))
+            }
             _ => None,
         },
         _ => None,
@@ -403,9 +441,9 @@ fn negative_literal(expr: &Expr) -> Option<i64> {
 /// The value of `expr` where a boolean is expected: an untyped string
 /// literal becomes one (a text column never gets here: PostgreSQL and the
 /// engine reject it).
-fn boolean(expr: &Expr, v: Value) -> Value {
+fn boolean<'a>(expr: &Expr, v: Datum<'a>) -> Datum<'a> {
     match (expr, v) {
-        (Expr::Value(_), Value::Text(t)) => Value::Bool(pg_bool(&t)),
+        (Expr::Value(_), Datum::Text(t)) => Datum::Bool(pg_bool(t)),
         (_, other) => other,
     }
 }
@@ -425,20 +463,20 @@ fn pg_bool(text: &str) -> bool {
     }
 }
 
-fn like(
-    text: Value,
-    pattern: Value,
-    escape: Option<&Expr>,
+fn like<'a>(
+    text: Datum<'a>,
+    pattern: Datum<'a>,
+    escape: Option<&'a Expr>,
     fold: bool,
     negated: bool,
-    column: &dyn Fn(&str) -> Value,
-) -> Value {
-    let (Value::Text(text), Value::Text(pattern)) = (text, pattern) else {
-        return Value::Null;
+    column: &dyn Fn(&str) -> Datum<'a>,
+) -> Datum<'a> {
+    let (Datum::Text(text), Datum::Text(pattern)) = (text, pattern) else {
+        return Datum::Null;
     };
     let escape = match escape.map(|e| eval(e, column, &NoTables)) {
         None => Some('\\'),
-        Some(Value::Text(e)) => e.chars().next(),
+        Some(Datum::Text(e)) => e.chars().next(),
         Some(other) => panic!("oracle: ESCAPE {other:?}"),
     };
     let lower = |s: &str| -> Vec<char> {
@@ -448,7 +486,7 @@ fn like(
     };
     // Pattern as (literal?, char) pairs: escaped characters are literal.
     let mut items = Vec::new();
-    let mut chars = lower(&pattern).into_iter();
+    let mut chars = lower(pattern).into_iter();
     while let Some(c) = chars.next() {
         if Some(c) == escape {
             items.push((true, chars.next().expect("pattern ends with escape")));
@@ -456,7 +494,7 @@ fn like(
             items.push((false, c));
         }
     }
-    negate_if(negated, Value::Bool(like_at(&items, &lower(&text))))
+    negate_if(negated, Datum::Bool(like_at(&items, &lower(text))))
 }
 
 /// Plain recursion: `%` tries every split, `_` takes one character.
@@ -478,7 +516,7 @@ mod tests {
         holds(&expr, &|name| {
             row.iter()
                 .find(|(n, _)| *n == name)
-                .map(|(_, v)| v.clone())
+                .map(|(_, v)| Datum::from(v))
                 .expect("column")
         })
     }
@@ -508,36 +546,38 @@ mod subquery_tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    struct Fixed(BTreeMap<&'static str, Vec<NamedRow>>);
+    type Table = (&'static [&'static str], Vec<Vec<Value>>);
+
+    struct Fixed(BTreeMap<&'static str, Table>);
 
     impl Tables for Fixed {
-        fn rows(&self, schema: &str, table: &str) -> Vec<NamedRow> {
+        fn rows(&self, schema: &str, table: &str) -> TableRows<'_> {
             assert_eq!(schema, "public");
-            self.0[table].clone()
+            let (columns, rows) = &self.0[table];
+            TableRows {
+                columns: columns.to_vec(),
+                rows: rows.iter().map(Vec::as_slice).collect(),
+            }
         }
-    }
-
-    fn named(columns: &[&str], values: Vec<Value>) -> NamedRow {
-        columns.iter().map(|c| c.to_string()).zip(values).collect()
     }
 
     fn tables() -> Fixed {
         let (i, b, null) = (Value::Int, Value::Bool, Value::Null);
-        let u = ["id", "active", "t_id"];
-        let w = ["id", "u_id"];
+        const U: &[&str] = &["id", "active", "t_id"];
+        const W: &[&str] = &["id", "u_id"];
         Fixed(BTreeMap::from([
             (
                 "u",
-                vec![
-                    named(&u, vec![i(1), b(true), i(10)]),
-                    named(&u, vec![i(2), b(false), i(20)]),
-                    named(&u, vec![i(3), b(true), null]),
-                ],
+                (
+                    U,
+                    vec![
+                        vec![i(1), b(true), i(10)],
+                        vec![i(2), b(false), i(20)],
+                        vec![i(3), b(true), null],
+                    ],
+                ),
             ),
-            (
-                "w",
-                vec![named(&w, vec![i(100), i(1)]), named(&w, vec![i(101), i(3)])],
-            ),
+            ("w", (W, vec![vec![i(100), i(1)], vec![i(101), i(3)]])),
         ]))
     }
 
@@ -548,10 +588,14 @@ mod subquery_tests {
         let column = |name: &str| {
             row.iter()
                 .find(|(n, _)| *n == name)
-                .map(|(_, v)| v.clone())
+                .map(|(_, v)| Datum::from(v))
                 .expect("column")
         };
-        eval(&expr, &column, &tables())
+        match eval(&expr, &column, &tables()) {
+            Datum::Null => Value::Null,
+            Datum::Bool(b) => Value::Bool(b),
+            other => panic!("{sql} is not a condition: {other:?}"),
+        }
     }
 
     #[test]

@@ -518,7 +518,9 @@ fn matches(
     tables: &dyn where_eval::Tables,
 ) -> bool {
     filter.is_none_or(|expr| {
-        let column = |name: &str| row[schema.column_index(name).expect("known column")].clone();
+        let column = |name: &str| {
+            where_eval::Datum::from(&row[schema.column_index(name).expect("known column")])
+        };
         where_eval::holds_in(expr, &column, tables)
     })
 }
@@ -547,7 +549,7 @@ impl where_eval::Tables for Committed<'_> {
         tuples
     }
 
-    fn rows(&self, schema: &str, table: &str) -> Vec<where_eval::NamedRow> {
+    fn rows(&self, schema: &str, table: &str) -> where_eval::TableRows<'_> {
         let name = TableName {
             schema: schema.to_string(),
             name: table.to_string(),
@@ -556,17 +558,10 @@ impl where_eval::Tables for Committed<'_> {
             .catalog
             .table(&name)
             .unwrap_or_else(|| panic!("oracle: a subquery on unknown table {name}"));
-        let names: Vec<&String> = definition.columns.iter().map(|c| &c.name).collect();
-        self.tables[&name]
-            .values()
-            .map(|row| {
-                names
-                    .iter()
-                    .map(|n| n.to_string())
-                    .zip(row.iter().cloned())
-                    .collect()
-            })
-            .collect()
+        where_eval::TableRows {
+            columns: definition.columns.iter().map(|c| c.name.as_str()).collect(),
+            rows: self.tables[&name].values().map(Vec::as_slice).collect(),
+        }
     }
 }
 

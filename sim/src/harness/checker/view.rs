@@ -89,7 +89,7 @@ impl ShapeView {
         let schema = &self.schema;
         self.filter.as_ref().is_none_or(|expr| {
             where_eval::holds(expr, &|name| {
-                row[schema.column_index(name).expect("known column")].clone()
+                where_eval::Datum::from(&row[schema.column_index(name).expect("known column")])
             })
         })
     }
