@@ -5,6 +5,7 @@
 //! table's column `i`.
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -64,11 +65,16 @@ impl Value {
     /// Postgres' text output of the value (`t`/`f` are spelled `true`/`false`, as
     /// Electric's JSON does); `None` for NULL.
     pub fn to_text(&self) -> Option<String> {
+        self.text().map(Cow::into_owned)
+    }
+
+    /// [`Value::to_text`], borrowed where the value is text.
+    pub fn text(&self) -> Option<Cow<'_, str>> {
         match self {
             Value::Null => None,
-            Value::Bool(b) => Some(b.to_string()),
-            Value::Int(i) => Some(i.to_string()),
-            Value::Text(s) => Some(s.clone()),
+            Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
+            Value::Int(i) => Some(Cow::Owned(i.to_string())),
+            Value::Text(s) => Some(Cow::Borrowed(s)),
         }
     }
 }

@@ -11,23 +11,33 @@ use serde_json::{Map, Value as Json, json};
 /// `"schema"."table"/"pk1"/"pk2"`: `/` is doubled in every part and `.` in
 /// the relation parts; a NULL key part is `_`, unquoted.
 pub fn row_key(table: &TableSchema, row: &[Value]) -> String {
-    let rel = |s: &str| s.replace('/', "//").replace('.', "..");
-    let mut key = format!(
-        "\"{}\".\"{}\"",
-        rel(&table.name.schema),
-        rel(&table.name.name)
-    );
+    let mut key = String::with_capacity(32);
+    key.push('"');
+    push_doubled(&mut key, &table.name.schema, &['/', '.']);
+    key.push_str("\".\"");
+    push_doubled(&mut key, &table.name.name, &['/', '.']);
+    key.push('"');
     for &i in &table.primary_key {
-        match row[i].to_text() {
+        match row[i].text() {
             None => key.push_str("/_"),
             Some(text) => {
                 key.push_str("/\"");
-                key.push_str(&text.replace('/', "//"));
+                push_doubled(&mut key, &text, &['/']);
                 key.push('"');
             }
         }
     }
     key
+}
+
+/// Appends `part` with each of `doubled` written twice.
+fn push_doubled(key: &mut String, part: &str, doubled: &[char]) {
+    for c in part.chars() {
+        if doubled.contains(&c) {
+            key.push(c);
+        }
+        key.push(c);
+    }
 }
 
 fn text(value: &Value) -> Json {
