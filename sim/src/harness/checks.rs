@@ -9,7 +9,6 @@ use super::checker::{self, ReadContext, SharedChecker};
 use super::net::ClientNet;
 use super::timeline::{self, Kind, Track};
 use super::trace::{SharedTrace, record};
-use crate::client::Applied;
 use crate::client::{Outcome, ShapeClient};
 use crate::oracle::rows::{self, OracleRows};
 use crate::pg::PgModel;
@@ -115,7 +114,7 @@ pub async fn exchange(
     checker: &SharedChecker,
     net: &ClientNet,
     timeout_ms: u64,
-) -> Result<Option<Applied>, Failure> {
+) -> Result<Option<Outcome>, Failure> {
     let trace = checker::lock(checker).trace.clone();
     let request = client.request();
     let ctx = ReadContext {
@@ -176,10 +175,11 @@ pub async fn exchange(
     if matches!(applied.outcome, Outcome::Refetch { .. }) {
         checker.coverage.rows_refetched += client.rows_dropped;
     }
+    let outcome = applied.outcome.clone();
     checker
-        .on_response(&ctx, &response, &applied, client)
+        .on_response(&ctx, &response, applied, client)
         .map_err(|failure| *failure)?;
-    Ok(Some(applied))
+    Ok(Some(outcome))
 }
 
 /// How a client's background polling is stopped.
@@ -221,7 +221,7 @@ pub async fn poll(
             futures::future::Either::Left((result, _)) => result?,
             futures::future::Either::Right(_) => return Ok(()),
         };
-        match applied.map(|a| a.outcome) {
+        match applied {
             Some(Outcome::Retry { .. }) => madsim::time::sleep(Duration::from_millis(50)).await,
             Some(Outcome::Unexpected { status, body }) => {
                 let why = format!("shape {index}: {status}: {body}");
@@ -277,12 +277,12 @@ pub async fn converge(
             break Err(Failure::new(check, why, Some(index), &trace));
         }
         let asked_handle = client.handle.clone();
-        let applied = match exchange(index, client, checker, net, rules.request_timeout_ms).await {
-            Ok(Some(applied)) => applied,
+        let outcome = match exchange(index, client, checker, net, rules.request_timeout_ms).await {
+            Ok(Some(outcome)) => outcome,
             Ok(None) => continue,
             Err(failure) => break Err(failure),
         };
-        match applied.outcome {
+        match outcome {
             Outcome::Data { .. } if client.up_to_date && rows::same(&client.rows, &oracle) => {
                 let mut checker = checker::lock(checker);
                 let checks = &mut checker.coverage.checks;

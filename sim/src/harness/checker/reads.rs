@@ -41,7 +41,7 @@ impl Checker {
         &mut self,
         ctx: &ReadContext<'_>,
         response: &Response,
-        applied: &Applied,
+        applied: Applied,
         client: &ShapeClient,
     ) -> Result<(), Box<Failure>> {
         let result = match response.status {
@@ -103,7 +103,7 @@ impl Checker {
         &mut self,
         ctx: &ReadContext<'_>,
         response: &Response,
-        applied: &Applied,
+        applied: Applied,
         client: &ShapeClient,
     ) -> Result<(), (&'static str, String)> {
         let handle = response
@@ -114,17 +114,17 @@ impl Checker {
         let synthetic = applied.synthetic_deletes.len() as u64;
         self.coverage.subquery_add("synthetic_deletes", synthetic);
         self.latest_handle[ctx.shape] = Some(handle.clone());
-        for change in &applied.changes {
+        for change in applied.changes {
+            // Formatted before the wire check takes the change (rare).
+            let late = (change.headers.lsn.zip(ctx.known_lsn))
+                .filter(|(lsn, g)| lsn <= g)
+                .map(|(lsn, g)| {
+                    let key = &change.key;
+                    format!("a change at lsn {lsn} ({key}) after up-to-date at {g}")
+                });
             self.wire(ctx.shape, &handle, change)
                 .map_err(|why| ("wire", why))?;
-            let lsn = change.headers.lsn;
-            if let (Some(lsn), Some(g)) =
-                (lsn, ctx.known_lsn.filter(|&g| lsn.is_some_and(|l| l <= g)))
-            {
-                let why = format!(
-                    "a change at lsn {lsn} ({}) after up-to-date at {g}",
-                    change.key
-                );
+            if let Some(why) = late {
                 return Err(("prefix-mismatch", why));
             }
         }
@@ -150,7 +150,7 @@ impl Checker {
     /// sequence is what the Postgres model's transaction renders to for this
     /// shape (which changes, in which order, at which `op_position`, with
     /// which values, key changes and `last`).
-    fn wire(&mut self, shape: usize, handle: &str, change: &ChangeSeen) -> Result<(), String> {
+    fn wire(&mut self, shape: usize, handle: &str, change: ChangeSeen) -> Result<(), String> {
         let view = &self.views[shape];
         let schema = view.schema.clone();
         let expected_key = electric_key_of_text(&schema, &change.value);
@@ -187,16 +187,18 @@ impl Checker {
             );
             return Err(why);
         }
+        let last = h.last;
+        let headers = change.headers;
         let seen = WireChange {
-            operation: h.operation.clone(),
+            operation: headers.operation,
             op_position: position,
-            last: h.last,
+            last,
             rendered: Rendered {
-                key: change.key.clone(),
-                value: change.value.clone(),
-                old_value: change.old_value.clone(),
-                key_change_to: h.key_change_to.clone(),
-                key_change_from: h.key_change_from.clone(),
+                key: change.key,
+                value: change.value,
+                old_value: change.old_value,
+                key_change_to: headers.key_change_to,
+                key_change_from: headers.key_change_from,
             },
         };
         let open = &mut self.open_txns[shape];
@@ -208,7 +210,7 @@ impl Checker {
         }
         let (_, _, changes) = open.get_or_insert_with(|| (handle.to_string(), lsn, Vec::new()));
         changes.push(seen);
-        if !h.last {
+        if !last {
             return Ok(());
         }
         let (_, _, got) = open.take().expect("just pushed");
