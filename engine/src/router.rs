@@ -371,7 +371,7 @@ mod tests {
             where_clause: Some(where_clause.into()),
             replica,
         };
-        Shape::new(&catalog(), &request).unwrap()
+        Shape::clone(&Shape::new(&catalog(), &request).unwrap())
     }
 
     pub(super) fn row(id: &str, n: i64, note: &str) -> Vec<Value> {

@@ -89,7 +89,7 @@ fn views_of(pg: &PgModel, catalog: &Catalog, plan: &DnfPlan) -> Vec<View> {
 }
 
 /// A `level_4` shape filtered by `clause`, which must have a plan.
-fn subquery_shape(catalog: &Catalog, clause: &str) -> Shape {
+fn subquery_shape(catalog: &Catalog, clause: &str) -> std::sync::Arc<Shape> {
     let request = ShapeRequest {
         table: "level_4".into(),
         where_clause: Some(clause.to_string()),

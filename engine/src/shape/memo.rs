@@ -14,6 +14,8 @@
 //!   catalog's answers, are forgotten;
 //! - nothing is shared between threads, and nothing is iterated in an
 //!   order that depends on anything but the keys (determinism).
+//! - a shape is handed out shared (`Arc`), never copied: shapes are
+//!   immutable once checked.
 //!
 //! Deliberately absent: invalidation. Catalogs are compared by value, so
 //! a changed table is simply another catalog.
@@ -22,6 +24,7 @@ use super::{Shape, ShapeError, ShapeRequest};
 use crate::schema::Catalog;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Catalogs remembered per thread (a run sees one, and one more per
 /// schema change; the historic ones of a replay rarely come back).
@@ -32,11 +35,15 @@ const REQUESTS_MAX: usize = 1024;
 /// Which check answered: a client's shape, or a subquery's inner shape.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Role {
-    Plain,
-    Inner,
+    Plain = 0,
+    Inner = 1,
 }
 
-type Answers = BTreeMap<(Role, ShapeRequest), Result<Shape, ShapeError>>;
+/// A check's answer; a shape is shared, never copied, by whoever asks.
+pub(super) type Answer = Result<Arc<Shape>, ShapeError>;
+
+/// One catalog's answers, by role (looked up by a borrowed request).
+type Answers = [BTreeMap<ShapeRequest, Answer>; 2];
 
 thread_local! {
     /// Most recently used catalog last.
@@ -50,12 +57,11 @@ pub(super) fn checked(
     catalog: &Catalog,
     request: &ShapeRequest,
     check: impl FnOnce() -> Result<Shape, ShapeError>,
-) -> Result<Shape, ShapeError> {
-    let key = (role, request.clone());
+) -> Answer {
     let found = MEMO.with_borrow_mut(|memo| {
         let at = memo.iter().position(|(c, _)| c == catalog)?;
         let entry = memo.remove(at);
-        let answer = entry.1.get(&key).cloned();
+        let answer = entry.1[role as usize].get(request).cloned();
         memo.push(entry);
         answer
     });
@@ -64,7 +70,7 @@ pub(super) fn checked(
     }
     // Checked outside the borrow: an inner shape's check checks its own
     // dependencies through here.
-    let answer = check();
+    let answer = check().map(Arc::new);
     MEMO.with_borrow_mut(|memo| {
         let at = match memo.iter().position(|(c, _)| c == catalog) {
             Some(at) => at,
@@ -72,15 +78,15 @@ pub(super) fn checked(
                 if memo.len() >= CATALOGS_MAX {
                     memo.remove(0);
                 }
-                memo.push((catalog.clone(), Answers::new()));
+                memo.push((catalog.clone(), Answers::default()));
                 memo.len() - 1
             }
         };
         let answers = &mut memo[at].1;
-        if answers.len() >= REQUESTS_MAX {
-            answers.clear();
+        if answers.iter().map(BTreeMap::len).sum::<usize>() >= REQUESTS_MAX {
+            answers.iter_mut().for_each(BTreeMap::clear);
         }
-        answers.insert(key, answer.clone());
+        answers[role as usize].insert(request.clone(), answer.clone());
         assert!(memo.len() <= CATALOGS_MAX, "the memo is bounded");
     });
     answer

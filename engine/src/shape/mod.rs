@@ -29,6 +29,7 @@ use sha2::{Digest, Sha256};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use std::fmt;
+use std::sync::Arc;
 
 /// What an update's value carries (Electric's `replica` parameter).
 #[derive(
@@ -115,7 +116,7 @@ pub struct Shape {
 
 impl Shape {
     /// Checks a request against the catalog (remembered: see `memo`).
-    pub fn new(catalog: &Catalog, request: &ShapeRequest) -> Result<Shape, ShapeError> {
+    pub fn new(catalog: &Catalog, request: &ShapeRequest) -> Result<Arc<Shape>, ShapeError> {
         memo::checked(memo::Role::Plain, catalog, request, || {
             Shape::check(catalog, request)
         })
@@ -183,7 +184,7 @@ impl Shape {
     }
 
     /// The inner shapes of this shape's dependencies, in plan order.
-    pub fn dependency_shapes(&self, catalog: &Catalog) -> Result<Vec<Shape>, ShapeError> {
+    pub fn dependency_shapes(&self, catalog: &Catalog) -> Result<Vec<Arc<Shape>>, ShapeError> {
         let Some(plan) = self.where_clause.as_ref().and_then(|w| w.plan.as_ref()) else {
             return Ok(Vec::new());
         };
@@ -235,8 +236,8 @@ impl Shape {
     }
 
     /// The canonical comparable form: equal for equal shapes, however spelled.
-    pub fn comparable(&self) -> String {
-        self.comparable.clone()
+    pub fn comparable(&self) -> &str {
+        &self.comparable
     }
 
     fn comparable_form(&self) -> String {
@@ -318,7 +319,7 @@ impl Shape {
     pub fn for_dependency(
         catalog: &Catalog,
         subquery: &expr::Subquery,
-    ) -> Result<Shape, ShapeError> {
+    ) -> Result<Arc<Shape>, ShapeError> {
         let request = ShapeRequest {
             table: subquery.table.to_string(),
             columns: Some(subquery.columns.iter().map(|(c, _)| c.clone()).collect()),
@@ -333,14 +334,14 @@ impl Shape {
     /// The inner shape that `request` (as [`Shape::for_dependency`] builds
     /// it, and metadata stores it) describes: its columns, in order, are
     /// the subquery's.
-    pub fn inner(catalog: &Catalog, request: &ShapeRequest) -> Result<Shape, ShapeError> {
+    pub fn inner(catalog: &Catalog, request: &ShapeRequest) -> Result<Arc<Shape>, ShapeError> {
         memo::checked(memo::Role::Inner, catalog, request, || {
             Shape::check_inner(catalog, request)
         })
     }
 
     fn check_inner(catalog: &Catalog, request: &ShapeRequest) -> Result<Shape, ShapeError> {
-        let mut shape = Shape::new(catalog, request)?;
+        let mut shape = Shape::clone(&*Shape::new(catalog, request)?);
         let names = request.columns.as_deref().unwrap_or_default();
         let columns = names
             .iter()

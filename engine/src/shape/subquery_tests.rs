@@ -248,7 +248,7 @@ fn shape_on_t(catalog: &crate::schema::Catalog, clause: &str) -> Result<Shape, s
         where_clause: Some(clause.into()),
         ..Default::default()
     };
-    Shape::new(catalog, &request)
+    Shape::new(catalog, &request).map(|s| Shape::clone(&s))
 }
 
 #[test]

@@ -139,7 +139,7 @@ fn restored_dependencies(
         .iter()
         .map(|dep| {
             let handle = known
-                .get(&dep.comparable())
+                .get(dep.comparable())
                 .ok_or(RemovalReason::DependencyLost)?
                 .clone();
             match stack.entry(&handle) {
@@ -196,9 +196,7 @@ async fn restore(
         true => Shape::inner(catalog, &row.request),
         false => Shape::new(catalog, &row.request),
     };
-    let shape = shape
-        .ok()
-        .filter(|s| same(&s.comparable(), &row.comparable));
+    let shape = shape.ok().filter(|s| same(s.comparable(), &row.comparable));
     let Some(shape) = shape else {
         let (table, oid) = (row.request.table.clone(), row.oid);
         let reason = RemovalReason::TableChanged { table, oid };
@@ -239,7 +237,7 @@ async fn restore(
                 dep.add_user();
             }
             let start = Start::Restored { resume_lsn };
-            stack.register(row.handle, Arc::new(shape), writer, start, deps);
+            stack.register(row.handle, shape, writer, start, deps);
         }
         Err(LogError::Corrupt(why)) if stack.config.strict_recovery => {
             panic!(

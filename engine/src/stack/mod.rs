@@ -261,7 +261,7 @@ impl Inner {
         if let Some(shape) = self.checked.lock().expect("checked shapes").get(request) {
             return Ok(shape.clone());
         }
-        let shape = Arc::new(Shape::new(&self.catalog.lock().expect("catalog"), request)?);
+        let shape = Shape::new(&self.catalog.lock().expect("catalog"), request)?;
         let mut checked = self.checked.lock().expect("checked shapes");
         if checked.len() >= CHECKED_LIMIT {
             checked.clear();
@@ -435,7 +435,7 @@ impl Inner {
                 .map_err(|e| e.to_string())?;
             let mut deps = Vec::new();
             for dep in dep_shapes {
-                let dep = self.create_locked(Arc::new(dep)).await?;
+                let dep = self.create_locked(dep).await?;
                 let entry = self.entry(&dep).filter(|e| !e.is_removed());
                 let entry = entry.ok_or_else(|| format!("inner shape {dep} was removed; retry"))?;
                 // Held from now on: it must outlive the wait for storage below.
@@ -461,7 +461,7 @@ impl Inner {
         }
         let known = self
             .db
-            .handle_for_comparable(&shape.comparable())
+            .handle_for_comparable(shape.comparable())
             .map_err(|e| e.to_string())?;
         Ok(known.filter(|handle| self.entry(handle).is_some_and(|e| !e.is_removed())))
     }
@@ -472,7 +472,7 @@ impl Inner {
         shape: Arc<Shape>,
         deps: Vec<Arc<ShapeEntry>>,
     ) -> Result<ShapeHandle, String> {
-        let comparable = shape.comparable();
+        let comparable = shape.comparable().to_string();
         let hash = shape.hash();
         let handle = loop {
             let candidate = self

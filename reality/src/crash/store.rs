@@ -54,7 +54,7 @@ pub fn shape_dir(handle: &ShapeHandle) -> String {
 }
 
 /// The shape of slot `slot` (`level_4 WHERE value = 'v<slot>'`).
-pub fn shape(slot: usize) -> Shape {
+pub fn shape(slot: usize) -> Arc<Shape> {
     let request = ShapeRequest {
         table: "level_4".to_string(),
         where_clause: Some(format!("value = 'v{slot}'")),
@@ -254,7 +254,7 @@ async fn create(
     db.add_shape(ShapeRow {
         handle: handle.clone(),
         request: shape.to_request(),
-        comparable: shape.comparable(),
+        comparable: shape.comparable().to_string(),
         hash: shape.hash(),
         oid: shape.table.oid,
         snapshot_complete: false,
