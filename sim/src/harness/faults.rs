@@ -260,11 +260,12 @@ pub struct SimStorage {
 /// The shape whose files `path` is under (`shapes/<handle>/<file>`), if
 /// any: its handle and the file.
 fn shape_of(path: &str) -> Option<(&str, &str)> {
-    let mut parts = path.splitn(3, '/');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(engine::stack::SHAPES_DIR), Some(handle), Some(file)) => Some((handle, file)),
-        _ => None,
-    }
+    // `path.splitn(3, '/')` by byte scans: this runs on every storage call.
+    let slash = |s: &str| s.bytes().position(|b| b == b'/');
+    let at = slash(path)?;
+    let (dir, rest) = (&path[..at], &path[at + 1..]);
+    let at = slash(rest)?;
+    (dir == engine::stack::SHAPES_DIR).then(|| (&rest[..at], &rest[at + 1..]))
 }
 
 impl SimStorage {
@@ -319,7 +320,10 @@ impl SimStorage {
         };
         // The hash part of the handle: the same shape under a new handle
         // (after a 409) counts on.
-        let shape = handle.split('-').next().unwrap_or(handle);
+        let shape = handle
+            .bytes()
+            .position(|b| b == b'-')
+            .map_or(handle, |at| &handle[..at]);
         let Some(injected) = self.faults.draw(shape, file, op) else {
             return Ok(());
         };
@@ -403,7 +407,7 @@ impl Storage for SimStorage {
 
 #[cfg(test)]
 mod tests {
-    use super::IoOp;
+    use super::{IoOp, shape_of};
 
     #[test]
     fn operation_names_are_what_debug_writes() {
@@ -413,6 +417,26 @@ mod tests {
                 format!("{op:?}"),
                 "the fault plan hashes the name"
             );
+        }
+    }
+
+    #[test]
+    fn shape_files_are_found_as_splitn_finds_them() {
+        let dir = engine::stack::SHAPES_DIR;
+        for path in [
+            format!("{dir}/h-1/log"),
+            format!("{dir}/h-1/chunks/0"),
+            format!("{dir}/h-1"),
+            format!("{dir}//x"),
+            "other/h/log".to_string(),
+            "x".to_string(),
+        ] {
+            let mut parts = path.splitn(3, '/');
+            let expected = match (parts.next(), parts.next(), parts.next()) {
+                (Some(d), Some(handle), Some(file)) if d == dir => Some((handle, file)),
+                _ => None,
+            };
+            assert_eq!(shape_of(&path), expected, "{path}");
         }
     }
 }

@@ -292,7 +292,7 @@ impl MemState {
             return Some(ROOT);
         }
         let mut id = ROOT;
-        for name in path.split('/') {
+        for name in crate::env::path::components(path) {
             match self.inodes.get(&id)? {
                 Inode::Dir(dir) => id = *dir.entries.get(name)?,
                 Inode::File(_) => return None,
