@@ -12,6 +12,7 @@
 use super::expr::{CmpOp, Expr, Subquery};
 use super::like::like_matches;
 use crate::schema::Value;
+use std::borrow::Cow;
 use std::cmp::Ordering;
 
 /// Answers `row IN (subquery)` as an SQL truth value (TRUE, FALSE or NULL;
@@ -36,80 +37,86 @@ impl SubqueryValues for NoSubqueries {
 
 /// Whether `row` is in the shape: the clause is TRUE (not FALSE, not NULL).
 pub fn matches(expr: &Expr, row: &[Value]) -> bool {
-    eval(expr, row, &NoSubqueries) == Value::Bool(true)
+    *value(expr, row, &NoSubqueries) == Value::Bool(true)
 }
 
 /// The value of `expr` for `row`. Type errors cannot happen: the parser checked
 /// every node, so a mismatch here is an invariant violation and panics.
 pub fn eval(expr: &Expr, row: &[Value], subqueries: &dyn SubqueryValues) -> Value {
-    let eval_bool = |e: &Expr| truth(eval(e, row, subqueries));
+    value(expr, row, subqueries).into_owned()
+}
+
+/// [`eval`], borrowing columns and literals instead of copying them (a
+/// computed truth value is owned, and allocates nothing).
+fn value<'a>(expr: &'a Expr, row: &'a [Value], subqueries: &dyn SubqueryValues) -> Cow<'a, Value> {
+    let eval = |e: &'a Expr| value(e, row, subqueries);
+    let eval_bool = |e: &'a Expr| truth(&value(e, row, subqueries));
+    let owned = Cow::Owned;
     match expr {
-        Expr::Literal { value, .. } => value.clone(),
-        Expr::Column { index, name, .. } => row
-            .get(*index)
-            .unwrap_or_else(|| panic!("row has no column {index} ({name})"))
-            .clone(),
+        Expr::Literal { value, .. } => Cow::Borrowed(value),
+        Expr::Column { index, name, .. } => Cow::Borrowed(
+            row.get(*index)
+                .unwrap_or_else(|| panic!("row has no column {index} ({name})")),
+        ),
         Expr::Compare { op, left, right } => {
-            let (l, r) = (eval(left, row, subqueries), eval(right, row, subqueries));
-            from_truth(compare(&l, &r).map(|ord| op_holds(*op, ord)))
+            let (l, r) = (eval(left), eval(right));
+            owned(from_truth(compare(&l, &r).map(|ord| op_holds(*op, ord))))
         }
-        Expr::And(a, b) => from_truth(match (eval_bool(a), eval_bool(b)) {
+        Expr::And(a, b) => owned(from_truth(match (eval_bool(a), eval_bool(b)) {
             (Some(false), _) | (_, Some(false)) => Some(false),
             (Some(true), Some(true)) => Some(true),
             _ => None,
-        }),
-        Expr::Or(a, b) => from_truth(match (eval_bool(a), eval_bool(b)) {
+        })),
+        Expr::Or(a, b) => owned(from_truth(match (eval_bool(a), eval_bool(b)) {
             (Some(true), _) | (_, Some(true)) => Some(true),
             (Some(false), Some(false)) => Some(false),
             _ => None,
-        }),
-        Expr::Not(e) => from_truth(eval_bool(e).map(|b| !b)),
-        Expr::IsNull { expr, negated } => {
-            Value::Bool(eval(expr, row, subqueries).is_null() != *negated)
-        }
+        })),
+        Expr::Not(e) => owned(from_truth(eval_bool(e).map(|b| !b))),
+        Expr::IsNull { expr, negated } => owned(Value::Bool(eval(expr).is_null() != *negated)),
         Expr::IsBool {
             expr,
             value,
             negated,
-        } => Value::Bool((eval_bool(expr) == *value) != *negated),
+        } => owned(Value::Bool((eval_bool(expr) == *value) != *negated)),
         Expr::Like {
             expr,
             pattern,
             case_insensitive,
             negated,
-        } => match eval(expr, row, subqueries) {
+        } => owned(match &*eval(expr) {
             Value::Null => Value::Null,
             Value::Text(text) => {
-                Value::Bool(like_matches(&pattern.tokens, &text, *case_insensitive) != *negated)
+                Value::Bool(like_matches(&pattern.tokens, text, *case_insensitive) != *negated)
             }
             other => panic!("LIKE on non-text value {other:?}"),
-        },
+        }),
         Expr::Between {
             expr,
             low,
             high,
             negated,
         } => {
-            let x = eval(expr, row, subqueries);
-            let ge_low = compare(&x, &eval(low, row, subqueries)).map(|o| o != Ordering::Less);
-            let le_high = compare(&x, &eval(high, row, subqueries)).map(|o| o != Ordering::Greater);
+            let x = eval(expr);
+            let ge_low = compare(&x, &eval(low)).map(|o| o != Ordering::Less);
+            let le_high = compare(&x, &eval(high)).map(|o| o != Ordering::Greater);
             let between = match (ge_low, le_high) {
                 (Some(false), _) | (_, Some(false)) => Some(false),
                 (Some(true), Some(true)) => Some(true),
                 _ => None,
             };
-            from_truth(between.map(|b| b != *negated))
+            owned(from_truth(between.map(|b| b != *negated)))
         }
         Expr::InList {
             expr,
             list,
             negated,
         } => {
-            let x = eval(expr, row, subqueries);
+            let x = eval(expr);
             let mut saw_null = false;
             let mut found = false;
             for item in list {
-                match compare(&x, &eval(item, row, subqueries)) {
+                match compare(&x, &eval(item)) {
                     Some(Ordering::Equal) => found = true,
                     Some(_) => {}
                     None => saw_null = true,
@@ -122,24 +129,24 @@ pub fn eval(expr: &Expr, row: &[Value], subqueries: &dyn SubqueryValues) -> Valu
             } else {
                 Some(false)
             };
-            from_truth(membership.map(|b| b != *negated))
+            owned(from_truth(membership.map(|b| b != *negated)))
         }
         Expr::InSubquery {
             columns,
             subquery,
             negated,
         } => {
-            let values: Vec<Value> = columns.iter().map(|c| eval(c, row, subqueries)).collect();
-            let membership = truth(subqueries.membership(subquery, &values));
-            from_truth(membership.map(|b| b != *negated))
+            let values: Vec<Value> = columns.iter().map(|c| eval(c).into_owned()).collect();
+            let membership = truth(&subqueries.membership(subquery, &values));
+            owned(from_truth(membership.map(|b| b != *negated)))
         }
     }
 }
 
 /// SQL truth value as `Option<bool>`: `None` is NULL (unknown).
-fn truth(value: Value) -> Option<bool> {
+fn truth(value: &Value) -> Option<bool> {
     match value {
-        Value::Bool(b) => Some(b),
+        Value::Bool(b) => Some(*b),
         Value::Null => None,
         other => panic!("boolean expected, got {other:?}"),
     }
