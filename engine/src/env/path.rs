@@ -10,11 +10,12 @@ pub fn check_path(path: &str) -> io::Result<()> {
     if path.is_empty() {
         return Ok(());
     }
+    let forbidden_byte = path.bytes().any(|b| b == b'\\' || b == 0);
     for component in components(path) {
         let bad = component.is_empty()
             || component == "."
             || component == ".."
-            || component.bytes().any(|b| b == b'\\' || b == 0);
+            || (forbidden_byte && component.bytes().any(|b| b == b'\\' || b == 0));
         if bad {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,

@@ -131,11 +131,10 @@ pub async fn exchange(
         ),
     );
     let (track, poll) = (Track::Client(index), Kind::LongPoll);
-    let name = format!(
-        "GET offset {}{}",
-        client.offset,
-        if client.live { " live" } else { "" }
-    );
+    let name = || {
+        let live = if client.live { " live" } else { "" };
+        format!("GET offset {}{live}", client.offset)
+    };
     timeline::begin(&trace, track.clone(), poll, name);
     let response = net.get(request.clone(), timeout_ms).await;
     timeline::end(&trace, track.clone(), poll);

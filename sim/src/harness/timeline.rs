@@ -196,8 +196,25 @@ impl Timeline {
 }
 
 /// Begins a span on `track` now.
-pub fn begin(trace: &super::trace::SharedTrace, track: Track, kind: Kind, name: String) {
-    super::trace::mark(trace, Mark::Begin { track, kind, name });
+/// (`name` is called only when the run records a timeline.)
+pub fn begin(
+    trace: &super::trace::SharedTrace,
+    track: Track,
+    kind: Kind,
+    name: impl FnOnce() -> String,
+) {
+    let mut trace = trace.lock().expect("trace");
+    if trace.has_timeline() {
+        let now_ms = crate::host::now_ms();
+        trace.mark(
+            now_ms,
+            Mark::Begin {
+                track,
+                kind,
+                name: name(),
+            },
+        );
+    }
 }
 
 /// Ends the span of `kind` on `track` now.
@@ -233,12 +250,14 @@ pub fn draw_engine_event(trace: &super::trace::SharedTrace, event: &engine::env:
         Event::BootStarted {
             previous_stop_clean,
         } => {
-            let name = format!("boot (previous stop clean: {previous_stop_clean})");
+            let name = || format!("boot (previous stop clean: {previous_stop_clean})");
             begin(trace, Track::Engine, Kind::Boot, name);
         }
         Event::Ready => end(trace, Track::Engine, Kind::Boot),
         Event::SnapshotStarted { handle } => {
-            begin(trace, shape(handle), Kind::Snapshot, "snapshot".to_string());
+            begin(trace, shape(handle), Kind::Snapshot, || {
+                "snapshot".to_string()
+            });
         }
         Event::SnapshotCompleted { handle, .. } => end(trace, shape(handle), Kind::Snapshot),
         Event::ShapeDurable { handle, offset } => {

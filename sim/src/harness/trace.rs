@@ -57,6 +57,10 @@ impl Trace {
         }
     }
 
+    pub fn has_timeline(&self) -> bool {
+        self.timeline.is_some()
+    }
+
     pub fn take_timeline(&mut self) -> Option<super::timeline::Timeline> {
         self.timeline.take()
     }

@@ -289,17 +289,14 @@ impl World {
             if let Some(removal) = self.scenario.removals.get(&number).cloned() {
                 self.remove_shape(removal);
             }
-            begin(
-                &self.trace,
-                Track::Postgres,
-                Kind::Batch,
-                format!("batch {number}"),
-            );
+            begin(&self.trace, Track::Postgres, Kind::Batch, || {
+                format!("batch {number}")
+            });
             self.commit_batch(number).await;
             end(&self.trace, Track::Postgres, Kind::Batch);
             let restarted = match restart {
                 Some(r) => {
-                    let name = format!("restart {}", r.kind.name());
+                    let name = || format!("restart {}", r.kind.name());
                     begin(&self.trace, Track::Restarts, Kind::Restart, name);
                     let restarted = self.restart(&r).await;
                     end(&self.trace, Track::Restarts, Kind::Restart);
@@ -532,12 +529,9 @@ impl World {
     /// rows; then the slot must catch up with the last commit.
     /// A check, drawn as a span on the checks track.
     async fn timed_check(&mut self, label: &str) -> Result<(), Failure> {
-        begin(
-            &self.trace,
-            Track::Checks,
-            Kind::Check,
-            format!("check {label}"),
-        );
+        begin(&self.trace, Track::Checks, Kind::Check, || {
+            format!("check {label}")
+        });
         let checked = self.check(label).await;
         end(&self.trace, Track::Checks, Kind::Check);
         checked

@@ -523,7 +523,10 @@ impl Storage for MemStorage {
         check_path(to)?;
         let mut state = self.lock();
         let id = state.lookup(from).ok_or_else(|| not_found(from))?;
-        if from.is_empty() || to.is_empty() || to.starts_with(&format!("{from}/")) {
+        let into_itself = to
+            .strip_prefix(from)
+            .is_some_and(|rest| rest.starts_with('/'));
+        if from.is_empty() || to.is_empty() || into_itself {
             return Err(other(
                 to,
                 "cannot rename a directory into itself or the root",
