@@ -98,6 +98,22 @@ enum Nnf {
 type Literal = (Expr, bool);
 
 impl DnfPlan {
+    /// The index of `subquery` among the dependencies: by address when it
+    /// is one of the plan's own atoms (evaluating a position), else by
+    /// value (evaluating the clause it was planned from).
+    pub fn dependency_of(&self, subquery: &Subquery) -> Option<usize> {
+        let own = self.positions.iter().find_map(|p| match &p.atom {
+            Expr::InSubquery { subquery: s, .. } if std::ptr::eq(&**s, subquery) => p.dependency,
+            _ => None,
+        });
+        let by_value = || self.dependencies.iter().position(|d| d == subquery);
+        debug_assert!(
+            own.is_none() || own == by_value(),
+            "a position's dependency is its subquery's"
+        );
+        own.or_else(by_value)
+    }
+
     /// The plan of `clause`, after checking that every dependency's own
     /// clause (each one a shape of its own) has a plan too: a nested
     /// clause Electric only plans when its consumer starts is refused here,

@@ -104,9 +104,7 @@ impl SubqueryValues for Views<'_> {
     fn membership(&self, subquery: &Subquery, row: &[Value]) -> Value {
         let index = self
             .plan
-            .dependencies
-            .iter()
-            .position(|d| d == subquery)
+            .dependency_of(subquery)
             .unwrap_or_else(|| panic!("a subquery outside the plan: {subquery}"));
         self.views[index]
             .membership(row)
