@@ -28,13 +28,12 @@
 use crate::log::{LogEntry, Operation};
 use crate::offset::LogOffset;
 use crate::replication::{Change, Lsn, Transaction, Xid};
-use crate::schema::Value;
+use crate::schema::{TableSchema, Value};
 use crate::shape::dnf::DnfPlan;
 use crate::shape::expr::Expr;
 use crate::shape::tags::{self, View};
 use crate::shape::{Replica, Shape};
-use crate::wire::{self, ChangeSource, RowTags};
-use serde_json::{Map, Value as Json};
+use crate::wire::{self, ChangeSource, RowTags, RowValues};
 
 /// One shape's part of one transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,12 +52,12 @@ enum KeyChange {
     From(String),
 }
 
-struct Draft {
+struct Draft<'a> {
     op: Operation,
     offset: LogOffset,
     key: String,
-    value: Map<String, Json>,
-    old_value: Option<Map<String, Json>>,
+    value: RowValues<'a>,
+    old_value: Option<RowValues<'a>>,
     key_change: Option<KeyChange>,
     tags: Option<RowTags>,
 }
@@ -208,19 +207,20 @@ fn route_inner(judge: Judge, txn: &Transaction, wrong_old_value: bool) -> Option
     })
 }
 
-fn convert(
-    judge: &Judge,
-    change: &Change,
+fn convert<'a>(
+    judge: &Judge<'a>,
+    change: &'a Change,
     offset: LogOffset,
     wrong_old_value: bool,
-    out: &mut Vec<Draft>,
+    out: &mut Vec<Draft<'a>>,
 ) {
     let shape = judge.shape;
-    let table = &shape.table;
+    let table: &'a TableSchema = &shape.table;
     let key = |row: &[Value]| wire::row_key(table, row);
-    let pk_values = |row: &[Value]| wire::values(table, row, table.primary_key.iter().copied());
-    let selected = |row: &[Value]| wire::values(table, row, shape.selected.iter().copied());
-    let insert = |row: &[Value], offset, key_change| Draft {
+    let pk_values =
+        |row: &'a [Value]| RowValues::new(table, row, table.primary_key.iter().copied());
+    let selected = |row: &'a [Value]| RowValues::new(table, row, shape.selected.iter().copied());
+    let insert = |row: &'a [Value], offset, key_change| Draft {
         op: Operation::Insert,
         offset,
         key: key(row),
@@ -229,7 +229,7 @@ fn convert(
         key_change,
         tags: judge.tags(row),
     };
-    let delete = |row: &[Value], offset, key_change| {
+    let delete = |row: &'a [Value], offset, key_change| {
         let value = match shape.replica {
             Replica::Default => pk_values(row),
             Replica::Full => selected(row),
@@ -288,14 +288,13 @@ fn convert(
                 }
                 let (value, old_value) = match shape.replica {
                     Replica::Default => {
-                        let mut value = pk_values(new);
-                        value.extend(wire::values(table, new, changed));
-                        (value, None)
+                        let columns = table.primary_key.iter().copied().chain(changed);
+                        (RowValues::new(table, new, columns), None)
                     }
                     Replica::Full => {
                         // Planted `wrong-old-value`: the new values instead.
                         let source = if wrong_old_value { new } else { old };
-                        (selected(new), Some(wire::values(table, source, changed)))
+                        (selected(new), Some(RowValues::new(table, source, changed)))
                     }
                 };
                 let tags = judge.tags(new).map(|new_tags| {
@@ -335,8 +334,9 @@ mod tagged_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::{Catalog, Column, ColumnType, TableName, TableSchema};
+    use crate::schema::{Catalog, Column, ColumnType, TableName};
     use crate::shape::ShapeRequest;
+    use serde_json::Value as Json;
     use serde_json::json;
 
     pub(super) fn catalog() -> Catalog {

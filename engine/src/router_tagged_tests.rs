@@ -5,7 +5,7 @@ use super::tests::{catalog, row, update};
 use super::*;
 use crate::schema::TableName;
 use crate::shape::ShapeRequest;
-use serde_json::json;
+use serde_json::{Value as Json, json};
 
 #[test]
 fn a_subquery_shape_routes_by_its_views_and_tags_every_record() {

@@ -40,20 +40,42 @@ fn push_doubled(key: &mut String, part: &str, doubled: &[char]) {
     }
 }
 
-fn text(value: &Value) -> Json {
-    value.to_text().map_or(Json::Null, Json::String)
+/// `{column: text}` for some columns of a row, serialised as a
+/// `serde_json` map renders it (keys in byte order, each once) without
+/// building the map: every routed, snapshot and move-in row is one.
+pub struct RowValues<'a> {
+    table: &'a TableSchema,
+    row: &'a [Value],
+    /// Column indexes in name order, each once.
+    columns: Vec<usize>,
 }
 
-/// `{column: text}` for the given column indexes of `row`.
-pub fn values(
-    table: &TableSchema,
-    row: &[Value],
-    columns: impl IntoIterator<Item = usize>,
-) -> Map<String, Json> {
-    columns
-        .into_iter()
-        .map(|i| (table.columns[i].name.clone(), text(&row[i])))
-        .collect()
+impl<'a> RowValues<'a> {
+    pub fn new(
+        table: &'a TableSchema,
+        row: &'a [Value],
+        columns: impl IntoIterator<Item = usize>,
+    ) -> RowValues<'a> {
+        let mut columns: Vec<usize> = columns.into_iter().collect();
+        columns.sort_by(|&a, &b| table.columns[a].name.cmp(&table.columns[b].name));
+        columns.dedup();
+        RowValues {
+            table,
+            row,
+            columns,
+        }
+    }
+}
+
+impl serde::Serialize for RowValues<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.columns.len()))?;
+        for &i in &self.columns {
+            map.serialize_entry(&self.table.columns[i].name, &self.row[i].text())?;
+        }
+        map.end()
+    }
 }
 
 pub fn operation_name(op: Operation) -> &'static str {
@@ -85,7 +107,7 @@ struct InsertHeaders<'a> {
 struct InsertMessage<'a> {
     headers: InsertHeaders<'a>,
     key: &'a str,
-    value: &'a Map<String, Json>,
+    value: &'a RowValues<'a>,
 }
 
 /// An insert without replication headers (serialised directly: a
@@ -93,7 +115,7 @@ struct InsertMessage<'a> {
 fn insert_row(
     table: &TableSchema,
     key: &str,
-    value: &Map<String, Json>,
+    value: &RowValues<'_>,
     tags: Option<&RowTags>,
     is_move_in: bool,
 ) -> String {
@@ -117,10 +139,10 @@ fn insert_row(
 pub fn snapshot_row(
     table: &TableSchema,
     key: &str,
-    value: Map<String, Json>,
+    value: &RowValues<'_>,
     tags: Option<&RowTags>,
 ) -> String {
-    insert_row(table, key, &value, tags, false)
+    insert_row(table, key, value, tags, false)
 }
 
 /// A row of a subquery shape's move-in: an insert marked `is_move_in`,
@@ -128,10 +150,10 @@ pub fn snapshot_row(
 pub fn move_in_row(
     table: &TableSchema,
     key: &str,
-    value: Map<String, Json>,
+    value: &RowValues<'_>,
     tags: &RowTags,
 ) -> String {
-    insert_row(table, key, &value, Some(tags), true)
+    insert_row(table, key, value, Some(tags), true)
 }
 
 /// What a subquery shape's row carries: a tag per disjunct, each
@@ -193,8 +215,8 @@ struct ChangeMessage<'a> {
     headers: ChangeHeaders<'a>,
     key: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    old_value: Option<&'a Map<String, Json>>,
-    value: &'a Map<String, Json>,
+    old_value: Option<&'a RowValues<'a>>,
+    value: &'a RowValues<'a>,
 }
 
 /// A key change's other side (`key_change_to` on the delete,
@@ -210,8 +232,8 @@ pub fn change(
     table: &TableSchema,
     op: Operation,
     key: &str,
-    value: &Map<String, Json>,
-    old_value: Option<&Map<String, Json>>,
+    value: &RowValues<'_>,
+    old_value: Option<&RowValues<'_>>,
     key_change: Option<KeyChange<'_>>,
     source: &ChangeSource,
 ) -> String {
@@ -293,6 +315,21 @@ pub fn schema_header(table: &TableSchema, selected: &[usize]) -> String {
     Json::Object(schema).to_string()
 }
 
+/// `{column: text}` as a `serde_json` map: the reference `RowValues`
+/// renders the text of.
+#[cfg(test)]
+fn values(
+    table: &TableSchema,
+    row: &[Value],
+    columns: impl IntoIterator<Item = usize>,
+) -> Map<String, Json> {
+    let text = |v: &Value| v.to_text().map_or(Json::Null, Json::String);
+    columns
+        .into_iter()
+        .map(|i| (table.columns[i].name.clone(), text(&row[i])))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,6 +357,23 @@ mod tests {
     }
 
     #[test]
+    fn row_values_render_as_the_json_map_did() {
+        let t = table();
+        let row = vec![Value::Text("k\"/".into()), Value::Int(-4), Value::Null];
+        for columns in [
+            vec![0, 1, 2],
+            vec![2, 0],
+            vec![1, 0, 1],
+            vec![],
+            vec![2, 2, 1, 0],
+        ] {
+            let typed = serde_json::to_string(&RowValues::new(&t, &row, columns.clone()));
+            let reference = Json::Object(values(&t, &row, columns.clone())).to_string();
+            assert_eq!(typed.unwrap(), reference, "{columns:?}");
+        }
+    }
+
+    #[test]
     fn keys_escape_like_electric() {
         let row = vec![Value::Text("x/y".into()), Value::Null, Value::Bool(true)];
         assert_eq!(row_key(&table(), &row), r#""my..schema"."a//b"/"x//y"/_"#);
@@ -336,8 +390,9 @@ mod tests {
             last: true,
             tags: None,
         };
-        let old = json!({"n": "3"}).as_object().unwrap().clone();
-        let value = values(&t, &row, [0, 1, 2]);
+        let old_row = vec![Value::Text("k".into()), Value::Int(3), Value::Null];
+        let old = RowValues::new(&t, &old_row, [1]);
+        let value = RowValues::new(&t, &row, [0, 1, 2]);
         let text = change(
             &t,
             Operation::Update,
@@ -408,34 +463,34 @@ mod subquery_tests {
         json!({"key": key, "value": value, "headers": headers}).to_string()
     }
 
-    /// The table, a row's values (its id `id`) and two tags.
-    fn tagged_row(id: &str) -> (TableSchema, Map<String, Json>, RowTags) {
+    /// The table, a row (its id `id`) and two tags.
+    fn tagged_row(id: &str) -> (TableSchema, Vec<Value>, RowTags) {
         let t = table();
         let row = vec![Value::Text(id.into()), Value::Text("p1".into())];
-        let value = values(&t, &row, [0, 1]);
         let tags = RowTags {
             tags: vec!["h1/".into(), "/1".into()],
             active_conditions: vec![true, false],
             removed_tags: None,
         };
-        (t, value, tags)
+        (t, row, tags)
     }
 
     #[test]
     fn insert_rows_render_as_the_json_tree_did() {
-        let (t, value, tags) = tagged_row("a\"/.");
+        let (t, row, tags) = tagged_row("a\"/.");
+        let (typed, value) = (RowValues::new(&t, &row, [0, 1]), values(&t, &row, [0, 1]));
         let removed = RowTags {
             removed_tags: Some(vec!["h0".into()]),
             ..tags.clone()
         };
         for tags in [None, Some(&tags), Some(&removed)] {
             assert_eq!(
-                snapshot_row(&t, "K\"", value.clone(), tags),
+                snapshot_row(&t, "K\"", &typed, tags),
                 reference_insert("K\"", &value, tags, false)
             );
             if let Some(tags) = tags {
                 assert_eq!(
-                    move_in_row(&t, "K", value.clone(), tags),
+                    move_in_row(&t, "K", &typed, tags),
                     reference_insert("K", &value, Some(tags), true)
                 );
             }
@@ -444,13 +499,14 @@ mod subquery_tests {
 
     #[test]
     fn subquery_rows_and_move_events_have_electrics_shape() {
-        let (t, value, tags) = tagged_row("a");
+        let (t, row, tags) = tagged_row("a");
+        let value = RowValues::new(&t, &row, [0, 1]);
         assert_eq!(
-            snapshot_row(&t, "K", value.clone(), Some(&tags)),
+            snapshot_row(&t, "K", &value, Some(&tags)),
             r#"{"headers":{"active_conditions":[true,false],"operation":"insert","relation":["public","t"],"tags":["h1/","/1"]},"key":"K","value":{"id":"a","p":"p1"}}"#
         );
         assert_eq!(
-            move_in_row(&t, "K", value.clone(), &tags),
+            move_in_row(&t, "K", &value, &tags),
             r#"{"headers":{"active_conditions":[true,false],"is_move_in":true,"operation":"insert","relation":["public","t"],"tags":["h1/","/1"]},"key":"K","value":{"id":"a","p":"p1"}}"#
         );
         let source = ChangeSource {

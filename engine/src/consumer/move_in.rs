@@ -149,8 +149,8 @@ impl Consumer {
         for row in &result.rows {
             let key = wire::row_key(table, row);
             let tags = self.row_tags(row).expect("a subquery shape");
-            let value = wire::values(table, row, shape.selected.iter().copied());
-            let json = wire::move_in_row(table, &key, value, &tags);
+            let value = wire::RowValues::new(table, row, shape.selected.iter().copied());
+            let json = wire::move_in_row(table, &key, &value, &tags);
             let entry = LogEntry {
                 offset: self.next_offset(),
                 operation: Operation::Insert,

@@ -154,7 +154,7 @@ impl Consumer {
             let json = wire::snapshot_row(
                 table,
                 &key,
-                wire::values(table, row, shape.selected.iter().copied()),
+                &wire::RowValues::new(table, row, shape.selected.iter().copied()),
                 tags.as_ref(),
             );
             if self.materializer.is_some() {
