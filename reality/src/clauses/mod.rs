@@ -287,16 +287,15 @@ fn shape_rows(data: &Data, shape: &Shape) -> Vec<Vec<Value>> {
 
 fn oracle_ids(data: &Data, clause: &str) -> BTreeSet<i64> {
     let expr = where_eval::parse(clause).unwrap_or_else(|e| panic!("oracle parse: {e}"));
+    let columns_of = |_: &str, table: &str| -> Vec<String> {
+        let t = data.rows("public", table);
+        t.columns.iter().map(|c| c.to_string()).collect()
+    };
     let t = data.rows("public", "t");
+    let filter = where_eval::Bound::new(&expr, &t.columns, &columns_of);
     t.rows
         .iter()
-        .filter(|row| {
-            let column = |name: &str| {
-                let at = t.columns.iter().position(|c| *c == name);
-                where_eval::Datum::from(&row[at.unwrap_or_else(|| panic!("no column {name}"))])
-            };
-            where_eval::holds_in(&expr, &column, data)
-        })
+        .filter(|row| filter.holds_in(row, data))
         .map(|row| row_id(row))
         .collect()
 }

@@ -8,17 +8,20 @@
 //! as a set over the other table's committed rows ([`Tables`]), nested as
 //! deep as written: TRUE on a match, else NULL if a comparison was unknown,
 //! else FALSE (so `NOT IN` a set holding NULL is never TRUE).
+//!
+//! A clause is bound to its table's columns first ([`Bound`], `bind`), so
+//! a row is read by position.
 
+pub use super::bind::ColumnsOf;
+use super::bind::{Node, Subquery, bind};
 use engine::schema::Value;
-use sqlparser::ast::{
-    BinaryOperator as Op, Expr, Ident, ObjectName, Query, SelectItem, SetExpr, TableFactor,
-    UnaryOperator, Value as Lit,
-};
+use sqlparser::ast::{BinaryOperator as Op, Expr};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
-use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::rc::Rc;
+
+pub use super::bind::subquery_tables;
 
 /// Parses a WHERE clause the harness generated (or the engine's canonical text).
 pub fn parse(sql: &str) -> Result<Expr, String> {
@@ -61,15 +64,12 @@ pub trait Tables {
     /// Every row of `schema.table`.
     fn rows(&self, schema: &str, table: &str) -> TableRows<'_>;
 
-    /// The tuples `subquery` selects, as `compute` finds them; an
-    /// implementation serving one query may remember them by the node's
-    /// address (the oracle's subqueries are uncorrelated, the tables do not
-    /// change meanwhile, and the parsed clause outlives the query).
-    fn selected(
-        &self,
-        _subquery: &Query,
-        compute: &dyn Fn() -> Vec<Vec<Value>>,
-    ) -> Rc<Vec<Vec<Value>>> {
+    /// The tuples of the subquery whose bound node is at address `node`,
+    /// as `compute` finds them; an implementation serving one query may
+    /// remember them by that address (the oracle's subqueries are
+    /// uncorrelated, the tables do not change meanwhile, and the bound
+    /// clause outlives the query).
+    fn selected(&self, _node: usize, compute: &dyn Fn() -> Vec<Vec<Value>>) -> Rc<Vec<Vec<Value>>> {
         Rc::new(compute())
     }
 }
@@ -83,63 +83,42 @@ impl Tables for NoTables {
     }
 }
 
-/// Whether `expr` is TRUE for the row; `column` looks a column up by name.
-pub fn holds<'a>(expr: &'a Expr, column: &dyn Fn(&str) -> Datum<'a>) -> bool {
-    holds_in(expr, column, &NoTables)
+/// A WHERE clause bound to one table's columns.
+#[derive(Debug)]
+pub struct Bound(Node);
+
+impl Bound {
+    /// Binds `expr` to a table whose columns are `columns` (unquoted,
+    /// lowercase names, table order), and its subqueries to the tables
+    /// they read (`columns_of` names their columns).
+    pub fn new(expr: &Expr, columns: &[&str], columns_of: &ColumnsOf) -> Bound {
+        Bound(bind(expr, columns, columns_of))
+    }
+
+    /// Whether the clause is TRUE for `row` (every column, table order).
+    pub fn holds(&self, row: &[Value]) -> bool {
+        self.holds_in(row, &NoTables)
+    }
+
+    /// [`Bound::holds`], with subqueries evaluated over `tables`.
+    pub fn holds_in(&self, row: &[Value], tables: &dyn Tables) -> bool {
+        eval(&self.0, row, tables) == Datum::Bool(true)
+    }
 }
 
-/// [`holds`], with subqueries evaluated over `tables`.
-pub fn holds_in<'a>(
-    expr: &'a Expr,
-    column: &dyn Fn(&str) -> Datum<'a>,
-    tables: &dyn Tables,
-) -> bool {
-    eval(expr, column, tables) == Datum::Bool(true)
-}
-
-fn eval<'a>(expr: &'a Expr, column: &dyn Fn(&str) -> Datum<'a>, tables: &dyn Tables) -> Datum<'a> {
-    let ev = |e: &'a Expr| eval(e, column, tables);
-    match expr {
-        Expr::Identifier(ident) => column(&name_of(ident)),
-        Expr::Nested(inner) => ev(inner),
-        Expr::Value(v) => match &v.value {
-            Lit::Number(n, _) => Datum::Int(n.parse().expect("integer literal")),
-            // `E'...'`: the tokenizer has already resolved its escapes.
-            Lit::SingleQuotedString(s) | Lit::EscapedStringLiteral(s) => Datum::Text(s),
-            Lit::Boolean(b) => Datum::Bool(*b),
-            Lit::Null => Datum::Null,
-            other => panic!("oracle: unsupported literal {other}"),
+fn eval<'a>(node: &'a Node, row: &'a [Value], tables: &dyn Tables) -> Datum<'a> {
+    let ev = |n: &'a Node| eval(n, row, tables);
+    match node {
+        Node::Column(at) => Datum::from(&row[*at]),
+        Node::Const(value) => Datum::from(value),
+        Node::Not(n) => not(ev(n)),
+        Node::Negate(n) => match ev(n) {
+            Datum::Int(i) => Datum::Int(-i),
+            other => panic!("oracle: minus on {other:?}"),
         },
-        Expr::UnaryOp {
-            op: UnaryOperator::Not,
-            expr,
-        } => not(ev(expr)),
-        Expr::UnaryOp {
-            op: UnaryOperator::Minus,
-            expr,
-        } => match negative_literal(expr) {
-            Some(n) => Datum::Int(n),
-            None => match ev(expr) {
-                Datum::Int(i) => Datum::Int(-i),
-                other => panic!("oracle: minus on {other:?}"),
-            },
-        },
-        Expr::UnaryOp {
-            op: UnaryOperator::Plus,
-            expr,
-        } => ev(expr),
-        Expr::BinaryOp {
-            left,
-            op: Op::And,
-            right,
-        } => and(ev(left), ev(right)),
-        Expr::BinaryOp {
-            left,
-            op: Op::Or,
-            right,
-        } => not(and(not(ev(left)), not(ev(right)))),
-        Expr::BinaryOp { left, op, right } => {
-            let ord = compare(ev(left), ev(right));
+        Node::And(l, r) => and(ev(l), ev(r)),
+        Node::Or(l, r) => not(and(not(ev(l)), not(ev(r)))),
+        Node::Compare(op, l, r) => {
             let holds = |o: Ordering| match op {
                 Op::Eq => o == Ordering::Equal,
                 Op::NotEq => o != Ordering::Equal,
@@ -149,23 +128,30 @@ fn eval<'a>(expr: &'a Expr, column: &dyn Fn(&str) -> Datum<'a>, tables: &dyn Tab
                 Op::GtEq => o != Ordering::Less,
                 other => panic!("oracle: unsupported operator {other}"),
             };
-            ord.map_or(Datum::Null, |o| Datum::Bool(holds(o)))
+            compare(ev(l), ev(r)).map_or(Datum::Null, |o| Datum::Bool(holds(o)))
         }
-        Expr::IsNull(e) => Datum::Bool(ev(e) == Datum::Null),
-        Expr::IsNotNull(e) => Datum::Bool(ev(e) != Datum::Null),
-        Expr::IsTrue(e) => Datum::Bool(boolean(e, ev(e)) == Datum::Bool(true)),
-        Expr::IsNotTrue(e) => Datum::Bool(boolean(e, ev(e)) != Datum::Bool(true)),
-        Expr::IsFalse(e) => Datum::Bool(boolean(e, ev(e)) == Datum::Bool(false)),
-        Expr::IsNotFalse(e) => Datum::Bool(boolean(e, ev(e)) != Datum::Bool(false)),
-        Expr::IsUnknown(e) => Datum::Bool(ev(e) == Datum::Null),
-        Expr::IsNotUnknown(e) => Datum::Bool(ev(e) != Datum::Null),
-        Expr::Between {
-            expr,
+        Node::IsNull { node, negated } => Datum::Bool((ev(node) == Datum::Null) != *negated),
+        Node::IsBool {
+            node,
+            value,
             negated,
+            literal,
+        } => {
+            // A literal's untyped string is read as a boolean here (a text
+            // column never gets here: PostgreSQL and the engine reject it).
+            let v = match (literal, ev(node)) {
+                (true, Datum::Text(t)) => Datum::Bool(pg_bool(t)),
+                (_, other) => other,
+            };
+            Datum::Bool((v == Datum::Bool(*value)) != *negated)
+        }
+        Node::Between {
+            node,
             low,
             high,
+            negated,
         } => {
-            let x = ev(expr);
+            let x = ev(node);
             let ge = compare(x, ev(low))
                 .map(|o| Datum::Bool(o != Ordering::Less))
                 .unwrap_or(Datum::Null);
@@ -174,12 +160,12 @@ fn eval<'a>(expr: &'a Expr, column: &dyn Fn(&str) -> Datum<'a>, tables: &dyn Tab
                 .unwrap_or(Datum::Null);
             negate_if(*negated, and(ge, le))
         }
-        Expr::InList {
-            expr,
+        Node::InList {
+            node,
             list,
             negated,
         } => {
-            let x = ev(expr);
+            let x = ev(node);
             let mut result = Datum::Bool(false);
             for item in list {
                 match compare(x, ev(item)) {
@@ -190,157 +176,60 @@ fn eval<'a>(expr: &'a Expr, column: &dyn Fn(&str) -> Datum<'a>, tables: &dyn Tab
             }
             negate_if(*negated, result)
         }
-        Expr::Like {
-            negated,
-            expr,
+        Node::Like {
+            node,
             pattern,
-            escape_char,
-            ..
-        } => like(
-            ev(expr),
-            ev(pattern),
-            escape_char.as_deref(),
-            false,
-            *negated,
-            column,
-        ),
-        Expr::ILike {
+            escape,
+            fold,
             negated,
-            expr,
-            pattern,
-            escape_char,
-            ..
-        } => like(
-            ev(expr),
-            ev(pattern),
-            escape_char.as_deref(),
-            true,
-            *negated,
-            column,
-        ),
-        Expr::InSubquery {
-            expr,
+        } => {
+            let escape = escape.as_deref().map(ev);
+            like(ev(node), ev(pattern), escape, *fold, *negated)
+        }
+        Node::InSubquery {
+            left,
             subquery,
             negated,
         } => {
-            let left: Vec<Datum<'a>> = match expr.as_ref() {
-                Expr::Tuple(items) => items.iter().map(ev).collect(),
-                one => vec![ev(one)],
-            };
+            let left: Vec<Datum<'a>> = left.iter().map(ev).collect();
             negate_if(*negated, in_subquery(&left, subquery, tables))
         }
-        other => panic!("oracle: unsupported expression {other}"),
     }
 }
 
-/// The tables the subqueries of `expr` read, as `(schema, table)`, nested
-/// ones included, in the order written (the variants [`eval`] supports;
-/// any other panics there too).
-pub fn subquery_tables(expr: &Expr) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    collect_tables(expr, &mut out);
-    out
-}
-
-fn collect_tables(expr: &Expr, out: &mut Vec<(String, String)>) {
-    let mut walk = |e: &Expr| collect_tables(e, out);
-    match expr {
-        Expr::Identifier(_) | Expr::Value(_) => {}
-        Expr::Nested(e)
-        | Expr::UnaryOp { expr: e, .. }
-        | Expr::IsNull(e)
-        | Expr::IsNotNull(e)
-        | Expr::IsTrue(e)
-        | Expr::IsNotTrue(e)
-        | Expr::IsFalse(e)
-        | Expr::IsNotFalse(e)
-        | Expr::IsUnknown(e)
-        | Expr::IsNotUnknown(e) => walk(e),
-        Expr::BinaryOp { left, right, .. } => {
-            walk(left);
-            walk(right);
-        }
-        Expr::Between {
-            expr, low, high, ..
-        } => {
-            walk(expr);
-            walk(low);
-            walk(high);
-        }
-        Expr::InList { expr, list, .. } => {
-            walk(expr);
-            list.iter().for_each(walk);
-        }
-        Expr::Like { expr, pattern, .. } | Expr::ILike { expr, pattern, .. } => {
-            walk(expr);
-            walk(pattern);
-        }
-        Expr::Tuple(items) => items.iter().for_each(walk),
-        Expr::InSubquery { expr, subquery, .. } => {
-            walk(expr);
-            let SetExpr::Select(select) = subquery.body.as_ref() else {
-                panic!("oracle: unsupported subquery {subquery}")
-            };
-            let TableFactor::Table { name, .. } = &select.from[0].relation else {
-                panic!("oracle: unsupported FROM in {subquery}")
-            };
-            out.push(schema_and_table(name));
-            if let Some(filter) = &select.selection {
-                collect_tables(filter, out);
-            }
-        }
-        other => panic!("oracle: unsupported expression {other}"),
-    }
-}
-
-/// An identifier as Postgres resolves it: folded to lowercase unless quoted
-/// (borrowed when folding changes nothing: no allocation per row).
-fn name_of(ident: &Ident) -> Cow<'_, str> {
-    let folded = |v: &str| v.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase());
-    match ident.quote_style {
-        None if !folded(&ident.value) => Cow::Owned(ident.value.to_lowercase()),
-        _ => Cow::Borrowed(&ident.value),
-    }
-}
-
-/// `left IN (query)`: TRUE, FALSE or NULL.
-fn in_subquery(left: &[Datum<'_>], query: &Query, tables: &dyn Tables) -> Datum<'static> {
-    let SetExpr::Select(select) = query.body.as_ref() else {
-        panic!("oracle: unsupported subquery {query}")
-    };
+/// `left IN (subquery)`: TRUE, FALSE or NULL.
+fn in_subquery(left: &[Datum<'_>], subquery: &Subquery, tables: &dyn Tables) -> Datum<'static> {
     assert_eq!(
-        select.projection.len(),
+        subquery.columns.len(),
         left.len(),
-        "oracle: {query} against {left:?}"
+        "oracle: {subquery:?} against {left:?}"
     );
-    // Uncorrelated (a reference to an outer column panics below): its
-    // tuples are the same for every row of one query, so names are
-    // resolved only when they are computed, not per row.
+    // Uncorrelated (a reference to an outer column panics when the filter
+    // is bound): its tuples are the same for every row of one query, so
+    // they are computed once per query.
     let compute = || {
-        let columns: Vec<String> = select
-            .projection
-            .iter()
-            .map(|item| match item {
-                SelectItem::UnnamedExpr(Expr::Identifier(ident)) => name_of(ident).into_owned(),
-                other => panic!("oracle: unsupported select item {other}"),
-            })
-            .collect();
-        let TableFactor::Table { name, .. } = &select.from[0].relation else {
-            panic!("oracle: unsupported FROM in {query}")
-        };
-        let (schema, table) = schema_and_table(name);
-        let read = tables.rows(&schema, &table);
+        let (schema, table) = (&subquery.schema, &subquery.table);
+        let read = tables.rows(schema, table);
         let index = |name: &str| {
             read.columns
                 .iter()
                 .position(|c| *c == name)
                 .unwrap_or_else(|| panic!("oracle: no column {name} in {schema}.{table}"))
         };
-        let projected: Vec<usize> = columns.iter().map(|c| index(c)).collect();
+        let projected: Vec<usize> = subquery.columns.iter().map(|c| index(c)).collect();
+        assert!(
+            read.columns.len() >= subquery.table_columns.len()
+                && subquery
+                    .table_columns
+                    .iter()
+                    .zip(&read.columns)
+                    .all(|(b, c)| b == c),
+            "oracle: {schema}.{table} lost or reordered columns since its filter was bound"
+        );
         let mut tuples = Vec::new();
         for row in &read.rows {
-            if let Some(filter) = &select.selection
-                && eval(filter, &|name| Datum::from(&row[index(name)]), tables) != Datum::Bool(true)
+            if let Some(filter) = &subquery.filter
+                && eval(filter, row, tables) != Datum::Bool(true)
             {
                 continue;
             }
@@ -353,7 +242,7 @@ fn in_subquery(left: &[Datum<'_>], query: &Query, tables: &dyn Tables) -> Datum<
         }
         tuples
     };
-    let tuples = tables.selected(query, &compute);
+    let tuples = tables.selected(std::ptr::from_ref(subquery) as usize, &compute);
     let mut result = Datum::Bool(false);
     for tuple in tuples.iter() {
         let mut unknown = false;
@@ -372,19 +261,6 @@ fn in_subquery(left: &[Datum<'_>], query: &Query, tables: &dyn Tables) -> Datum<
         }
     }
     result
-}
-
-fn schema_and_table(name: &ObjectName) -> (String, String) {
-    let parts: Vec<String> = name
-        .0
-        .iter()
-        .map(|p| name_of(p.as_ident().expect("a plain name")).into_owned())
-        .collect();
-    match parts.as_slice() {
-        [table] => ("public".to_string(), table.clone()),
-        [schema, table] => (schema.clone(), table.clone()),
-        _ => panic!("oracle: unsupported table name {name}"),
-    }
 }
 
 fn not(v: Datum<'_>) -> Datum<'_> {
@@ -423,31 +299,6 @@ fn compare(a: Datum<'_>, b: Datum<'_>) -> Option<Ordering> {
     }
 }
 
-/// `-<number>` as one literal (`-9223372036854775808`: the number alone
-/// is past i64).
-fn negative_literal(expr: &Expr) -> Option<i64> {
-    match expr {
-        Expr::Value(v) => match &v.value {
-            Lit::Number(n, _) => {
-                let magnitude: i128 = n.parse().expect("integer literal");
-                Some(i64::try_from(-magnitude).expect("integer literal"))
-            }
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// The value of `expr` where a boolean is expected: an untyped string
-/// literal becomes one (a text column never gets here: PostgreSQL and the
-/// engine reject it).
-fn boolean<'a>(expr: &Expr, v: Datum<'a>) -> Datum<'a> {
-    match (expr, v) {
-        (Expr::Value(_), Datum::Text(t)) => Datum::Bool(pg_bool(t)),
-        (_, other) => other,
-    }
-}
-
 /// PostgreSQL's boolean input: any prefix of `true`, `false`, `yes`, `no`,
 /// at least two letters of `on`/`off`, `1`, `0`; case and surrounding
 /// spaces ignored.
@@ -466,15 +317,14 @@ fn pg_bool(text: &str) -> bool {
 fn like<'a>(
     text: Datum<'a>,
     pattern: Datum<'a>,
-    escape: Option<&'a Expr>,
+    escape: Option<Datum<'a>>,
     fold: bool,
     negated: bool,
-    column: &dyn Fn(&str) -> Datum<'a>,
 ) -> Datum<'a> {
     let (Datum::Text(text), Datum::Text(pattern)) = (text, pattern) else {
         return Datum::Null;
     };
-    let escape = match escape.map(|e| eval(e, column, &NoTables)) {
+    let escape = match escape {
         None => Some('\\'),
         Some(Datum::Text(e)) => e.chars().next(),
         Some(other) => panic!("oracle: ESCAPE {other:?}"),
@@ -513,12 +363,9 @@ mod tests {
 
     fn check(sql: &str, row: &[(&str, Value)]) -> bool {
         let expr = parse(sql).unwrap();
-        holds(&expr, &|name| {
-            row.iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| Datum::from(v))
-                .expect("column")
-        })
+        let columns: Vec<&str> = row.iter().map(|(n, _)| *n).collect();
+        let values: Vec<Value> = row.iter().map(|(_, v)| v.clone()).collect();
+        Bound::new(&expr, &columns, &|_, _| panic!("no subqueries here")).holds(&values)
     }
 
     #[test]
@@ -584,14 +431,13 @@ mod subquery_tests {
     /// The clause's value for a row of (x, y) as TRUE / FALSE / NULL.
     fn value(sql: &str, x: Value, y: Value) -> Value {
         let expr = parse(sql).unwrap();
-        let row = [("x", x), ("y", y)];
-        let column = |name: &str| {
-            row.iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| Datum::from(v))
-                .expect("column")
+        let tables = tables();
+        let columns_of = |_: &str, table: &str| -> Vec<String> {
+            tables.0[table].0.iter().map(|c| c.to_string()).collect()
         };
-        match eval(&expr, &column, &tables()) {
+        let bound = Bound::new(&expr, &["x", "y"], &columns_of);
+        let row = [x, y];
+        match eval(&bound.0, &row, &tables) {
             Datum::Null => Value::Null,
             Datum::Bool(b) => Value::Bool(b),
             other => panic!("{sql} is not a condition: {other:?}"),

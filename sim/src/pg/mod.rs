@@ -22,7 +22,7 @@
 //! [`ContractViolation`] (the engine broke the boundary), reported by the
 //! harness as `engine-contract`.
 
-use crate::oracle::where_eval;
+use crate::oracle::where_eval::{self, Bound};
 use async_trait::async_trait;
 use engine::replication::{
     Change, Connection, Lsn, PostgresQueries, ReplicationMessage, ReplicationSource,
@@ -287,16 +287,20 @@ impl PgModel {
     /// subquery computed once for all of them).
     pub fn rows_hold<'r>(
         &self,
-        table: &TableName,
-        filter: &sqlparser::ast::Expr,
+        filter: &Bound,
         rows: impl IntoIterator<Item = &'r [Value]>,
     ) -> Vec<bool> {
         let state = self.lock();
-        let schema = state.catalog.table(table).expect("table");
         let committed = state.committed();
         rows.into_iter()
-            .map(|row| matches(schema, Some(filter), row, &committed))
+            .map(|row| filter.holds_in(row, &committed))
             .collect()
+    }
+
+    /// `filter` bound to `table`'s columns as they are now, its subqueries
+    /// to theirs.
+    pub fn bind(&self, table: &TableName, filter: &sqlparser::ast::Expr) -> Bound {
+        self.lock().bind(table, filter)
     }
 
     /// Calls `each` with every committed row of `table` (in key order) for
@@ -306,7 +310,7 @@ impl PgModel {
     pub fn each_row_where(
         &self,
         table: &TableName,
-        filter: Option<&sqlparser::ast::Expr>,
+        filter: Option<&Bound>,
         each: impl FnMut(&[Value]),
     ) {
         self.lock().each_matching(table, filter, each);
@@ -509,38 +513,17 @@ impl PgModel {
     }
 }
 
-/// Whether `row` satisfies `filter` (no filter: every row does), with
-/// subqueries over `tables`.
-fn matches(
-    schema: &TableSchema,
-    filter: Option<&sqlparser::ast::Expr>,
-    row: &[Value],
-    tables: &dyn where_eval::Tables,
-) -> bool {
-    filter.is_none_or(|expr| {
-        let column = |name: &str| {
-            where_eval::Datum::from(&row[schema.column_index(name).expect("known column")])
-        };
-        where_eval::holds_in(expr, &column, tables)
-    })
-}
-
 /// The committed rows, as the oracle's subqueries read them.
 struct Committed<'a> {
     catalog: &'a Catalog,
     tables: &'a BTreeMap<TableName, TableRows>,
     /// Subquery results, for the one query it serves, by the address of
-    /// the subquery's node (the parsed clause outlives the query).
+    /// the subquery's bound node (the bound clause outlives the query).
     selected: RefCell<BTreeMap<usize, Rc<Vec<Vec<Value>>>>>,
 }
 
 impl where_eval::Tables for Committed<'_> {
-    fn selected(
-        &self,
-        subquery: &sqlparser::ast::Query,
-        compute: &dyn Fn() -> Vec<Vec<Value>>,
-    ) -> Rc<Vec<Vec<Value>>> {
-        let key = std::ptr::from_ref(subquery) as usize;
+    fn selected(&self, key: usize, compute: &dyn Fn() -> Vec<Vec<Value>>) -> Rc<Vec<Vec<Value>>> {
         if let Some(found) = self.selected.borrow().get(&key) {
             return found.clone();
         }
@@ -614,8 +597,9 @@ impl State {
             .map(|c| schema.column_index(c).expect("a dependency's column"))
             .collect();
         let filter = self.filter(dependency.where_sql.as_deref());
+        let filter = filter.map(|f| self.bind(&dependency.table, &f));
         let mut tuples = Vec::new();
-        self.each_matching(&dependency.table, filter.as_deref(), |row| {
+        self.each_matching(&dependency.table, filter.as_ref(), |row| {
             tuples.push(columns.iter().map(|&i| row[i].clone()).collect());
         });
         tuples
@@ -623,7 +607,25 @@ impl State {
 
     fn query(&mut self, table: &TableName, where_sql: Option<&str>) -> Vec<Row> {
         let filter = self.filter(where_sql);
-        self.rows_matching(table, filter.as_deref())
+        let filter = filter.map(|f| self.bind(table, &f));
+        self.rows_matching(table, filter.as_ref())
+    }
+
+    /// `filter` bound to `table`'s columns, its subqueries to theirs.
+    fn bind(&self, table: &TableName, filter: &sqlparser::ast::Expr) -> Bound {
+        let columns_of = |schema: &str, name: &str| -> Vec<String> {
+            let name = TableName {
+                schema: schema.to_string(),
+                name: name.to_string(),
+            };
+            let definition = self.catalog.table(&name);
+            let definition =
+                definition.unwrap_or_else(|| panic!("oracle: a subquery on unknown table {name}"));
+            definition.columns.iter().map(|c| c.name.clone()).collect()
+        };
+        let own = columns_of(&table.schema, &table.name);
+        let own: Vec<&str> = own.iter().map(String::as_str).collect();
+        Bound::new(filter, &own, &columns_of)
     }
 
     /// The committed rows as one query's subqueries read them (their
@@ -637,7 +639,7 @@ impl State {
     }
 
     /// The committed rows of `table` for which `filter` (if any) is TRUE.
-    fn rows_matching(&self, table: &TableName, filter: Option<&sqlparser::ast::Expr>) -> Vec<Row> {
+    fn rows_matching(&self, table: &TableName, filter: Option<&Bound>) -> Vec<Row> {
         let mut rows = Vec::new();
         self.each_matching(table, filter, |row| rows.push(row.to_vec()));
         rows
@@ -647,13 +649,12 @@ impl State {
     fn each_matching(
         &self,
         table: &TableName,
-        filter: Option<&sqlparser::ast::Expr>,
+        filter: Option<&Bound>,
         mut each: impl FnMut(&[Value]),
     ) {
-        let schema = self.catalog.table(table).expect("table");
         let committed = self.committed();
         for row in self.tables[table].values() {
-            if matches(schema, filter, row, &committed) {
+            if filter.is_none_or(|f| f.holds_in(row, &committed)) {
                 each(row);
             }
         }

@@ -21,7 +21,9 @@ pub(super) struct ShapeView {
     pub schema: Arc<TableSchema>,
     /// The columns its clients receive, in table order.
     pub selected: Vec<usize>,
-    filter: Option<sqlparser::ast::Expr>,
+    /// Its WHERE, bound to its table's columns (and its subqueries to
+    /// theirs) when the view was made.
+    filter: Option<where_eval::Bound>,
     pub replica_full: bool,
     /// Selected columns added to the table during the run.
     pub added: Vec<String>,
@@ -52,8 +54,8 @@ impl ShapeView {
         );
         let parse = |w: &String| where_eval::parse(w).expect("the oracle parses every WHERE");
         let depth = spec.where_clause.as_deref().map_or(0, subquery_depth);
-        let filter = spec.where_clause.as_ref().map(parse);
-        let read: Vec<TableName> = filter
+        let parsed = spec.where_clause.as_ref().map(parse);
+        let read: Vec<TableName> = parsed
             .as_ref()
             .map(where_eval::subquery_tables)
             .unwrap_or_default()
@@ -68,6 +70,7 @@ impl ShapeView {
                 tables.push(name);
             }
         }
+        let filter = parsed.map(|expr| pg.bind(&table, &expr));
         ShapeView {
             tables,
             depth,
@@ -86,19 +89,14 @@ impl ShapeView {
     /// without subqueries: see [`ShapeView::query`] for the others).
     pub fn matches(&self, row: &[Value]) -> bool {
         assert_eq!(self.depth, 0, "a subquery shape is judged by a full query");
-        let schema = &self.schema;
-        self.filter.as_ref().is_none_or(|expr| {
-            where_eval::holds(expr, &|name| {
-                where_eval::Datum::from(&row[schema.column_index(name).expect("known column")])
-            })
-        })
+        self.filter.as_ref().is_none_or(|filter| filter.holds(row))
     }
 
     /// Whether each of `rows` (every column, table order; rows of its
     /// table) is in the shape, subqueries read from the committed rows.
     pub fn hold<'r>(&self, pg: &PgModel, rows: impl IntoIterator<Item = &'r [Value]>) -> Vec<bool> {
         match (&self.filter, self.depth) {
-            (Some(filter), 1..) => pg.rows_hold(&self.table, filter, rows),
+            (Some(filter), 1..) => pg.rows_hold(filter, rows),
             _ => rows.into_iter().map(|row| self.matches(row)).collect(),
         }
     }
