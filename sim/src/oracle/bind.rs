@@ -154,28 +154,23 @@ pub(super) fn bind(expr: &Expr, columns: &[&str], columns_of: &ColumnsOf) -> Nod
         },
         Expr::Like {
             negated,
-            expr,
+            expr: text,
             pattern,
             escape_char,
             ..
-        } => Node::Like {
-            node: b(expr),
-            pattern: b(pattern),
-            escape: escape_char.as_deref().map(b),
-            fold: false,
-            negated: *negated,
-        },
-        Expr::ILike {
+        }
+        | Expr::ILike {
             negated,
-            expr,
+            expr: text,
             pattern,
             escape_char,
             ..
         } => Node::Like {
-            node: b(expr),
+            node: b(text),
             pattern: b(pattern),
             escape: escape_char.as_deref().map(b),
-            fold: true,
+            // ILIKE folds ASCII case.
+            fold: matches!(expr, Expr::ILike { .. }),
             negated: *negated,
         },
         Expr::InSubquery {
