@@ -20,9 +20,12 @@
 //! The storage is a cheap handle (`Arc`) so that a simulator can keep it alive
 //! across the kills of the node that uses it.
 
+mod inodes;
+
 use super::path::check_path;
 use super::storage::Storage;
 use async_trait::async_trait;
+use inodes::Inodes;
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{Rng as _, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
@@ -89,7 +92,7 @@ pub struct MemStorage {
 }
 
 struct MemState {
-    inodes: BTreeMap<InodeId, Inode>,
+    inodes: Inodes,
     next_inode: InodeId,
     unlinks_since_gc: u32,
     stats: MemStats,
@@ -120,7 +123,7 @@ struct DirNode {
 
 impl Default for MemState {
     fn default() -> MemState {
-        let mut inodes = BTreeMap::new();
+        let mut inodes = Inodes::default();
         inodes.insert(ROOT, Inode::Dir(DirNode::default()));
         MemState {
             inodes,
@@ -345,7 +348,7 @@ impl MemState {
                 }
             }
         }
-        self.inodes.retain(|id, _| reachable.contains(id));
+        self.inodes.retain(|id| reachable.contains(id));
     }
 }
 
@@ -382,7 +385,7 @@ impl MemStorage {
             _ => 0,
         };
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        for inode in state.inodes.values_mut() {
+        for inode in state.inodes.iter_mut() {
             match inode {
                 Inode::File(file) => file.lose_power(policy, &mut rng, &mut report),
                 Inode::Dir(dir) => dir.lose_power(policy, &mut rng, &mut report),
