@@ -33,8 +33,13 @@ mod tags;
 pub use tags::MoveEvent;
 use tags::TagTracker;
 
+/// A column name or a value's text. Short strings (column names and most
+/// values) are stored inline, so decoding and copying a row allocates only
+/// for long ones.
+pub type Text = compact_str::CompactString;
+
 /// A materialised row: column -> text value (`None` for NULL).
-pub type ClientRow = BTreeMap<String, Option<String>>;
+pub type ClientRow = BTreeMap<Text, Option<Text>>;
 
 #[derive(Clone, Debug)]
 pub struct ShapeClient {
@@ -95,8 +100,8 @@ fn violation(class: &'static str, message: String) -> Violation {
 /// The headers of a change message.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Headers {
-    pub operation: String,
-    pub relation: Option<(String, String)>,
+    pub operation: Text,
+    pub relation: Option<(Text, Text)>,
     pub lsn: Option<Lsn>,
     pub op_position: Option<u64>,
     pub txids: Option<Vec<u64>>,
@@ -482,8 +487,8 @@ struct RawHeaders<'a> {
     control: Option<Cow<'a, str>>,
     #[serde(borrow)]
     global_last_seen_lsn: Option<Cow<'a, str>>,
-    operation: Option<String>,
-    relation: Option<(String, String)>,
+    operation: Option<Text>,
+    relation: Option<(Text, Text)>,
     #[serde(borrow)]
     lsn: Option<Cow<'a, str>>,
     op_position: Option<u64>,

@@ -71,7 +71,7 @@ impl TagTracker {
         self.learn_disjuncts(tags);
         let positions = active.len();
         for tag in tags.iter().chain(removed) {
-            if slots(tag).len() != positions {
+            if tag.split('/').count() != positions {
                 return bad(format!("tag {tag:?} has not {positions} slots"));
             }
         }
@@ -135,7 +135,7 @@ impl TagTracker {
                 let hit = data
                     .tags
                     .iter()
-                    .any(|tag| slots(tag).get(*position) == Some(&hash.as_str()));
+                    .any(|tag| tag.split('/').nth(*position) == Some(hash.as_str()));
                 if hit {
                     data.active[*position] = event == MoveEvent::In;
                     matched = true;

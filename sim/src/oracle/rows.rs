@@ -3,8 +3,9 @@
 //! that a wrong key or a wrong rendering in the engine is a mismatch rather
 //! than a bug both sides share.
 
-use crate::client::ClientRow;
+use crate::client::{ClientRow, Text};
 use crate::pg::PgModel;
+use compact_str::ToCompactString;
 use engine::schema::{TableName, TableSchema, Value};
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -39,13 +40,13 @@ pub fn keyed(oracle: &OracleRows) -> KeyedRows {
 }
 
 /// Postgres' text output (what `col::text` gives) of a value; NULL is `None`.
-pub fn pg_text(value: &Value) -> Option<String> {
+pub fn pg_text(value: &Value) -> Option<Text> {
     match value {
         Value::Null => None,
-        Value::Bool(true) => Some("true".to_string()),
-        Value::Bool(false) => Some("false".to_string()),
-        Value::Int(i) => Some(format!("{i}")),
-        Value::Text(s) => Some(s.clone()),
+        Value::Bool(true) => Some(Text::const_new("true")),
+        Value::Bool(false) => Some(Text::const_new("false")),
+        Value::Int(i) => Some(i.to_compact_string()),
+        Value::Text(s) => Some(Text::from(s.as_str())),
     }
 }
 
@@ -72,7 +73,7 @@ pub fn electric_key_of_text(table: &TableSchema, row: &ClientRow) -> Option<Stri
     let mut key = relation_key(table);
     for &column in &table.primary_key {
         key.push('/');
-        match row.get(&table.columns[column].name)? {
+        match row.get(table.columns[column].name.as_str())? {
             None => key.push('_'),
             Some(text) => push_quoted(&mut key, text, &['/']),
         }
@@ -115,7 +116,7 @@ pub fn rendered(
 ) -> ClientRow {
     columns
         .into_iter()
-        .map(|c| (table.columns[c].name.clone(), pg_text(&row[c])))
+        .map(|c| (Text::from(table.columns[c].name.as_str()), pg_text(&row[c])))
         .collect()
 }
 
@@ -137,7 +138,7 @@ pub fn expected_rows(
                 .iter()
                 .zip(row)
                 .filter(|(c, _)| selected(&c.name))
-                .map(|(c, v)| (c.name.clone(), pg_text(v)))
+                .map(|(c, v)| (Text::from(c.name.as_str()), pg_text(v)))
                 .collect();
             (electric_key(&schema, row), values)
         })

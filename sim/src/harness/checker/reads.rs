@@ -17,7 +17,7 @@
 
 use super::view::ShapeView;
 use super::{Checker, Fate};
-use crate::client::{Applied, ChangeSeen, ClientRow, ShapeClient};
+use crate::client::{Applied, ChangeSeen, ClientRow, ShapeClient, Text};
 use crate::harness::checks::Failure;
 use crate::host::now_ms;
 use crate::oracle::rows::{self, electric_key_of_text, rendered};
@@ -163,7 +163,7 @@ impl Checker {
         }
         let h = &change.headers;
         let relation_is =
-            |(s, n): &(String, String)| *s == schema.name.schema && *n == schema.name.name;
+            |(s, n): &(Text, Text)| *s == schema.name.schema && *n == schema.name.name;
         if !h.relation.as_ref().is_some_and(relation_is) {
             return Err(format!(
                 "relation {:?} for a change of {}",
@@ -283,7 +283,7 @@ fn expected(view: &ShapeView, txn: &Transaction) -> Vec<WireChange> {
     let full = view.replica_full;
     let mut out = Vec::new();
     let mut push = |operation: &str, op_position: u64, rendered: Rendered| {
-        let operation = operation.to_string();
+        let operation = Text::from(operation);
         out.push(WireChange {
             operation,
             op_position,
@@ -348,7 +348,7 @@ pub(super) struct Rendered {
 /// One change of a transaction as a shape's client receives it.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct WireChange {
-    operation: String,
+    operation: Text,
     op_position: u64,
     last: bool,
     rendered: Rendered,

@@ -6,7 +6,7 @@
 //! Invariant: `selected` is in table order and holds the primary key (a
 //! client always gets the key, whatever `columns=` asked for).
 
-use crate::client::ClientRow;
+use crate::client::{ClientRow, Text};
 use crate::oracle::rows::{self, KeyedRows, OracleRows, electric_key};
 use crate::oracle::where_eval;
 use crate::pg::PgModel;
@@ -126,14 +126,14 @@ impl ShapeView {
         let missing: Vec<&String> = self
             .added
             .iter()
-            .filter(|c| theirs.contains_key(*c) && !ours.contains_key(*c))
+            .filter(|c| theirs.contains_key(c.as_str()) && !ours.contains_key(c.as_str()))
             .collect();
         if missing.is_empty() {
             return oracle;
         }
         let widen = |row: &Arc<ClientRow>| {
             let mut row = (**row).clone();
-            row.extend(missing.iter().map(|c| ((*c).clone(), None)));
+            row.extend(missing.iter().map(|c| (Text::from(c.as_str()), None)));
             Arc::new(row)
         };
         oracle
