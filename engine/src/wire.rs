@@ -286,13 +286,13 @@ pub fn snapshot_end(visibility: &Visibility) -> String {
 }
 
 /// A JSON array of already-encoded messages.
-pub fn array<'a>(messages: impl IntoIterator<Item = &'a str>) -> String {
+pub fn array<S: AsRef<str>>(messages: impl IntoIterator<Item = S>) -> String {
     let mut body = String::from("[");
     for (i, m) in messages.into_iter().enumerate() {
         if i > 0 {
             body.push(',');
         }
-        body.push_str(m);
+        body.push_str(m.as_ref());
     }
     body.push(']');
     body

@@ -23,6 +23,7 @@ use crate::offset::LogOffset;
 use crate::replication::Lsn;
 use crate::stack::{Inner, ShapeEntry, Stack, Status};
 use crate::wire;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -315,13 +316,12 @@ fn respond<'a>(
     up_to_date: Option<Lsn>,
     messages: impl Iterator<Item = &'a str>,
 ) -> Response {
-    let mut body: Vec<String> = messages.map(str::to_string).collect();
-    let has_data = !body.is_empty();
-    if let Some(lsn) = up_to_date {
-        body.push(wire::up_to_date(lsn));
-    }
+    let mut messages = messages.peekable();
+    let has_data = messages.peek().is_some();
+    let closing = up_to_date.map(|lsn| Cow::Owned(wire::up_to_date(lsn)));
+    let body = wire::array(messages.map(Cow::Borrowed).chain(closing));
     let up_to_date = up_to_date.is_some();
-    let mut response = Response::json(200, wire::array(body.iter().map(String::as_str)))
+    let mut response = Response::json(200, body)
         .with("electric-handle", entry.handle.as_str())
         .with("electric-offset", chunk_end.to_string())
         .with("electric-has-data", has_data.to_string());

@@ -10,20 +10,32 @@ pub fn check_path(path: &str) -> io::Result<()> {
     if path.is_empty() {
         return Ok(());
     }
-    let forbidden_byte = path.bytes().any(|b| b == b'\\' || b == 0);
-    for component in components(path) {
-        let bad = component.is_empty()
-            || component == "."
-            || component == ".."
-            || (forbidden_byte && component.bytes().any(|b| b == b'\\' || b == 0));
-        if bad {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("invalid storage path {path:?}: component {component:?} is not allowed"),
-            ));
+    // One scan: each component is checked when its `/` (or the end) is
+    // reached; a forbidden byte fails its component at once.
+    let bytes = path.as_bytes();
+    let mut start = 0;
+    for at in 0..=bytes.len() {
+        match bytes.get(at) {
+            Some(b'\\' | 0) => return Err(bad_component(path, start)),
+            Some(b'/') | None => {
+                if matches!(&bytes[start..at], b"" | b"." | b"..") {
+                    return Err(bad_component(path, start));
+                }
+                start = at + 1;
+            }
+            Some(_) => {}
         }
     }
     Ok(())
+}
+
+/// The error for the component of `path` that starts at byte `start`.
+fn bad_component(path: &str, start: usize) -> io::Error {
+    let component = components(&path[start..]).next().unwrap_or_default();
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("invalid storage path {path:?}: component {component:?} is not allowed"),
+    )
 }
 
 /// `dir` + `/` + `name`, with `""` as the root.

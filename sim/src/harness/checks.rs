@@ -313,9 +313,49 @@ pub async fn converge(
     result
 }
 
+/// `h = h * 31 + byte` over the body (wrapping), as traced since the first
+/// trace. Computed eight bytes at a time, `h * 31^8 + Σ byte_j * 31^(7-j)`,
+/// which is the same polynomial without a multiply chained through every
+/// byte.
 fn body_hash(body: &str) -> u32 {
-    body.bytes()
-        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+    const POWERS: [u32; 8] = {
+        let mut powers = [1u32; 8];
+        let mut j = 7;
+        while j > 0 {
+            powers[j - 1] = powers[j].wrapping_mul(31);
+            j -= 1;
+        }
+        powers
+    };
+    let step = POWERS[0].wrapping_mul(31);
+    let bytes = body.as_bytes();
+    let mut chunks = bytes.chunks_exact(8);
+    let mut hash = 0u32;
+    for chunk in &mut chunks {
+        let sum = chunk.iter().zip(POWERS).fold(0u32, |s, (&b, p)| {
+            s.wrapping_add(u32::from(b).wrapping_mul(p))
+        });
+        hash = hash.wrapping_mul(step).wrapping_add(sum);
+    }
+    chunks
+        .remainder()
+        .iter()
+        .fold(hash, |h, &b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn body_hash_is_the_bytewise_polynomial(body in ".{0,80}") {
+            let bytewise = body
+                .bytes()
+                .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+            prop_assert_eq!(super::body_hash(&body), bytewise);
+        }
+    }
 }
 
 /// At quiescence the slot must reach the last committed transaction within

@@ -159,7 +159,15 @@ impl DiskOwner {
 pub struct FaultPlan {
     seed: u64,
     rate: f64,
-    calls: Arc<Mutex<BTreeMap<String, u64>>>,
+    calls: Arc<Mutex<Calls>>,
+}
+
+/// Calls so far per `{shape}/{file}/{op:?}`, and a buffer the next key is
+/// built in (a draw allocates only for a key it has not seen).
+#[derive(Default)]
+struct Calls {
+    counts: BTreeMap<String, u64>,
+    key: String,
 }
 
 /// An injected error: an I/O error, or a full disk.
@@ -190,26 +198,26 @@ impl FaultPlan {
         }
         // `{shape}/{file}/{op:?}`, without the formatting machinery (this
         // runs on every storage call of a shape).
-        let op_name = op.name();
-        let mut key = String::with_capacity(shape.len() + file.len() + op_name.len() + 2);
-        for part in [shape, "/", file, "/", op_name] {
+        let mut calls = self.calls.lock().expect("fault plan");
+        let Calls { counts, key } = &mut *calls;
+        key.clear();
+        for part in [shape, "/", file, "/", op.name()] {
             key.push_str(part);
         }
-        let nth = {
-            let mut calls = self.calls.lock().expect("fault plan");
-            match calls.get_mut(&key) {
-                Some(count) => {
-                    *count += 1;
-                    *count
-                }
-                None => {
-                    calls.insert(key.clone(), 1);
-                    1
-                }
+        let nth = match counts.get_mut(key.as_str()) {
+            Some(count) => {
+                *count += 1;
+                *count
+            }
+            None => {
+                counts.insert(key.clone(), 1);
+                1
             }
         };
+        // A `str` hashes as the `String` it was built from.
         let mut hasher = std::hash::DefaultHasher::new();
-        (self.seed, key, nth).hash(&mut hasher);
+        (self.seed, key.as_str(), nth).hash(&mut hasher);
+        drop(calls);
         let mut rng = ChaCha8Rng::seed_from_u64(hasher.finish());
         if !rng.random_bool(self.rate) {
             return None;

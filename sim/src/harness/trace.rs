@@ -31,6 +31,26 @@ fn fnv(mut hash: u64, bytes: &[u8]) -> u64 {
     hash
 }
 
+/// `{now_ms:>8}ms ` (an event line's prefix) without the formatting
+/// machinery: every event of every seed starts with it.
+fn push_time(line: &mut String, now_ms: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    let mut rest = now_ms;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let width = digits.len() - start;
+    line.extend(std::iter::repeat_n(' ', 8usize.saturating_sub(width)));
+    line.push_str(std::str::from_utf8(&digits[start..]).expect("ASCII digits"));
+    line.push_str("ms ");
+}
+
 impl Trace {
     pub fn new(keep_all: bool) -> Trace {
         Trace {
@@ -75,7 +95,8 @@ impl Trace {
             String::new()
         };
         line.clear();
-        write!(line, "{now_ms:>8}ms {event}").expect("formatting into a String");
+        push_time(&mut line, now_ms);
+        write!(line, "{event}").expect("formatting into a String");
         self.hash = fnv(self.hash, line.as_bytes());
         self.hash = fnv(self.hash, b"\n");
         self.count += 1;
@@ -138,6 +159,15 @@ pub fn first_divergence(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_time_prefix_is_right_aligned_in_eight() {
+        for ms in [0, 7, 12_345, 99_999_999, 123_456_789, u64::MAX] {
+            let mut line = String::new();
+            push_time(&mut line, ms);
+            assert_eq!(line, format!("{ms:>8}ms "));
+        }
+    }
 
     #[test]
     fn the_hash_covers_order_and_content_and_divergence_is_located() {
