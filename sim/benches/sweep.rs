@@ -8,7 +8,7 @@
 //! and reports the median: seeds/s, simulated over wall time, CPU ms per
 //! seed (user + system, from getrusage), heap allocations per seed and the
 //! peak live heap (counted by a wrapper around the allocator shapesim
-//! uses, mimalloc). Speed is measured here, never asserted by a test.
+//! uses, `sim::alloc::Mimalloc`). Speed is measured here, never asserted by a test.
 #![allow(clippy::disallowed_types)] // wall-clock measurement is the point here
 
 use sim::harness::{self, RunOptions};
@@ -40,7 +40,7 @@ unsafe impl GlobalAlloc for Counting {
             PEAK_BYTES.fetch_max(live, Ordering::Relaxed);
         }
         // SAFETY: the caller's layout contract is passed on.
-        unsafe { mimalloc::MiMalloc.alloc(layout) }
+        unsafe { sim::alloc::Mimalloc.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -48,20 +48,20 @@ unsafe impl GlobalAlloc for Counting {
             LIVE_BYTES.fetch_sub(layout.size() as i64, Ordering::Relaxed);
         }
         // SAFETY: `ptr` came from `alloc` with this layout.
-        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+        unsafe { sim::alloc::Mimalloc.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if !COUNTING.load(Ordering::Relaxed) {
             // SAFETY: as for `alloc` and `dealloc`.
-            return unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) };
+            return unsafe { sim::alloc::Mimalloc.realloc(ptr, layout, new_size) };
         }
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         let grown = new_size as i64 - layout.size() as i64;
         let live = LIVE_BYTES.fetch_add(grown, Ordering::Relaxed) + grown;
         PEAK_BYTES.fetch_max(live, Ordering::Relaxed);
         // SAFETY: as for `alloc` and `dealloc`.
-        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+        unsafe { sim::alloc::Mimalloc.realloc(ptr, layout, new_size) }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The simulation harness for the shape-sync engine, and the hosts that run it
 //! on real resources (the real-disk storage).
 
+pub mod alloc;
 #[cfg(madsim)]
 pub mod cli;
 pub mod client;

@@ -12,4 +12,4 @@ fn main() {
 }
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: sim::alloc::Mimalloc = sim::alloc::Mimalloc;

@@ -343,21 +343,6 @@ fn body_hash(body: &str) -> u32 {
         .fold(hash, |h, &b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
 }
 
-#[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-
-    proptest! {
-        #[test]
-        fn body_hash_is_the_bytewise_polynomial(body in ".{0,80}") {
-            let bytewise = body
-                .bytes()
-                .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
-            prop_assert_eq!(super::body_hash(&body), bytewise);
-        }
-    }
-}
-
 /// At quiescence the slot must reach the last committed transaction within
 /// `timeout_ms`; otherwise `ack-liveness`, naming what holds it back.
 pub async fn ack_liveness(
@@ -382,4 +367,19 @@ pub async fn ack_liveness(
         madsim::time::sleep(Duration::from_millis(10)).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn body_hash_is_the_bytewise_polynomial(body in ".{0,80}") {
+            let bytewise = body
+                .bytes()
+                .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+            prop_assert_eq!(super::body_hash(&body), bytewise);
+        }
+    }
 }
