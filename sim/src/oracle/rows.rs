@@ -53,7 +53,13 @@ pub fn pg_text(value: &Value) -> Option<Text> {
 /// Electric's row key: `"schema"."table"/"pk"`, with `/` doubled in every
 /// part and `.` doubled in the relation parts; a NULL key part is `_`.
 pub fn electric_key(table: &TableSchema, row: &[Value]) -> String {
-    let mut key = relation_key(table);
+    electric_key_after(&relation_key(table), table, row)
+}
+
+/// [`electric_key`] with the relation part (`relation_key(table)`) given.
+pub fn electric_key_after(relation: &str, table: &TableSchema, row: &[Value]) -> String {
+    let mut key = String::with_capacity(relation.len() + 32);
+    key.push_str(relation);
     for &column in &table.primary_key {
         key.push('/');
         match &row[column] {
@@ -70,7 +76,17 @@ pub fn electric_key(table: &TableSchema, row: &[Value]) -> String {
 /// The key of a row as a client holds it (text values by column name);
 /// `None` if a key column is absent.
 pub fn electric_key_of_text(table: &TableSchema, row: &ClientRow) -> Option<String> {
-    let mut key = relation_key(table);
+    electric_key_of_text_after(&relation_key(table), table, row)
+}
+
+/// [`electric_key_of_text`] with the relation part given.
+pub fn electric_key_of_text_after(
+    relation: &str,
+    table: &TableSchema,
+    row: &ClientRow,
+) -> Option<String> {
+    let mut key = String::with_capacity(relation.len() + 32);
+    key.push_str(relation);
     for &column in &table.primary_key {
         key.push('/');
         match row.get(table.columns[column].name.as_str())? {
@@ -82,7 +98,7 @@ pub fn electric_key_of_text(table: &TableSchema, row: &ClientRow) -> Option<Stri
 }
 
 /// `"schema"."table"`, the start of every key of `table`.
-fn relation_key(table: &TableSchema) -> String {
+pub fn relation_key(table: &TableSchema) -> String {
     let name = &table.name;
     let mut key = String::with_capacity(name.schema.len() + name.name.len() + 32);
     push_quoted(&mut key, &name.schema, &['/', '.']);

@@ -20,7 +20,7 @@ use super::{Checker, Fate};
 use crate::client::{Applied, ChangeSeen, ClientRow, ShapeClient, Text};
 use crate::harness::checks::Failure;
 use crate::host::now_ms;
-use crate::oracle::rows::{self, electric_key_of_text, rendered};
+use crate::oracle::rows::{self, rendered};
 use engine::api::{Request, Response};
 use engine::replication::{Change, Lsn, Transaction};
 use engine::schema::Value;
@@ -153,7 +153,7 @@ impl Checker {
     fn wire(&mut self, shape: usize, handle: &str, change: ChangeSeen) -> Result<(), String> {
         let view = &self.views[shape];
         let schema = view.schema.clone();
-        let expected_key = electric_key_of_text(&schema, &change.value);
+        let expected_key = view.key_of_text(&change.value);
         if expected_key.as_deref() != Some(change.key.as_str()) {
             let why = format!(
                 "key {} does not follow from its value {:?}",

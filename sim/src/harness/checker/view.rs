@@ -7,7 +7,7 @@
 //! client always gets the key, whatever `columns=` asked for).
 
 use crate::client::{ClientRow, Text};
-use crate::oracle::rows::{self, KeyedRows, OracleRows, electric_key};
+use crate::oracle::rows::{self, KeyedRows, OracleRows, electric_key_after};
 use crate::oracle::where_eval;
 use crate::pg::PgModel;
 use crate::scenario::ShapeSpec;
@@ -19,6 +19,8 @@ pub(super) struct ShapeView {
     spec: ShapeSpec,
     pub table: TableName,
     pub schema: Arc<TableSchema>,
+    /// `rows::relation_key(&schema)`: the start of each of its rows' keys.
+    relation_key: String,
     /// The columns its clients receive, in table order.
     pub selected: Vec<usize>,
     /// Its WHERE, bound to its table's columns (and its subqueries to
@@ -77,6 +79,7 @@ impl ShapeView {
             self_referencing,
             spec: spec.clone(),
             table,
+            relation_key: rows::relation_key(&schema),
             schema,
             selected,
             filter,
@@ -154,8 +157,14 @@ impl ShapeView {
         rows::rendered(&self.schema, row, self.selected_of(row))
     }
 
+    /// The key of a row as its clients hold it (`None`: a key column is
+    /// missing).
+    pub fn key_of_text(&self, row: &ClientRow) -> Option<String> {
+        rows::electric_key_of_text_after(&self.relation_key, &self.schema, row)
+    }
+
     pub fn key(&self, row: &[Value]) -> String {
-        electric_key(&self.schema, row)
+        electric_key_after(&self.relation_key, &self.schema, row)
     }
 
     /// The shape's rows now, by a full query of the Postgres model.
