@@ -34,21 +34,21 @@ fn fnv(mut hash: u64, bytes: &[u8]) -> u64 {
 /// `{now_ms:>8}ms ` (an event line's prefix) without the formatting
 /// machinery: every event of every seed starts with it.
 fn push_time(line: &mut String, now_ms: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
+    // 20 digits hold any u64; at least 8 columns; then "ms ".
+    let mut text = [b' '; 23];
+    text[20..].copy_from_slice(b"ms ");
+    let mut start = 20;
     let mut rest = now_ms;
     loop {
         start -= 1;
-        digits[start] = b'0' + (rest % 10) as u8;
+        text[start] = b'0' + (rest % 10) as u8;
         rest /= 10;
         if rest == 0 {
             break;
         }
     }
-    let width = digits.len() - start;
-    line.extend(std::iter::repeat_n(' ', 8usize.saturating_sub(width)));
-    line.push_str(std::str::from_utf8(&digits[start..]).expect("ASCII digits"));
-    line.push_str("ms ");
+    let from = start.min(20 - 8);
+    line.push_str(std::str::from_utf8(&text[from..]).expect("ASCII"));
 }
 
 impl Trace {
