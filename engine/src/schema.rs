@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -100,18 +100,29 @@ impl TableName {
 
 impl fmt::Display for TableName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}.{}",
-            quote_ident(&self.schema),
-            quote_ident(&self.name)
-        )
+        push_quoted_ident(f, &self.schema)?;
+        f.write_char('.')?;
+        push_quoted_ident(f, &self.name)
     }
 }
 
 /// `"name"` with embedded quotes doubled: the canonical spelling of an identifier.
 pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
+    let mut quoted = String::with_capacity(name.len() + 2);
+    push_quoted_ident(&mut quoted, name).expect("a String takes any write");
+    quoted
+}
+
+/// Writes [`quote_ident`]'s spelling of `name` to `out` (no allocation).
+fn push_quoted_ident(out: &mut impl fmt::Write, name: &str) -> fmt::Result {
+    out.write_char('"')?;
+    for part in name.split_inclusive('"') {
+        out.write_str(part)?;
+        if part.ends_with('"') {
+            out.write_char('"')?;
+        }
+    }
+    out.write_char('"')
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,5 +230,31 @@ impl Catalog {
     /// Adds or replaces a table; returns the definition it replaced.
     pub fn upsert(&mut self, table: TableSchema) -> Option<TableSchema> {
         self.tables.insert(table.name.clone(), table)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_quoted_with_embedded_quotes_doubled() {
+        for (name, quoted) in [
+            ("level_4", "\"level_4\""),
+            ("", "\"\""),
+            ("a\"b", "\"a\"\"b\""),
+            ("\"\"", "\"\"\"\"\"\""),
+        ] {
+            assert_eq!(quote_ident(name), quoted);
+            assert_eq!(
+                quote_ident(name),
+                format!("\"{}\"", name.replace('"', "\"\""))
+            );
+        }
+        let table = TableName {
+            schema: "pub\"lic".to_string(),
+            name: "t".to_string(),
+        };
+        assert_eq!(table.to_string(), "\"pub\"\"lic\".\"t\"");
     }
 }

@@ -14,6 +14,7 @@ mod serve;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -35,7 +36,8 @@ impl Request {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Response {
     pub status: u16,
-    pub headers: BTreeMap<String, String>,
+    /// Header names are the engine's constants (borrowed, not copied).
+    pub headers: BTreeMap<Cow<'static, str>, String>,
     pub body: String,
 }
 
@@ -45,8 +47,7 @@ impl Response {
     }
 
     fn json(status: u16, body: String) -> Response {
-        let headers =
-            BTreeMap::from([("content-type".to_string(), "application/json".to_string())]);
+        let headers = BTreeMap::from([("content-type".into(), "application/json".to_string())]);
         Response {
             status,
             headers,
@@ -54,8 +55,8 @@ impl Response {
         }
     }
 
-    fn with(mut self, name: &str, value: impl Into<String>) -> Response {
-        self.headers.insert(name.to_string(), value.into());
+    fn with(mut self, name: &'static str, value: impl Into<String>) -> Response {
+        self.headers.insert(Cow::Borrowed(name), value.into());
         self
     }
 

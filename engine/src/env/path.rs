@@ -41,10 +41,13 @@ fn bad_component(path: &str, start: usize) -> io::Error {
 /// `dir` + `/` + `name`, with `""` as the root.
 pub fn join(dir: &str, name: &str) -> String {
     if dir.is_empty() {
-        name.to_string()
-    } else {
-        format!("{dir}/{name}")
+        return name.to_string();
     }
+    let mut path = String::with_capacity(dir.len() + 1 + name.len());
+    path.push_str(dir);
+    path.push('/');
+    path.push_str(name);
+    path
 }
 
 /// The `/`-separated parts of `path`, as `path.split('/')` gives them, by a

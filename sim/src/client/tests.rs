@@ -5,7 +5,7 @@ use super::*;
 fn response(handle: &str, offset: &str, body: &str) -> Response {
     let headers = [("electric-handle", handle), ("electric-offset", offset)]
         .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .map(|(k, v)| (k.into(), v.to_string()))
         .collect();
     Response {
         status: 200,
