@@ -374,6 +374,8 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        #![proptest_config(engine::testing::proptest_config(256))]
+
         #[test]
         fn body_hash_is_the_bytewise_polynomial(body in ".{0,80}") {
             let bytewise = body
