@@ -29,7 +29,9 @@ use serde::Deserialize;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+mod row;
 mod tags;
+pub use row::ClientRow;
 pub use tags::MoveEvent;
 use tags::TagTracker;
 
@@ -37,9 +39,6 @@ use tags::TagTracker;
 /// values) are stored inline, so decoding and copying a row allocates only
 /// for long ones.
 pub type Text = compact_str::CompactString;
-
-/// A materialised row: column -> text value (`None` for NULL).
-pub type ClientRow = BTreeMap<Text, Option<Text>>;
 
 #[derive(Clone, Debug)]
 pub struct ShapeClient {
@@ -451,8 +450,8 @@ fn full_update(
     if value.keys().ne(row.keys()) {
         return bad(format!(
             "value has columns {:?}, the row {:?}",
-            value.keys(),
-            row.keys()
+            value.keys().collect::<Vec<_>>(),
+            row.keys().collect::<Vec<_>>()
         ));
     }
     let changed: ClientRow = row
