@@ -225,7 +225,7 @@ impl ShapeClient {
             }
         }
         self.continuity(request, response)?;
-        let messages: Vec<Message<'_>> = serde_json::from_str(&response.body).map_err(|e| {
+        let mut messages: Vec<Message<'_>> = serde_json::from_str(&response.body).map_err(|e| {
             violation(
                 "wire",
                 format!("body is not an array of messages: {e}: {}", response.body),
@@ -236,7 +236,9 @@ impl ShapeClient {
             up_to_date: false,
         });
         let count = messages.len();
-        for message in messages {
+        // Each message is read in place: a decoded message is large, and
+        // moving it out would copy it whole.
+        for message in &mut messages {
             if message.headers.control.is_none() && message.headers.event.is_some() {
                 self.move_event(message, &mut applied)?;
                 continue;
@@ -318,15 +320,17 @@ impl ShapeClient {
         Ok(())
     }
 
-    fn change(&mut self, message: Message<'_>) -> Result<ChangeSeen, Violation> {
+    fn change(&mut self, message: &mut Message<'_>) -> Result<ChangeSeen, Violation> {
         let key = message
             .key
+            .take()
             .ok_or_else(|| violation("wire", "a change without a key".to_string()))?;
-        let headers = headers(message.headers, &key)?;
+        let headers = headers(&mut message.headers, &key)?;
         let value = message
             .value
+            .take()
             .ok_or_else(|| violation("wire", format!("a change of {key} without a value")))?;
-        let old_value = message.old_value;
+        let old_value = message.old_value.take();
         self.txn_structure(&headers, &key)?;
         match headers.operation.as_str() {
             "insert" => {
@@ -385,8 +389,12 @@ impl ShapeClient {
 
     /// A `move-in` / `move-out` event: positions flip; a move-out deletes
     /// the rows left with no disjunct fully true.
-    fn move_event(&mut self, message: Message<'_>, applied: &mut Applied) -> Result<(), Violation> {
-        let raw = message.headers;
+    fn move_event(
+        &mut self,
+        message: &mut Message<'_>,
+        applied: &mut Applied,
+    ) -> Result<(), Violation> {
+        let raw = &mut message.headers;
         let event = match raw.event.as_deref() {
             Some("move-out") => MoveEvent::Out,
             Some("move-in") => MoveEvent::In,
@@ -394,6 +402,7 @@ impl ShapeClient {
         };
         let patterns: Vec<(usize, String)> = raw
             .patterns
+            .take()
             .ok_or_else(|| violation("wire", format!("{event:?} event without patterns")))?
             .into_iter()
             .map(|p| (p.pos, p.value))
@@ -510,16 +519,16 @@ struct Pattern {
     value: String,
 }
 
-fn headers(raw: RawHeaders<'_>, key: &str) -> Result<Headers, Violation> {
+fn headers(raw: &mut RawHeaders<'_>, key: &str) -> Result<Headers, Violation> {
     let bad = |what: &str| {
         violation(
             "wire",
             format!("header {what} of the change of {key} malformed"),
         )
     };
-    let operation = raw.operation.ok_or_else(|| bad("operation"))?;
-    let relation = Some(raw.relation.ok_or_else(|| bad("relation"))?);
-    let lsn = match raw.lsn {
+    let operation = raw.operation.take().ok_or_else(|| bad("operation"))?;
+    let relation = Some(raw.relation.take().ok_or_else(|| bad("relation"))?);
+    let lsn = match raw.lsn.as_deref() {
         None => None,
         Some(text) => Some(text.parse().map_err(|_| bad("lsn"))?),
     };
@@ -536,13 +545,13 @@ fn headers(raw: RawHeaders<'_>, key: &str) -> Result<Headers, Violation> {
         relation,
         lsn,
         op_position: raw.op_position,
-        txids: raw.txids,
+        txids: raw.txids.take(),
         last: raw.last.unwrap_or(false),
-        key_change_to: raw.key_change_to,
-        key_change_from: raw.key_change_from,
-        tags: raw.tags.unwrap_or_default(),
-        removed_tags: raw.removed_tags.unwrap_or_default(),
-        active_conditions: raw.active_conditions,
+        key_change_to: raw.key_change_to.take(),
+        key_change_from: raw.key_change_from.take(),
+        tags: raw.tags.take().unwrap_or_default(),
+        removed_tags: raw.removed_tags.take().unwrap_or_default(),
+        active_conditions: raw.active_conditions.take(),
     })
 }
 
