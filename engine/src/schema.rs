@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
+use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -207,15 +208,25 @@ impl TableSchema {
 }
 
 /// The tables a shape may name.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Shared, copied on write: a catalog is cloned for every stack and
+/// compared with the shape memo's on every shape check, and a clone
+/// compares equal by pointer before it compares by value.
+#[derive(Clone, Debug, Default, Eq, Serialize, Deserialize)]
 pub struct Catalog {
-    tables: BTreeMap<TableName, TableSchema>,
+    tables: Arc<BTreeMap<TableName, TableSchema>>,
+}
+
+impl PartialEq for Catalog {
+    fn eq(&self, other: &Catalog) -> bool {
+        Arc::ptr_eq(&self.tables, &other.tables) || self.tables == other.tables
+    }
 }
 
 impl Catalog {
     pub fn new(tables: impl IntoIterator<Item = TableSchema>) -> Catalog {
         Catalog {
-            tables: tables.into_iter().map(|t| (t.name.clone(), t)).collect(),
+            tables: Arc::new(tables.into_iter().map(|t| (t.name.clone(), t)).collect()),
         }
     }
 
@@ -229,7 +240,7 @@ impl Catalog {
 
     /// Adds or replaces a table; returns the definition it replaced.
     pub fn upsert(&mut self, table: TableSchema) -> Option<TableSchema> {
-        self.tables.insert(table.name.clone(), table)
+        Arc::make_mut(&mut self.tables).insert(table.name.clone(), table)
     }
 }
 
@@ -256,5 +267,34 @@ mod tests {
             name: "t".to_string(),
         };
         assert_eq!(table.to_string(), "\"pub\"\"lic\".\"t\"");
+    }
+
+    fn one_column_table(name: &str, oid: u32) -> TableSchema {
+        let column = Column {
+            name: "id".to_string(),
+            ty: ColumnType::Text,
+            not_null: true,
+        };
+        let name = TableName {
+            schema: "public".to_string(),
+            name: name.to_string(),
+        };
+        TableSchema::new(name, oid, vec![column], &["id"])
+    }
+
+    #[test]
+    fn catalogs_compare_by_value_and_a_changed_copy_leaves_the_original() {
+        let a = Catalog::new([one_column_table("a", 1)]);
+        let copy = a.clone();
+        let rebuilt = Catalog::new([one_column_table("a", 1)]);
+        assert_eq!(a, copy);
+        assert_eq!(a, rebuilt, "equal by value, not only by pointer");
+        let mut changed = a.clone();
+        changed.upsert(one_column_table("a", 2));
+        assert_ne!(a, changed);
+        assert_eq!(
+            a.table(&one_column_table("a", 1).name).map(|t| t.oid),
+            Some(1)
+        );
     }
 }
