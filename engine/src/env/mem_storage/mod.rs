@@ -291,17 +291,23 @@ impl DirNode {
 
 impl MemState {
     fn lookup(&self, path: &str) -> Option<InodeId> {
+        self.lookup_with_parent(path).map(|(_, id)| id)
+    }
+
+    /// `path`'s inode and the directory holding it (the root holds
+    /// itself).
+    fn lookup_with_parent(&self, path: &str) -> Option<(InodeId, InodeId)> {
+        let (mut parent, mut id) = (ROOT, ROOT);
         if path.is_empty() {
-            return Some(ROOT);
+            return Some((parent, id));
         }
-        let mut id = ROOT;
         for name in crate::env::path::components(path) {
             match self.inodes.get(&id)? {
-                Inode::Dir(dir) => id = *dir.entries.get(name)?,
+                Inode::Dir(dir) => (parent, id) = (id, *dir.entries.get(name)?),
                 Inode::File(_) => return None,
             }
         }
-        Some(id)
+        Some((parent, id))
     }
 
     fn file(&mut self, path: &str) -> io::Result<&mut FileNode> {
@@ -313,10 +319,24 @@ impl MemState {
     }
 
     fn dir(&mut self, path: &str) -> io::Result<&mut DirNode> {
+        let id = self.dir_id(path)?;
+        Ok(self.dir_node(id))
+    }
+
+    /// The directory at `path`, by id (one walk, for several changes).
+    fn dir_id(&self, path: &str) -> io::Result<InodeId> {
         let id = self.lookup(path).ok_or_else(|| not_found(path))?;
-        match self.inodes.get_mut(&id).expect("linked inode exists") {
-            Inode::Dir(dir) => Ok(dir),
+        match self.inodes.get(&id).expect("linked inode exists") {
+            Inode::Dir(_) => Ok(id),
             Inode::File(_) => Err(other(path, "is not a directory")),
+        }
+    }
+
+    /// The directory `id`, which a walk just found.
+    fn dir_node(&mut self, id: InodeId) -> &mut DirNode {
+        match self.inodes.get_mut(&id) {
+            Some(Inode::Dir(dir)) => dir,
+            _ => panic!("inode {id} was walked to as a directory"),
         }
     }
 
@@ -449,7 +469,9 @@ impl Storage for MemStorage {
             return Err(other(path, "cannot create the root"));
         }
         let mut state = self.lock();
-        if let Some(id) = state.lookup(path) {
+        let (dir, name) = split(path);
+        let parent = state.dir_id(dir)?;
+        if let Some(&id) = state.dir_node(parent).entries.get(name) {
             return match state.inodes.get_mut(&id).expect("linked inode exists") {
                 Inode::File(file) => {
                     file.truncate(0);
@@ -458,10 +480,8 @@ impl Storage for MemStorage {
                 Inode::Dir(_) => Err(other(path, "is a directory")),
             };
         }
-        let (dir, name) = split(path);
-        state.dir(dir)?;
         let id = state.alloc(Inode::File(FileNode::default()));
-        state.dir(dir)?.entries.insert(name.to_string(), id);
+        state.dir_node(parent).entries.insert(name.to_string(), id);
         Ok(())
     }
 
@@ -525,7 +545,9 @@ impl Storage for MemStorage {
         check_path(from)?;
         check_path(to)?;
         let mut state = self.lock();
-        let id = state.lookup(from).ok_or_else(|| not_found(from))?;
+        let (from_parent, id) = state
+            .lookup_with_parent(from)
+            .ok_or_else(|| not_found(from))?;
         let into_itself = to
             .strip_prefix(from)
             .is_some_and(|rest| rest.starts_with('/'));
@@ -536,7 +558,11 @@ impl Storage for MemStorage {
             ));
         }
         let moving_dir = matches!(state.inodes.get(&id), Some(Inode::Dir(_)));
-        if let Some(target) = state.lookup(to) {
+        // A missing or non-directory parent fails as it would have after
+        // the checks below (which need `to` to exist).
+        let (to_dir, to_name) = split(to);
+        let to_parent = state.dir_id(to_dir)?;
+        if let Some(&target) = state.dir_node(to_parent).entries.get(to_name) {
             if target == id {
                 return Ok(());
             }
@@ -547,11 +573,12 @@ impl Storage for MemStorage {
                 ));
             }
         }
-        let (to_dir, to_name) = split(to);
-        state.dir(to_dir)?;
-        let (from_dir, from_name) = split(from);
-        state.dir(from_dir)?.entries.remove(from_name);
-        let replaced = state.dir(to_dir)?.entries.insert(to_name.to_string(), id);
+        let (_, from_name) = split(from);
+        state.dir_node(from_parent).entries.remove(from_name);
+        let replaced = state
+            .dir_node(to_parent)
+            .entries
+            .insert(to_name.to_string(), id);
         if replaced.is_some() {
             state.unlinked();
         }
