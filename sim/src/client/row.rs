@@ -41,6 +41,11 @@ impl ClientRow {
         self.0.insert(column, value)
     }
 
+    /// Drops a column, returning its value.
+    pub fn remove(&mut self, column: &str) -> Option<Option<Text>> {
+        self.0.remove(column)
+    }
+
     /// Columns and values, by column.
     pub fn iter(&self) -> impl Iterator<Item = (&Text, &Option<Text>)> {
         self.0.iter()

@@ -8,7 +8,7 @@
 use super::checker::{self, ReadContext, SharedChecker};
 use super::net::ClientNet;
 use super::timeline::{self, Kind, Track};
-use super::trace::{SharedTrace, record};
+use super::trace::{DebugText, SharedTrace, record};
 use crate::client::{Outcome, ShapeClient};
 use crate::oracle::rows::{self, OracleRows};
 use crate::pg::PgModel;
@@ -126,8 +126,10 @@ pub async fn exchange(
     record(
         &trace,
         format_args!(
-            "client {index} requests offset {} live={} handle={:?}",
-            client.offset, client.live, client.handle
+            "client {index} requests offset {} live={} handle={}",
+            client.offset,
+            client.live,
+            DebugText(client.handle.as_deref())
         ),
     );
     let (track, poll) = (Track::Client(index), Kind::LongPoll);
@@ -159,10 +161,10 @@ pub async fn exchange(
     record(
         &trace,
         format_args!(
-            "client {index} gets {} offset {:?} handle {:?} body {:08x}",
+            "client {index} gets {} offset {} handle {} body {:08x}",
             response.status,
-            response.header("electric-offset"),
-            response.header("electric-handle"),
+            DebugText(response.header("electric-offset")),
+            DebugText(response.header("electric-handle")),
             body_hash(&response.body)
         ),
     );

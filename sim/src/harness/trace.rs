@@ -51,6 +51,27 @@ fn push_time(line: &mut String, now_ms: u64) {
     line.push_str(std::str::from_utf8(&text[from..]).expect("ASCII"));
 }
 
+/// What `{:?}` writes for an `Option<&str>`, without the formatter's
+/// per-character escape machinery when the text needs no escape
+/// (printable ASCII but `"` and `\`): client lines print a handle or two
+/// each.
+pub struct DebugText<'a>(pub Option<&'a str>);
+
+impl fmt::Display for DebugText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plain = |b: u8| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\';
+        match self.0 {
+            None => f.write_str("None"),
+            Some(text) if text.bytes().all(plain) => {
+                f.write_str("Some(\"")?;
+                f.write_str(text)?;
+                f.write_str("\")")
+            }
+            Some(text) => write!(f, "{:?}", Some(text)),
+        }
+    }
+}
+
 impl Trace {
     pub fn new(keep_all: bool) -> Trace {
         Trace {
@@ -166,6 +187,41 @@ mod tests {
             let mut line = String::new();
             push_time(&mut line, ms);
             assert_eq!(line, format!("{ms:>8}ms "));
+        }
+    }
+
+    #[test]
+    fn debug_text_writes_what_debug_writes() {
+        let texts = [
+            "",
+            "abc-123",
+            "a\"b",
+            "back\\slash",
+            "it's",
+            "tab\there",
+            "new\nline",
+            "é",
+            "~ !",
+            "\u{7f}",
+        ];
+        for text in texts {
+            assert_eq!(
+                DebugText(Some(text)).to_string(),
+                format!("{:?}", Some(text))
+            );
+        }
+        assert_eq!(DebugText(None).to_string(), format!("{:?}", None::<&str>));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(engine::testing::proptest_config(256))]
+
+        #[test]
+        fn debug_text_writes_what_debug_writes_for_any_text(text in "\\PC{0,24}|[ -~]{0,24}") {
+            proptest::prop_assert_eq!(
+                DebugText(Some(&text)).to_string(),
+                format!("{:?}", Some(&text))
+            );
         }
     }
 
