@@ -8,7 +8,7 @@ use engine::env::{Clock, CrashPoints, Env, EventSink, MemStorage, Spawner};
 use engine::metadata::SqliteConn;
 use engine::stack::Host;
 use futures::future::BoxFuture;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::pg::PgModel;
@@ -18,16 +18,27 @@ pub fn now_ms() -> u64 {
     madsim::time::TimeHandle::current().elapsed().as_millis() as u64
 }
 
-/// Simulated time since the runtime started.
-pub struct SimClock;
+/// Simulated time since the runtime started. An engine instance lives in
+/// one runtime: the clock keeps that runtime's time handle once first asked,
+/// instead of asking the runtime context on every reading and sleep.
+#[derive(Default)]
+pub struct SimClock {
+    time: OnceLock<madsim::time::TimeHandle>,
+}
+
+impl SimClock {
+    fn time(&self) -> &madsim::time::TimeHandle {
+        self.time.get_or_init(madsim::time::TimeHandle::current)
+    }
+}
 
 impl Clock for SimClock {
     fn now_ms(&self) -> u64 {
-        now_ms()
+        self.time().elapsed().as_millis() as u64
     }
 
     fn sleep_ms(&self, duration_ms: u64) -> BoxFuture<'static, ()> {
-        Box::pin(madsim::time::sleep(Duration::from_millis(duration_ms)))
+        Box::pin(self.time().sleep(Duration::from_millis(duration_ms)))
     }
 }
 
@@ -63,7 +74,7 @@ impl Durable {
     /// The engine's host, for a (re)start of the node.
     pub fn host(&self, crash_points: Arc<dyn CrashPoints>, events: Arc<dyn EventSink>) -> Host {
         let env = Env {
-            clock: Arc::new(SimClock),
+            clock: Arc::new(SimClock::default()),
             storage: Arc::new(self.storage.clone()),
             spawner: Arc::new(SimSpawner),
             crash_points,

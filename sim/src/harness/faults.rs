@@ -39,7 +39,7 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 use std::hash::{Hash as _, Hasher as _};
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 #[derive(Default)]
@@ -263,6 +263,9 @@ pub struct SimStorage {
     faults: FaultPlan,
     checker: SharedChecker,
     trace: SharedTrace,
+    /// The runtime's time handle, kept once asked (a storage instance
+    /// serves one engine instance, in one runtime).
+    time: OnceLock<madsim::time::TimeHandle>,
 }
 
 /// The shape whose files `path` is under (`shapes/<handle>/<file>`), if
@@ -293,6 +296,7 @@ impl SimStorage {
             faults,
             checker,
             trace,
+            time: OnceLock::new(),
         }
     }
 
@@ -315,7 +319,8 @@ impl SimStorage {
         self.claim(path)?;
         if self.max_latency_us > 0 {
             let us = madsim::rand::thread_rng().gen_range(0..=self.max_latency_us);
-            madsim::time::sleep(Duration::from_micros(us)).await;
+            let time = self.time.get_or_init(madsim::time::TimeHandle::current);
+            time.sleep(Duration::from_micros(us)).await;
         }
         Ok(())
     }

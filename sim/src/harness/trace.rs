@@ -20,6 +20,19 @@ pub struct Trace {
     all: Option<Vec<String>>,
     /// The typed marks of a timeline, when one was asked for (never hashed).
     timeline: Option<super::timeline::Timeline>,
+    /// The run's simulated clock, taken from its runtime at the first event.
+    clock: Option<RunClock>,
+}
+
+/// A run's clock. A trace belongs to one run, and a run to one runtime:
+/// holding the runtime's time handle spares every event asking the runtime
+/// context for it.
+struct RunClock(madsim::time::TimeHandle);
+
+impl fmt::Debug for RunClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RunClock")
+    }
 }
 
 /// FNV-1a: stable across builds and platforms, unlike std's hasher.
@@ -81,6 +94,7 @@ impl Trace {
             recent: VecDeque::new(),
             all: keep_all.then(Vec::new),
             timeline: None,
+            clock: None,
         }
     }
 
@@ -96,6 +110,15 @@ impl Trace {
         if let Some(timeline) = &mut self.timeline {
             timeline.mark(now_ms.max(self.last_ms), mark);
         }
+    }
+
+    /// Simulated milliseconds since the run's runtime started (what
+    /// `host::now_ms` reads).
+    fn now_ms(&mut self) -> u64 {
+        let clock = self
+            .clock
+            .get_or_insert_with(|| RunClock(madsim::time::TimeHandle::current()));
+        clock.0.elapsed().as_millis() as u64
     }
 
     pub fn has_timeline(&self) -> bool {
@@ -156,14 +179,16 @@ pub type SharedTrace = Arc<Mutex<Trace>>;
 /// Records an event at the current simulated time (pass `format_args!` to
 /// format straight into the trace).
 pub fn record(trace: &SharedTrace, event: impl fmt::Display) {
-    let now_ms = crate::host::now_ms();
-    trace.lock().expect("trace").record(now_ms, event);
+    let mut trace = trace.lock().expect("trace");
+    let now_ms = trace.now_ms();
+    trace.record(now_ms, event);
 }
 
 /// Adds a timeline mark at the current simulated time.
 pub fn mark(trace: &SharedTrace, mark: super::timeline::Mark) {
-    let now_ms = crate::host::now_ms();
-    trace.lock().expect("trace").mark(now_ms, mark);
+    let mut trace = trace.lock().expect("trace");
+    let now_ms = trace.now_ms();
+    trace.mark(now_ms, mark);
 }
 
 /// The first index where two event lists differ, with both events.

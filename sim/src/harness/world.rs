@@ -200,7 +200,7 @@ impl World {
             .ip(ip.parse().expect("ip"))
             .init(move || {
                 let env = Env {
-                    clock: Arc::new(SimClock),
+                    clock: Arc::new(SimClock::default()),
                     storage: Arc::new(SimStorage::new(
                         (disk.storage.clone(), disk.owner.clone()),
                         ip,
