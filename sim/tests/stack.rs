@@ -5,14 +5,13 @@
 #![cfg(madsim)]
 
 use engine::api::{Request, Response};
-use engine::env::Clock;
 use engine::env::events::RemovalReason;
 use engine::env::{Event, MemStorage, NoCrashPoints, RecordedEvents, Storage};
 use engine::schema::{Catalog, Column, ColumnType, Row, TableName, TableSchema, Value};
 use engine::stack::{Stack, StackConfig, Status};
 use madsim::runtime::{Handle, NodeHandle, Runtime};
 use sim::client::{Outcome, ShapeClient};
-use sim::host::{Durable, SimClock, sqlite_in_memory};
+use sim::host::{Durable, now_ms, sqlite_in_memory};
 use sim::oracle::rows::{self, KeyedRows};
 use sim::pg::{Mutation, PgModel};
 use std::sync::{Arc, Mutex};
@@ -121,7 +120,7 @@ impl World {
     async fn serve(&self, request: Request) -> Response {
         let stack = self.stack();
         self.node()
-            .spawn(async move { stack.serve(request).await })
+            .spawn(async move { stack.serve(&request).await })
             .await
             .expect("request task")
     }
@@ -273,15 +272,15 @@ fn the_stack_serves_snapshots_changes_and_long_polls_across_restarts() {
         // as a change lands, well before the timeout.
         let stack = world.stack();
         let request = clients[1].request();
-        let started_ms = SimClock.now_ms();
+        let started_ms = now_ms();
         let parked = world.node().spawn({
             let request = request.clone();
-            async move { stack.serve(request).await }
+            async move { stack.serve(&request).await }
         });
         madsim::time::sleep(Duration::from_millis(300)).await;
         world.commit(50);
         let response = parked.await.unwrap();
-        let waited = Duration::from_millis(SimClock.now_ms() - started_ms);
+        let waited = Duration::from_millis(now_ms() - started_ms);
         assert!(
             waited >= Duration::from_millis(300) && waited < Duration::from_millis(1_000),
             "woke after {waited:?}"

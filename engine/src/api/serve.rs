@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 impl Stack {
-    pub async fn serve(&self, request: Request) -> Response {
+    pub async fn serve(&self, request: &Request) -> Response {
         serve(&self.inner, request).await
     }
 
@@ -58,11 +58,11 @@ impl Stack {
     }
 }
 
-async fn serve(stack: &Arc<Inner>, request: Request) -> Response {
+async fn serve(stack: &Arc<Inner>, request: &Request) -> Response {
     if !ready(stack).await {
         return Response::unavailable("Stack not ready", 5);
     }
-    let params = match params::parse(&request) {
+    let params = match params::parse(request) {
         Ok(params) => params,
         Err(response) => return response,
     };

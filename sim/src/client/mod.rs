@@ -465,7 +465,7 @@ fn full_update(
     }
     let changed: ClientRow = row
         .iter()
-        .filter(|(column, v)| value.get(*column) != Some(*v))
+        .filter(|(column, v)| value.get(column) != Some(*v))
         .map(|(c, v)| (c.clone(), v.clone()))
         .collect();
     if *old_value != changed {

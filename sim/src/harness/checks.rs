@@ -14,6 +14,7 @@ use crate::oracle::rows::{self, OracleRows};
 use crate::pg::PgModel;
 use engine::offset::LogOffset;
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A violated check, as reported.
@@ -116,7 +117,8 @@ pub async fn exchange(
     timeout_ms: u64,
 ) -> Result<Option<Outcome>, Failure> {
     let trace = checker::lock(checker).trace.clone();
-    let request = client.request();
+    // Shared with the engine's handler: the request is read, never changed.
+    let request = Arc::new(client.request());
     let ctx = ReadContext {
         shape: index,
         request: &request,

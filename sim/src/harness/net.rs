@@ -78,7 +78,7 @@ pub struct PgCatalog;
 #[derive(Serialize, Deserialize)]
 pub struct PgSnapshot(pub SnapshotQuery);
 #[derive(Serialize, Deserialize)]
-pub struct ShapeGet(pub api::Request);
+pub struct ShapeGet(pub Arc<api::Request>);
 #[derive(Serialize, Deserialize)]
 pub struct ShapeDelete(pub api::Request);
 
@@ -337,7 +337,7 @@ pub async fn serve_engine(stack: engine::stack::Stack, ip: &str) {
     let serving = stack.clone();
     ep.add_rpc_handler(move |ShapeGet(request)| {
         let stack = serving.clone();
-        super::panics::on_engine(async move { stack.serve(request).await })
+        super::panics::on_engine(async move { stack.serve(&request).await })
     });
     ep.add_rpc_handler(move |ShapeDelete(request)| {
         let stack = stack.clone();
@@ -365,7 +365,7 @@ impl ClientNet {
     }
 
     /// A client's request; `None` if it (or its answer) was lost.
-    pub async fn get(&self, request: api::Request, timeout_ms: u64) -> Option<api::Response> {
+    pub async fn get(&self, request: Arc<api::Request>, timeout_ms: u64) -> Option<api::Response> {
         let to = route(&self.route);
         let timeout = Duration::from_millis(timeout_ms);
         self.ep
