@@ -94,7 +94,8 @@ impl ShapeError {
 pub struct WhereClause {
     pub source: String,
     pub expr: Expr,
-    /// The DNF plan, for a clause with subqueries.
+    /// The DNF plan: present exactly when the clause has subqueries
+    /// ([`Shape::has_subquery`] reads it).
     pub plan: Option<dnf::DnfPlan>,
 }
 
@@ -295,9 +296,18 @@ impl Shape {
     }
 
     pub fn has_subquery(&self) -> bool {
-        self.where_clause
-            .as_ref()
-            .is_some_and(|w| w.expr.has_subquery())
+        // `check` plans exactly the clauses with subqueries (the only place
+        // a clause is built): asked on every read and routed transaction,
+        // so not found by walking the clause.
+        let planned = self.plan().is_some();
+        debug_assert_eq!(
+            planned,
+            self.where_clause
+                .as_ref()
+                .is_some_and(|w| w.expr.has_subquery()),
+            "a clause has a plan exactly when it has subqueries"
+        );
+        planned
     }
 
     /// The selected columns' names and values of `row`.
